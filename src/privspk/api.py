@@ -1,0 +1,286 @@
+"""The library entry point: ``train(config, budget=...)`` runs a whole federated job.
+
+>>> from privspk.config import RunConfig
+>>> cfg = RunConfig()
+>>> cfg.federation.rounds, cfg.privacy.unit
+(5, 'utterance')
+
+A run goes: prepare data (corpus, split, features, trials) -> public pretraining
+(cached) -> federated rounds (local DP-SGD, spend recorded, secure aggregation,
+FedAvg) with the held-out EER after each -> final evaluation, checkpoint and a
+JSON run report under ``out_dir/name``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from privspk.config import RunConfig
+from privspk.errors import ConfigError
+from privspk.prepare import PreparedData, prepare_data
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- evaluation
+class HeldoutEvaluator:
+    """Embeds the held-out utterances and scores the trials (EER, minDCF, top-1)."""
+
+    def __init__(self, data: PreparedData, *, max_frames: int, enroll_per_speaker: int, seed: int) -> None:
+        self.data = data
+        self.max_frames = max_frames
+        self.enroll_per_speaker = enroll_per_speaker
+        self.seed = seed
+        held = set(data.split.heldout)
+        self.utts = sorted({t.enroll for t in data.trials} | {t.test for t in data.trials})
+        self.heldout_utt2spk = {u: s for u, s in data.utt2spk.items() if s in held}
+
+    def embeddings(self, encoder: nn.Module, utts=None) -> dict:
+        """Unit-length embeddings of the given (default: trial) utterances."""
+        from privspk.evaluation.embed import embed_features
+
+        utts = self.utts if utts is None else utts
+        return embed_features(encoder, ((u, self.data.features.get(u)) for u in utts),
+                              batch_size=32, max_frames=self.max_frames)
+
+    def evaluate(self, encoder: nn.Module, *, top1: bool = False) -> dict[str, Any]:
+        """EER and minDCF on the trials; closed-set top-1 on all held-out utterances when asked."""
+        from privspk.evaluation.scoring import closed_set_top1, evaluate
+
+        t0 = time.perf_counter()
+        if top1:
+            emb = self.embeddings(encoder, sorted(self.heldout_utt2spk))
+        else:
+            emb = self.embeddings(encoder)
+        res = evaluate(emb, self.data.trials, p_targets=(0.01, 0.05))
+        out = {"eer": res.eer, "min_dcf_0.01": res.min_dcf[0.01], "min_dcf_0.05": res.min_dcf[0.05],
+               "n_target": res.n_target, "n_nontarget": res.n_nontarget, "threshold_eer": res.threshold_eer}
+        if top1:
+            out["top1"] = closed_set_top1(emb, self.heldout_utt2spk, enroll_per_speaker=self.enroll_per_speaker,
+                                          seed=self.seed)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+
+# --------------------------------------------------------------------------- pretraining
+def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = True) -> tuple[nn.Module, dict]:
+    """The encoder pretrained (non-privately) on the public speakers, cached by its settings."""
+    from privspk.models import build_encoder
+    from privspk.models.checkpoint import load_encoder, save_encoder
+    from privspk.training.data import ClientData
+    from privspk.training.pretrain import pretrain
+
+    in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
+    if not cfg.pretrain.enabled or cfg.pretrain.steps == 0:
+        torch.manual_seed(cfg.seed)
+        return build_encoder(cfg.model.encoder, in_dim=in_dim), {"enabled": False}
+    key = RunConfig(corpus=cfg.corpus, split=cfg.split, features=cfg.features, model=cfg.model,
+                    pretrain=cfg.pretrain, seed=cfg.seed).fingerprint("corpus", "split", "features", "model",
+                                                                      "pretrain", "seed")
+    path = Path(cfg.data_dir) / "pretrained" / f"{data.corpus_id}_{key}.pt"
+    if path.exists():
+        encoder, meta = load_encoder(path)
+        info = dict(meta.get("extra", {}))
+        info.update({"cached": True, "path": str(path)})
+        return encoder, info
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg.model.encoder, in_dim=in_dim)
+    public = ClientData.from_pairs(data.features.get, data.utterances_of(data.split.public))
+    rep = pretrain(encoder, public, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size,
+                   lr=cfg.pretrain.lr, crop_frames=cfg.pretrain.crop_frames, seed=cfg.seed,
+                   margin=cfg.model.margin, scale=cfg.model.scale, progress=progress)
+    info = {"enabled": True, "steps": rep.steps, "seconds": round(rep.seconds, 1),
+            "final_loss": rep.losses[-1] if rep.losses else None, "train_accuracy": rep.train_accuracy,
+            "public_speakers": len(data.split.public)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_encoder(path, encoder, name=cfg.model.encoder, in_dim=in_dim, extra=info)
+    info.update({"cached": False, "path": str(path)})
+    return encoder, info
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    config: RunConfig
+    encoder: nn.Module
+    run_dir: Path
+    rounds: list[dict] = field(default_factory=list)
+    pretrain_eval: dict | None = None
+    final_eval: dict = field(default_factory=dict)
+    epsilon: dict[str, float] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+
+def _scheme_options(cfg: RunConfig) -> dict:
+    opts = dict(cfg.secagg.options)
+    if cfg.secagg.scheme in ("mask", "bfv", "ckks") and "clip" not in opts:
+        opts["clip"] = cfg.federation.update_clip
+    return opts
+
+
+def train(
+    config: RunConfig,
+    *,
+    budget=None,
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    eval_every: int = 1,
+    data: PreparedData | None = None,
+) -> TrainResult:
+    """Run a federated training job end to end.
+
+    Args:
+        config: the run configuration.
+        budget: a :class:`privspk.privacy.PrivacyBudget` overriding ``config.privacy``'s
+            epsilon/delta/unit (each client's budget).
+        progress: progress bars on stderr.
+        resume: continue a crashed run in the same run directory (same privacy settings).
+        overwrite: delete an existing run directory of the same name first.
+        on_round: called after each round with that round's metrics.
+        eval_every: evaluate the held-out EER every this many rounds (and always after the last).
+        data: already prepared data (saves re-loading when running several configs).
+    """
+    from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
+    from privspk.models.finetune import apply_recipe
+    from privspk.privacy import PrivacyBudget, plan_noise_multiplier
+    from privspk.secagg import build_scheme
+    from privspk.training.data import ClientData
+    from privspk.training.local import DPSettings, sample_rate_for
+
+    if budget is not None:
+        if not isinstance(budget, PrivacyBudget):
+            raise ConfigError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
+        config = config.replace(privacy=dataclasses.replace(config.privacy, epsilon=budget.epsilon,
+                                                            delta=budget.delta, unit=budget.unit))
+    cfg = config
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if run_dir.exists() and not resume:
+        if not overwrite:
+            raise ConfigError(f"run directory {run_dir} exists; pass resume=True to continue it, "
+                              f"overwrite=True to start again, or choose another name")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+
+    data = data if data is not None else prepare_data(cfg, progress=progress)
+    t_data = time.perf_counter()
+    base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
+    t_pre = time.perf_counter()
+    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames,
+                                 enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed)
+    pretrain_eval = evaluator.evaluate(base, top1=True)
+
+    encoder = copy.deepcopy(base)
+    n_trainable = apply_recipe(encoder, cfg.train.recipe)
+    names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
+                    for i, group in enumerate(data.split.clients)}
+    total = sum(len(d) for d in clients_data.values())
+    weights = {cid: len(d) / total for cid, d in clients_data.items()}
+    scheme = build_scheme(cfg.secagg.scheme, _scheme_options(cfg), seed=cfg.seed)
+    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+
+    privacy = cfg.privacy
+    ledger = None
+    plans: dict[str, Any] = {}
+    if privacy.enabled:
+        from privspk.federation.guard import open_run_ledger
+
+        ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
+    train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
+                      optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
+                      crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
+                      margin=cfg.model.margin, scale=cfg.model.scale)
+    clients = {}
+    for i, (cid, cdata) in enumerate(clients_data.items()):
+        dp = guard = None
+        if privacy.enabled:
+            from privspk.federation.guard import LedgerGuard
+
+            b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
+            q = sample_rate_for(cdata, unit=privacy.unit, batch_size=cfg.train.batch_size,
+                                speaker_batch=cfg.train.speaker_batch)
+            plan = plan_noise_multiplier(budget=b, sample_rate=q, steps=cfg.train.local_steps,
+                                         rounds=cfg.federation.rounds, accountant=privacy.accountant)
+            plans[cid] = plan
+            dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
+                            sample_rate=q)
+            guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip)
+        clients[cid] = FederatedClient(
+            cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
+            guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
+            local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + i,
+        )
+
+    def aggregated(round_id: int, included) -> None:
+        if ledger is not None:
+            ledger.mark_aggregated(round_id, list(included))
+
+    fed = InProcessFederation(server, clients, scheme, state_path=run_dir / "server_state.pt",
+                              on_aggregated=aggregated)
+    last_done = fed.last_completed_round() if resume else 0
+    rounds: list[dict] = []
+    for r in range(last_done + 1, cfg.federation.rounds + 1):
+        rep = fed.run_round(r)
+        row = rep.to_dict()
+        row["epsilon"] = {cid: c.epsilon() for cid, c in clients.items()}
+        row["delta"] = privacy.delta if privacy.enabled else None
+        row["unit"] = privacy.unit if privacy.enabled else None
+        last = r == cfg.federation.rounds
+        if eval_every and (r % eval_every == 0 or last):
+            row["eval"] = evaluator.evaluate(server.encoder)
+        rounds.append(row)
+        if on_round is not None:
+            on_round(row)
+    t_fed = time.perf_counter()
+    final_eval = evaluator.evaluate(server.encoder, top1=True)
+
+    from privspk.models.checkpoint import save_encoder
+
+    in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
+    save_encoder(run_dir / "encoder.pt", server.encoder, name=cfg.model.encoder, in_dim=in_dim,
+                 extra={"run": cfg.name, "recipe": cfg.train.recipe})
+    eps = {cid: c.epsilon() for cid, c in clients.items()}
+    report = {
+        "run": cfg.name,
+        "config": cfg.to_dict(),
+        "corpus": {"id": data.corpus_id, "utterances": len(data.corpus), "speakers": len(data.corpus.speakers),
+                   "public": len(data.split.public), "clients": [len(g) for g in data.split.clients],
+                   "heldout": len(data.split.heldout), "trials": len(data.trials)},
+        "pretrain": pretrain_info,
+        "pretrain_eval": pretrain_eval,
+        "trainable_parameters": n_trainable,
+        "privacy": ({"epsilon_budget": privacy.epsilon, "delta": privacy.delta, "unit": privacy.unit,
+                     "accountant": privacy.accountant, "clip": privacy.clip,
+                     "noise_multiplier": {c: p.noise_multiplier for c, p in plans.items()},
+                     "sample_rate": {c: p.sample_rate for c, p in plans.items()},
+                     "epsilon_spent": eps} if privacy.enabled else {"enabled": False}),
+        "secagg": {"scheme": cfg.secagg.scheme, "options": _scheme_options(cfg)},
+        "rounds": rounds,
+        "final_eval": final_eval,
+        "seconds": {"data": round(t_data - t_start, 1), "pretrain": round(t_pre - t_data, 1),
+                    "federated": round(t_fed - t_pre, 1), "total": round(time.perf_counter() - t_start, 1)},
+    }
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if ledger is not None:
+        ledger.close()
+    return TrainResult(config=cfg, encoder=server.encoder, run_dir=run_dir, rounds=rounds,
+                       pretrain_eval=pretrain_eval, final_eval=final_eval, epsilon=eps, report=report)

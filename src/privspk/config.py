@@ -1,0 +1,413 @@
+"""Typed run configuration, read from and written to TOML.
+
+A :class:`RunConfig` gathers every setting of a run in sections that follow the
+data flow: corpus -> split -> features -> model -> pretrain -> train -> privacy ->
+secagg -> federation -> eval. Unknown keys and wrong types are refused with the
+section and key named, all problems at once.
+
+>>> cfg = RunConfig()
+>>> cfg.privacy.epsilon, cfg.secagg.scheme, cfg.federation.n_clients
+(8.0, 'plain', 3)
+>>> text = cfg.to_toml()
+>>> RunConfig.from_toml(text) == cfg
+True
+>>> RunConfig.from_dict({"privacy": {"epsilonn": 3}})
+Traceback (most recent call last):
+...
+privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, clip, delta, enabled, epsilon, unit)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privspk.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CorpusSection:
+    """Where the audio comes from.
+
+    ``path`` empty means the built-in synthesised corpus (built under ``data_dir``).
+    """
+
+    path: str = ""
+    format: str = "auto"
+    on_error: str = "raise"
+    n_speakers: int = 200
+    utts_per_speaker: int = 40
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.format not in ("auto", "folder", "librispeech", "voxceleb", "kaldi"):
+            errs.append(f"format must be auto|folder|librispeech|voxceleb|kaldi, got {self.format!r}")
+        if self.on_error not in ("raise", "skip"):
+            errs.append(f"on_error must be raise|skip, got {self.on_error!r}")
+        if self.n_speakers < 8:
+            errs.append(f"n_speakers must be >= 8, got {self.n_speakers}")
+        if self.utts_per_speaker < 4:
+            errs.append(f"utts_per_speaker must be >= 4, got {self.utts_per_speaker}")
+        return errs
+
+
+@dataclass(frozen=True)
+class SplitSection:
+    """How speakers are divided: public (pretraining), clients, held-out (trials)."""
+
+    public_fraction: float = 1 / 3
+    heldout: int = 40
+    skew: float = 0.0
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        errs = []
+        if not 0.0 <= self.public_fraction < 1.0:
+            errs.append(f"public_fraction must be in [0, 1), got {self.public_fraction}")
+        if self.heldout < 2:
+            errs.append(f"heldout must be >= 2 speakers, got {self.heldout}")
+        if self.skew < 0:
+            errs.append(f"skew must be >= 0, got {self.skew}")
+        return errs
+
+
+@dataclass(frozen=True)
+class FeaturesSection:
+    """Front end (see :class:`privspk.features.config.FeatureConfig`)."""
+
+    kind: str = "fbank"
+    n_mels: int = 40
+    n_mfcc: int = 30
+    cmn: bool = True
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.kind not in ("fbank", "mfcc"):
+            errs.append(f"kind must be fbank|mfcc, got {self.kind!r}")
+        if not 10 <= self.n_mels <= 128:
+            errs.append(f"n_mels must be in [10, 128], got {self.n_mels}")
+        return errs
+
+    def feature_config(self):  # noqa: ANN201 - lazy import keeps config import-light
+        """The :class:`FeatureConfig` these settings describe."""
+        from privspk.features.config import FeatureConfig
+
+        return FeatureConfig(kind=self.kind, n_mels=self.n_mels, n_mfcc=self.n_mfcc, cmn=self.cmn)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Encoder preset and AAM-softmax head settings."""
+
+    encoder: str = "ecapa_gn_c128"
+    margin: float = 0.2
+    scale: float = 30.0
+
+    def check(self) -> list[str]:
+        errs = []
+        if not 0 <= self.margin < 1:
+            errs.append(f"margin must be in [0, 1), got {self.margin}")
+        if self.scale <= 0:
+            errs.append(f"scale must be > 0, got {self.scale}")
+        return errs
+
+
+@dataclass(frozen=True)
+class PretrainSection:
+    """Non-private pretraining on the public speakers (cached by its settings)."""
+
+    enabled: bool = True
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 2e-3
+    crop_frames: int = 200
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.crop_frames < 20:
+            errs.append("steps >= 0, batch_size >= 1, lr > 0 and crop_frames >= 20 are required")
+        return errs
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Local training on each client, per round.
+
+    ``recipe`` picks which encoder parameters train (``full``, ``last``, ``head``,
+    ``adapters``); the rest stay frozen and are not sent. ``batch_size`` is the
+    *expected* batch under Poisson sampling; ``physical_batch`` bounds memory.
+    """
+
+    recipe: str = "last"
+    local_steps: int = 10
+    batch_size: int = 64
+    physical_batch: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    crop_frames: int = 200
+    speaker_batch: int = 8
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.recipe not in ("full", "last", "head", "adapters"):
+            errs.append(f"recipe must be full|last|head|adapters, got {self.recipe!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            errs.append(f"optimizer must be adam|sgd, got {self.optimizer!r}")
+        if self.local_steps < 1 or self.batch_size < 1 or self.physical_batch < 1:
+            errs.append("local_steps, batch_size and physical_batch must be >= 1")
+        if self.lr <= 0:
+            errs.append(f"lr must be > 0, got {self.lr}")
+        if self.crop_frames < 20:
+            errs.append(f"crop_frames must be >= 20, got {self.crop_frames}")
+        if self.speaker_batch < 1:
+            errs.append(f"speaker_batch (utterances per sampled speaker) must be >= 1, got {self.speaker_batch}")
+        return errs
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    """DP-SGD settings; ``epsilon``/``delta`` is each client's budget for the whole run.
+
+    ``unit`` is what the guarantee protects: one ``utterance`` or one ``speaker``'s
+    whole data on a client.
+    """
+
+    enabled: bool = True
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    unit: str = "utterance"
+    clip: float = 1.0
+    accountant: str = "rdp"
+
+    def check(self) -> list[str]:
+        errs = []
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            errs.append(f"epsilon must be a positive finite number, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            errs.append(f"delta must be in (0, 1), got {self.delta}")
+        if self.unit not in ("utterance", "speaker"):
+            errs.append(f"unit must be utterance|speaker, got {self.unit!r}")
+        if self.clip <= 0:
+            errs.append(f"clip must be > 0, got {self.clip}")
+        if self.accountant not in ("rdp", "prv"):
+            errs.append(f"accountant must be rdp|prv, got {self.accountant!r}")
+        return errs
+
+
+@dataclass(frozen=True)
+class SecAggSection:
+    """Aggregation scheme by name, with its own options (see each scheme's ``Config``)."""
+
+    scheme: str = "plain"
+    options: dict = field(default_factory=dict)
+
+    def check(self) -> list[str]:
+        if self.scheme not in ("plain", "mask", "ckks", "bfv"):
+            return [f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}"]
+        return []
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    """Clients, rounds and the range updates are clipped to before quantisation."""
+
+    n_clients: int = 3
+    rounds: int = 5
+    update_clip: float = 0.05
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.n_clients < 1 or self.rounds < 1:
+            errs.append("n_clients and rounds must be >= 1")
+        if self.update_clip <= 0:
+            errs.append(f"update_clip must be > 0, got {self.update_clip}")
+        return errs
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Verification trials on held-out speakers."""
+
+    target_per_utt: int = 3
+    nontarget_per_utt: int = 12
+    enroll_per_speaker: int = 3
+    max_frames: int = 600
+
+    def check(self) -> list[str]:
+        if min(self.target_per_utt, self.nontarget_per_utt, self.enroll_per_speaker) < 1:
+            return ["target_per_utt, nontarget_per_utt and enroll_per_speaker must be >= 1"]
+        return []
+
+
+_SECTIONS = {
+    "corpus": CorpusSection,
+    "split": SplitSection,
+    "features": FeaturesSection,
+    "model": ModelSection,
+    "pretrain": PretrainSection,
+    "train": TrainSection,
+    "privacy": PrivacySection,
+    "secagg": SecAggSection,
+    "federation": FederationSection,
+    "eval": EvalSection,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run. ``name`` names the run directory under ``out_dir``."""
+
+    name: str = "run"
+    seed: int = 0
+    threads: int = 2
+    data_dir: str = "data"
+    out_dir: str = "runs"
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    split: SplitSection = field(default_factory=SplitSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
+    federation: FederationSection = field(default_factory=FederationSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self) -> None:
+        errs = []
+        for name in _SECTIONS:
+            errs += [f"[{name}] {e}" for e in getattr(self, name).check()]
+        if self.threads < 1:
+            errs.append(f"threads must be >= 1, got {self.threads}")
+        if errs:
+            raise ConfigError("invalid run config: " + "; ".join(errs))
+
+    # ---- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (TOML/JSON-able)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a nested dict, refusing unknown keys and wrong types (all reported at once)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"run config must be a table, got {type(data).__name__}")
+        errs: list[str] = []
+        top = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in top:
+                errs.append(f"unknown top-level key {key!r} (known: {', '.join(sorted(top))})")
+            elif key in _SECTIONS:
+                section, serrs = _build_section(key, _SECTIONS[key], value)
+                errs += serrs
+                kwargs[key] = section
+            else:
+                v, err = _coerce(value, _resolve(cls, key))
+                if err:
+                    errs.append(f"{key}: {err}")
+                kwargs[key] = v
+        if errs:
+            raise ConfigError("invalid run config: " + "; ".join(errs))
+        return cls(**kwargs)
+
+    def to_toml(self) -> str:
+        """TOML text that :meth:`from_toml` reads back to an equal config."""
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> RunConfig:
+        """Parse TOML text."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"run config is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a TOML file."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return cls.from_toml(p.read_text(encoding="utf-8"))
+
+    def replace(self, **sections: Any) -> RunConfig:
+        """Copy with whole sections or top-level values replaced."""
+        return dataclasses.replace(self, **sections)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all when none named).
+
+        >>> RunConfig().fingerprint("privacy") == RunConfig(name="other").fingerprint("privacy")
+        True
+        """
+        d = self.to_dict()
+        keys = sections or tuple(sorted(d))
+        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _resolve(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _build_section(name: str, cls: type, value: Any) -> tuple[Any, list[str]]:
+    if not isinstance(value, dict):
+        return cls(), [f"[{name}] must be a table, got {type(value).__name__}"]
+    known = {f.name for f in dataclasses.fields(cls)}
+    errs = [
+        f"[{name}] unknown key {k!r} (known: {', '.join(sorted(known))})" for k in value if k not in known
+    ]
+    kwargs = {}
+    for k, v in value.items():
+        if k in known:
+            coerced, err = _coerce(v, _resolve(cls, k))
+            if err:
+                errs.append(f"[{name}] {k}: {err}")
+            else:
+                kwargs[k] = coerced
+    if errs:
+        return cls(), errs
+    try:
+        return cls(**kwargs), []
+    except ConfigError as exc:
+        return cls(), [f"[{name}] {exc}"]
+
+
+def _coerce(value: Any, typ: Any) -> tuple[Any, str | None]:
+    """Exact-type check with the one widening TOML needs (int -> float)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(typ):
+            v, err = _coerce(value, arm)
+            if err is None:
+                return v, None
+        return value, f"expected {typ}, got {type(value).__name__} {value!r}"
+    if typ is float:
+        if type(value) in (int, float):
+            return float(value), None
+        return value, f"expected a number, got {type(value).__name__} {value!r}"
+    if typ in (int, str, bool):
+        if type(value) is typ:
+            return value, None
+        return value, f"expected {typ.__name__}, got {type(value).__name__} {value!r}"
+    if typ is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value), None
+        return value, f"expected a table, got {type(value).__name__}"
+    if typ is type(None):
+        return (None, None) if value is None else (value, "expected nothing")
+    return value, None

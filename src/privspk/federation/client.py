@@ -1,0 +1,213 @@
+"""A federated client's round: train, record the spend, then protect and release.
+
+The order is the privacy contract (spend-before-release), one step per method in
+the manner of composable client mods:
+
+1. ``load``      - take the global encoder (its trainable part) from the server;
+2. ``authorize`` - refuse the round if its spend would take this client past its
+   budget (the client enforces this itself; the server need not be trusted);
+3. ``train``     - local DP-SGD on the client's own recordings and its own head;
+4. ``stage``     - the weighted update is written to the client's store;
+5. ``record``    - the spend is committed to the ledger;
+6. ``release``   - the update is handed to the aggregation scheme (masked or encrypted there).
+
+After a crash, a round whose spend is committed is re-released from the store
+(same update, no new spend); an update staged without a committed spend is
+discarded and never leaves the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from privspk.errors import BudgetExceededError, CheckpointError
+from privspk.models.heads import AAMHead
+from privspk.secagg import ClientEndpoint
+from privspk.training.data import ClientData
+from privspk.training.local import DPSettings, train_local
+from privspk.training.net import SpeakerNet, flatten, trainable_state, unflatten_into
+
+log = logging.getLogger(__name__)
+
+
+class SpendGuard(Protocol):
+    """What a client needs from the privacy ledger (see :mod:`privspk.privacy`)."""
+
+    def authorize(self, *, round_id: int, dp: DPSettings, steps: int) -> float:
+        """Epsilon after this round; raises BudgetExceededError if over budget. Writes nothing."""
+
+    def commit(self, *, round_id: int, dp: DPSettings, steps: int, scheme: str, update: np.ndarray) -> float:
+        """Durably record the spend of ``round_id`` for exactly ``update``; returns epsilon after it."""
+
+    def committed(self, round_id: int) -> bool:
+        """Whether a spend for ``round_id`` is already recorded."""
+
+    def released(self, round_id: int, update: np.ndarray) -> None:
+        """Mark the round's update as released (refused if it is not the recorded one)."""
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far."""
+
+
+@dataclass
+class ClientRoundReport:
+    """What one client did in one round."""
+
+    client_id: str
+    round_id: int
+    status: str  # "sent" | "resent" | "out_of_budget"
+    loss: float = float("nan")
+    steps: int = 0
+    train_seconds: float = 0.0
+    step_seconds: float = 0.0
+    epsilon: float = 0.0
+    reason: str = ""
+
+
+class FaultInjected(SystemExit):
+    """Raised by the fault-injection hook to emulate a crash at a named point (tests only)."""
+
+
+def _fault(point: str, client_id: str, round_id: int) -> None:
+    """Crash here if ``PRIVSPK_FAULT`` names this point (``point:client:round``); for crash tests."""
+    spec = os.environ.get("PRIVSPK_FAULT")
+    if spec and spec == f"{point}:{client_id}:{round_id}":
+        log.error("fault injected at %s", spec)
+        os._exit(86)
+
+
+class FederatedClient:
+    """One client: its data, its private head, its ledger guard and its scheme endpoint.
+
+    Args:
+        client_id: the client's name.
+        data: its local utterances.
+        encoder: its own copy of the global encoder (same recipe applied).
+        names: trainable encoder parameter names (the shared part).
+        weight: its FedAvg weight ``n_k / sum(n)``.
+        endpoint: its side of the aggregation scheme.
+        guard: ledger access enforcing its budget (``None`` for non-private runs).
+        dp: the DP-SGD mechanism per step (``None`` = non-private).
+        store: folder for its private state (head, staged updates).
+        train_args: keyword arguments of :func:`privspk.training.local.train_local`
+            other than ``dp``/``seed``/``steps``.
+        local_steps: optimizer steps per round.
+        scheme: the aggregation scheme's name (recorded with the spend).
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        data: ClientData,
+        encoder: nn.Module,
+        names: list[str],
+        *,
+        weight: float,
+        endpoint: ClientEndpoint,
+        guard: SpendGuard | None,
+        dp: DPSettings | None,
+        store: str | Path,
+        train_args: dict,
+        local_steps: int,
+        scheme: str,
+        seed: int,
+    ) -> None:
+        self.client_id = client_id
+        self.data = data
+        self.names = list(names)
+        self.weight = float(weight)
+        self.endpoint = endpoint
+        self.guard = guard
+        self.dp = dp
+        self.store = Path(store)
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.train_args = dict(train_args)
+        self.local_steps = int(local_steps)
+        self.scheme = scheme
+        self.seed = int(seed)
+        torch.manual_seed(self.seed)
+        self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
+        self._load_head()
+
+    # ---- private state ----------------------------------------------------
+    def _head_path(self) -> Path:
+        return self.store / "head.pt"
+
+    def _staged_path(self, round_id: int) -> Path:
+        return self.store / f"update_r{round_id:04d}.npy"
+
+    def _load_head(self) -> None:
+        path = self._head_path()
+        if path.exists():
+            try:
+                self.net.head.load_state_dict(torch.load(path, weights_only=True))
+            except Exception as exc:
+                raise CheckpointError(f"{path}: cannot load this client's head ({exc})") from None
+
+    def _save_head(self) -> None:
+        tmp = self._head_path().with_suffix(".tmp")
+        torch.save(self.net.head.state_dict(), tmp)
+        tmp.replace(self._head_path())
+
+    def epsilon(self) -> float:
+        """Epsilon this client has spent (0 when non-private)."""
+        return self.guard.epsilon() if self.guard is not None else 0.0
+
+    # ---- the round ----------------------------------------------------------
+    def run_round(self, round_id: int, global_vector: torch.Tensor) -> ClientRoundReport:
+        """Do this client's part of ``round_id`` up to handing the update to the scheme."""
+        staged = self._staged_path(round_id)
+        if self.guard is not None and self.guard.committed(round_id):
+            # resumed after a crash between record and release: send the recorded update again
+            if not staged.exists():
+                raise CheckpointError(
+                    f"client {self.client_id}: round {round_id} has a recorded spend but its staged update "
+                    f"{staged} is missing; the round cannot be resent without a second spend"
+                )
+            vector = np.load(staged)
+            self.guard.released(round_id, vector)  # checks the digest before anything leaves
+            self.endpoint.submit(round_id, vector)
+            return ClientRoundReport(self.client_id, round_id, "resent", epsilon=self.epsilon())
+        staged.unlink(missing_ok=True)  # staged without a spend: never released
+
+        unflatten_into(self.net.encoder, self.names, global_vector, add=False)  # 1. load
+        if self.guard is not None and self.dp is not None:  # 2. authorize
+            try:
+                self.guard.authorize(round_id=round_id, dp=self.dp, steps=self.local_steps)
+            except BudgetExceededError as exc:
+                log.info("client %s sits out round %d: %s", self.client_id, round_id, exc)
+                return ClientRoundReport(self.client_id, round_id, "out_of_budget", epsilon=self.epsilon(),
+                                         reason=str(exc))
+        result = train_local(self.net, self.data, steps=self.local_steps, dp=self.dp,  # 3. train
+                             seed=self.seed * 100_003 + round_id, **self.train_args)
+        new = flatten(trainable_state(self.net.encoder), self.names)
+        vector = ((new - global_vector) * self.weight).numpy()
+        tmp = staged.with_suffix(".tmp.npy")  # 4. stage
+        np.save(tmp, vector)
+        os.replace(tmp, staged)
+        self._save_head()
+        _fault("before_spend", self.client_id, round_id)
+        eps = 0.0
+        if self.guard is not None and self.dp is not None:  # 5. record
+            eps = self.guard.commit(round_id=round_id, dp=self.dp, steps=self.local_steps, scheme=self.scheme,
+                                    update=vector)
+        _fault("after_spend", self.client_id, round_id)
+        if self.guard is not None and self.dp is not None:  # 6. release
+            self.guard.released(round_id, vector)
+        self.endpoint.submit(round_id, vector)
+        return ClientRoundReport(self.client_id, round_id, "sent", loss=result.loss, steps=result.steps,
+                                 train_seconds=result.seconds, step_seconds=result.step_seconds, epsilon=eps)
+
+    def forget_staged(self, round_id: int) -> None:
+        """Drop the staged update once the round is aggregated."""
+        self._staged_path(round_id).unlink(missing_ok=True)

@@ -1,0 +1,82 @@
+"""Binds a federated client to the privacy ledger: its budget, its spends, its releases.
+
+A thin adapter from the client's round steps to :class:`privspk.privacy.BudgetGuard`
+and :class:`privspk.privacy.Ledger`: the ledger row carries the digest of the exact
+update bytes, so a re-send after a crash can only release the recorded update.
+
+>>> import tempfile, pathlib
+>>> from privspk.config import RunConfig
+>>> from privspk.privacy import PrivacyBudget
+>>> from privspk.training.local import DPSettings
+>>> led = open_run_ledger(pathlib.Path(tempfile.mkdtemp()) / "l.sqlite", RunConfig(), resume=False)
+>>> g = LedgerGuard(led, "client0", PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp", clip=1.0)
+>>> dp = DPSettings(unit="utterance", noise_multiplier=1.0, clip=1.0, sample_rate=0.05)
+>>> round(g.commit(round_id=1, dp=dp, steps=10, scheme="mask", update=b"x"), 3) == round(g.epsilon(), 3)
+True
+>>> g.committed(1), g.committed(2)
+(True, False)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from privspk.config import RunConfig
+from privspk.privacy import BudgetGuard, Ledger, PrivacyBudget
+from privspk.privacy.ledger import digest_update
+from privspk.training.local import DPSettings
+
+
+def ledger_settings(cfg: RunConfig) -> dict:
+    """The privacy-relevant settings a resumed run must keep (stored in the ledger)."""
+    p = cfg.privacy
+    return {
+        "epsilon": p.epsilon, "delta": p.delta, "unit": p.unit, "clip": p.clip, "accountant": p.accountant,
+        "rounds": cfg.federation.rounds, "local_steps": cfg.train.local_steps,
+        "batch_size": cfg.train.batch_size, "speaker_batch": cfg.train.speaker_batch,
+        "scheme": cfg.secagg.scheme, "recipe": cfg.train.recipe,
+    }
+
+
+def open_run_ledger(path: str | Path, cfg: RunConfig, *, resume: bool) -> Ledger:
+    """Open (``resume``) or create the run's ledger; a resume with other privacy settings is refused."""
+    return Ledger(path, run_id=cfg.name, settings=ledger_settings(cfg), create_if_missing=True)
+
+
+class LedgerGuard:
+    """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger."""
+
+    def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str, clip: float) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.clip = clip
+        self.guard = BudgetGuard(ledger, client, budget, accountant=accountant)
+
+    def authorize(self, *, round_id: int, dp: DPSettings, steps: int) -> float:
+        """Epsilon after the round; BudgetExceededError (nothing written) when over budget."""
+        return self.guard.authorize_round(round_id, noise_multiplier=dp.noise_multiplier,
+                                          sample_rate=dp.sample_rate, steps=steps)
+
+    def commit(self, *, round_id: int, dp: DPSettings, steps: int, scheme: str, update) -> float:
+        """Record the spend (with the update's digest) in one committed transaction."""
+        row = self.guard.commit_spend(round_id, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
+                                      steps=steps, clip=dp.clip, scheme=scheme, update_digest=_digest(update))
+        return row.epsilon_after
+
+    def committed(self, round_id: int) -> bool:
+        """Whether this client's spend for the round is recorded."""
+        return self.ledger.row(self.client, round_id) is not None
+
+    def released(self, round_id: int, update) -> None:
+        """Mark released; refuses an update other than the recorded one."""
+        self.ledger.mark_released(self.client, round_id, update_digest=_digest(update))
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far, from the ledger."""
+        return self.ledger.epsilon(self.client)
+
+
+def _digest(update) -> str:
+    return digest_update(np.ascontiguousarray(update) if isinstance(update, np.ndarray) else update)

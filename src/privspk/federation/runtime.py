@@ -1,0 +1,131 @@
+"""The in-process runtime: every client and the server in one process, bytes between them.
+
+It is the default runtime (demo, tests, benchmarks). The protocol lives in the
+clients, the server and the aggregation scheme; this module only calls them in
+order and carries the scheme's messages with :func:`privspk.secagg.simulate.run_round`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from privspk.errors import AggregationError
+from privspk.federation.client import ClientRoundReport, FederatedClient
+from privspk.federation.server import FederatedServer
+from privspk.secagg import Scheme
+from privspk.secagg.simulate import run_round
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    """One round: what each client did, who is in the sum, and where the time went."""
+
+    round_id: int
+    clients: dict[str, ClientRoundReport]
+    included: tuple[str, ...] = ()
+    dropped: dict[str, str] = field(default_factory=dict)
+    weight_mass: float = 0.0
+    train_seconds: float = 0.0
+    secagg_seconds: float = 0.0
+    round_seconds: float = 0.0
+    bytes_up: int = 0
+    skipped: str = ""
+
+    @property
+    def loss(self) -> float:
+        """Mean local loss over the clients that trained."""
+        losses = [r.loss for r in self.clients.values() if r.status == "sent"]
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    def to_dict(self) -> dict:
+        """JSON-able summary."""
+        return {
+            "round": self.round_id,
+            "loss": self.loss,
+            "included": list(self.included),
+            "dropped": self.dropped,
+            "weight_mass": self.weight_mass,
+            "train_seconds": round(self.train_seconds, 3),
+            "secagg_seconds": round(self.secagg_seconds, 3),
+            "round_seconds": round(self.round_seconds, 3),
+            "bytes_up": self.bytes_up,
+            "skipped": self.skipped,
+            "clients": {c: vars(r) for c, r in self.clients.items()},
+        }
+
+
+class InProcessFederation:
+    """Runs rounds over in-process clients and a server with one aggregation scheme.
+
+    Args:
+        server: the server.
+        clients: client id -> client.
+        scheme: the aggregation scheme (its endpoints are the clients' ``endpoint``).
+        state_path: where the server state is saved after each round (for resume).
+        on_aggregated: called with ``(round_id, included)`` once a round's sum is applied
+            (the runtime marks ledger rows aggregated through it).
+    """
+
+    def __init__(
+        self,
+        server: FederatedServer,
+        clients: Mapping[str, FederatedClient],
+        scheme: Scheme,
+        *,
+        state_path: str | Path | None = None,
+        on_aggregated=None,
+    ) -> None:
+        self.server = server
+        self.clients = dict(clients)
+        self.scheme = scheme
+        self.state_path = Path(state_path) if state_path else None
+        self.on_aggregated = on_aggregated
+
+    def last_completed_round(self) -> int:
+        """The last round completed according to the saved server state (0 when none; rounds count from 1)."""
+        if self.state_path is None or not self.state_path.exists():
+            return 0
+        return self.server.load(self.state_path)
+
+    def run_round(self, round_id: int, *, silent: Mapping[str, str] | None = None) -> RoundReport:
+        """One full round. ``silent`` drops clients from a scheme stage on (tests, benchmarks)."""
+        start = time.perf_counter()
+        global_vector = self.server.global_vector()
+        reports = {cid: c.run_round(round_id, global_vector) for cid, c in self.clients.items()}
+        train_seconds = time.perf_counter() - start
+        senders = [cid for cid, r in reports.items() if r.status in ("sent", "resent")]
+        report = RoundReport(round_id, reports, train_seconds=train_seconds)
+        if not senders:
+            report.skipped = "no client could take part (all out of budget)"
+            report.round_seconds = time.perf_counter() - start
+            return report
+        spec = self.server.spec(round_id, senders)
+        t0 = time.perf_counter()
+        endpoints = {cid: self.clients[cid].endpoint for cid in senders}
+        try:
+            result = run_round(self.scheme, spec, endpoints, silent=silent)
+        except AggregationError as exc:
+            report.skipped = f"aggregation failed, nothing opened: {exc}"
+            report.secagg_seconds = time.perf_counter() - t0
+            report.round_seconds = time.perf_counter() - start
+            log.warning("round %d: %s", round_id, report.skipped)
+            return report
+        report.secagg_seconds = time.perf_counter() - t0
+        report.weight_mass = self.server.apply(result)
+        report.included = result.included
+        report.dropped = dict(result.dropped)
+        report.bytes_up = int(sum(result.bytes_up.values()))
+        if self.state_path is not None:
+            self.server.save(self.state_path, completed_round=round_id)
+        if self.on_aggregated is not None:
+            self.on_aggregated(round_id, result.included)
+        for cid in senders:
+            self.clients[cid].forget_staged(round_id)
+        report.round_seconds = time.perf_counter() - start
+        return report

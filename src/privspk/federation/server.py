@@ -1,0 +1,99 @@
+"""The server of a federated run: announces rounds, applies the opened sum (FedAvg).
+
+It holds the global encoder and nothing that could open one client's update: the
+aggregation scheme hands it only the sum of the included clients' weighted updates.
+Clients pre-weight their update by ``n_k / sum(n)`` (sample counts are announced at
+registration and are not secret); when some drop out, the sum is rescaled by the
+weights that are in it, so the update is the sample-weighted mean of the survivors.
+
+>>> import torch
+>>> from torch import nn
+>>> from privspk.secagg import AggregateResult
+>>> enc = nn.Linear(2, 1, bias=False)
+>>> srv = FederatedServer(enc, ["weight"], run_id="r", weights={"a": 0.25, "b": 0.75})
+>>> srv.apply(AggregateResult(total=torch.tensor([0.25, 0.25]).numpy(), included=("a",)))
+1.0
+>>> enc.weight.detach().tolist() == [[w + 1.0 for w in srv.initial_vector.tolist()]]
+True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from privspk.errors import AggregationError, CheckpointError, ConfigError
+from privspk.secagg import AggregateResult, RoundSpec
+from privspk.training.net import flatten, trainable_state, unflatten_into
+
+log = logging.getLogger(__name__)
+
+
+class FederatedServer:
+    """Global encoder state and the FedAvg step.
+
+    Args:
+        encoder: the global encoder (updated in place).
+        names: the trainable parameter names that travel (the rest is frozen and shared).
+        run_id: names the run in every message.
+        weights: each client's FedAvg weight (sums to 1 over registered clients).
+    """
+
+    def __init__(self, encoder: nn.Module, names: Sequence[str], *, run_id: str, weights: Mapping[str, float]) -> None:
+        if not names:
+            raise ConfigError("no trainable encoder parameters to federate")
+        self.encoder = encoder
+        self.names = list(names)
+        self.run_id = run_id
+        self.weights = dict(weights)
+        self.initial_vector = self.global_vector().clone()
+        self.dim = int(self.initial_vector.numel())
+
+    def global_vector(self) -> torch.Tensor:
+        """The trainable encoder parameters as one float64 vector."""
+        return flatten(trainable_state(self.encoder), self.names)
+
+    def spec(self, round_id: int, clients: Sequence[str]) -> RoundSpec:
+        """The announcement of a round with these participants."""
+        return RoundSpec(run_id=self.run_id, round_id=round_id, clients=tuple(clients), dim=self.dim)
+
+    def apply(self, result: AggregateResult) -> float:
+        """Add the sample-weighted mean of the included updates to the global encoder.
+
+        Returns the weight mass that was included (1.0 when nobody dropped).
+        """
+        if not result.included:
+            raise AggregationError("the opened sum includes no client; the global model is unchanged")
+        mass = float(sum(self.weights[c] for c in result.included))
+        if result.total.shape != (self.dim,):
+            raise AggregationError(f"sum has shape {result.total.shape}, the model needs ({self.dim},)")
+        if not np.all(np.isfinite(result.total)):
+            raise AggregationError("opened sum holds NaN/inf; the global model is unchanged")
+        step = torch.from_numpy(np.asarray(result.total, dtype=np.float64) / mass)
+        unflatten_into(self.encoder, self.names, step, add=True)
+        return mass
+
+    # ---- persistence for resume --------------------------------------------
+    def save(self, path: str | Path, *, completed_round: int) -> None:
+        """Atomically store the global vector and the last completed round."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"run_id": self.run_id, "round": completed_round, "names": self.names,
+                    "vector": self.global_vector()}, tmp)
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> int:
+        """Restore a saved global vector; returns the last completed round."""
+        try:
+            state = torch.load(Path(path), weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise CheckpointError(f"{path}: cannot read the server state ({exc}); delete it to restart") from None
+        if state.get("run_id") != self.run_id or state.get("names") != self.names:
+            raise CheckpointError(f"{path}: server state belongs to another run or model; refusing to resume")
+        unflatten_into(self.encoder, self.names, state["vector"], add=False)
+        return int(state["round"])

@@ -1,0 +1,276 @@
+"""The one interface every aggregation scheme implements.
+
+A round of secure aggregation is a short conversation between a server and the
+round's clients (and, for homomorphic encryption, a *key holder* that alone can
+decrypt). The server drives it in stages: it emits requests (:meth:`ServerRound.outbox`),
+takes replies (:meth:`ServerRound.receive`), then closes the stage
+(:meth:`ServerRound.advance`). Every message is ``bytes`` in the envelope of
+:mod:`privspk.secagg.wire`, so a runtime only has to move bytes; the in-process
+driver is :func:`privspk.secagg.simulate.run_round`.
+
+A scheme registers itself by name; runs pick one with ``build_scheme(name, options)``.
+
+>>> import numpy as np
+>>> from privspk.secagg import build_scheme, RoundSpec
+>>> from privspk.secagg.simulate import run_round
+>>> scheme = build_scheme("plain")
+>>> spec = RoundSpec(run_id="demo", round_id=0, clients=("a", "b"), dim=3)
+>>> clients = {c: scheme.client(c) for c in spec.clients}
+>>> clients["a"].submit(0, np.array([1.0, 2.0, 3.0]))
+>>> clients["b"].submit(0, np.array([0.5, 0.5, 0.5]))
+>>> run_round(scheme, spec, clients).total.tolist()
+[1.5, 2.5, 3.5]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from privspk.errors import ConfigError
+
+KEYHOLDER = "keyholder"
+"""Routing id of the key-holder role (HE schemes): never a client id."""
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What the server announces for one aggregation round.
+
+    >>> RoundSpec(run_id="r", round_id=1, clients=("c1", "c0"), dim=4).clients
+    ('c0', 'c1')
+    """
+
+    run_id: str
+    round_id: int
+    clients: tuple[str, ...]
+    dim: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.run_id, str) or not self.run_id:
+            raise ConfigError(f"run_id must be a non-empty string, got {self.run_id!r}")
+        if type(self.round_id) is not int or self.round_id < 0:
+            raise ConfigError(f"round_id must be a non-negative int, got {self.round_id!r}")
+        if type(self.dim) is not int or self.dim < 1:
+            raise ConfigError(f"dim must be a positive int, got {self.dim!r}")
+        clients = tuple(self.clients)
+        if not clients:
+            raise ConfigError("a round needs at least one client")
+        bad = [c for c in clients if not isinstance(c, str) or not c or c == KEYHOLDER]
+        if bad:
+            raise ConfigError(f"client ids must be non-empty strings other than {KEYHOLDER!r}: {bad!r}")
+        if len(set(clients)) != len(clients):
+            raise ConfigError(f"client ids repeat in {clients!r}")
+        object.__setattr__(self, "clients", tuple(sorted(clients)))
+
+
+@dataclass
+class AggregateResult:
+    """What a finished round yields: the sum and who is in it.
+
+    ``total`` is the float64 sum of the included clients' updates as the scheme
+    encodes them (clipped and quantised for ``mask``/``bfv``, CKKS-approximate for
+    ``ckks``). ``dropped`` maps each excluded client to the reason.
+    """
+
+    total: np.ndarray
+    included: tuple[str, ...]
+    dropped: dict[str, str] = field(default_factory=dict)
+    bytes_up: dict[str, int] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
+
+
+class ClientEndpoint(ABC):
+    """A client's side of a scheme; lives for the whole run (keys, contexts)."""
+
+    client_id: str
+
+    @abstractmethod
+    def submit(self, round_id: int, update: np.ndarray) -> None:
+        """Hand over this client's float update for ``round_id`` (before the stage that sends it)."""
+
+    @abstractmethod
+    def handle(self, request: bytes) -> bytes | None:
+        """Answer one server request; ``None`` when there is nothing to send back.
+
+        A malformed or unexpected request raises :class:`~privspk.errors.ProtocolError`;
+        the client then sends nothing (the server sees it as dropped).
+        """
+
+
+class ServerRound(ABC):
+    """The server's side of one round. It never holds a secret that opens one update."""
+
+    spec: RoundSpec
+
+    @property
+    @abstractmethod
+    def stage(self) -> str:
+        """Name of the current stage (``"done"`` when finished)."""
+
+    @abstractmethod
+    def outbox(self) -> dict[str, bytes]:
+        """Requests of the current stage, keyed by recipient (client id or :data:`KEYHOLDER`)."""
+
+    @abstractmethod
+    def receive(self, sender: str, payload: bytes) -> None:
+        """Take one reply. A bad reply raises ProtocolError and its sender counts as dropped;
+        what was already aggregated is kept."""
+
+    @abstractmethod
+    def advance(self) -> bool:
+        """Close the current stage. Returns ``False`` once the round is finished.
+
+        Raises :class:`~privspk.errors.AggregationError` when the round cannot finish
+        (e.g. fewer survivors than the threshold); nothing is opened then.
+        """
+
+    @abstractmethod
+    def result(self) -> AggregateResult:
+        """The opened sum, after :meth:`advance` returned ``False``."""
+
+
+class Scheme(ABC):
+    """A configured aggregation scheme for one run.
+
+    Subclasses set ``name`` and ``Config`` (a dataclass of their options) and are
+    registered with :func:`register_scheme`.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, *, seed: int | None = None) -> None:
+        self.config = config
+        self.seed = seed
+
+    @abstractmethod
+    def client(self, client_id: str) -> ClientEndpoint:
+        """The endpoint for ``client_id`` (created once, then reused)."""
+
+    @abstractmethod
+    def server_round(self, spec: RoundSpec) -> ServerRound:
+        """A fresh server state machine for one round."""
+
+    def keyholder(self) -> ClientEndpoint | None:
+        """The key holder's endpoint (HE schemes); ``None`` when the scheme has none."""
+        return None
+
+    # What the shared test suite (and callers) may rely on. Optional: the defaults
+    # describe an exact scheme that finishes with any one survivor.
+
+    def sum_tolerance(self, n_clients: int, *, bound: float = 1.0) -> float:
+        """Largest absolute error of one coordinate of an opened sum of ``n_clients`` updates
+        whose coordinates lie in ``[-bound, bound]``, against the exact float64 sum.
+
+        The default, 0.0, claims an exact sum; schemes that round or approximate override it.
+        """
+        return 0.0
+
+    def min_survivors(self, n_clients: int) -> int:
+        """Fewest clients whose updates must reach the server for a round of ``n_clients`` to
+        finish; with fewer it fails with AggregationError and nothing is opened (default 1).
+
+        Schemes may need more answers in later stages (``mask`` needs ``t`` of each
+        neighbourhood to unmask); :meth:`dropout_tolerance` is what always survives.
+        """
+        return 1
+
+    def dropout_tolerance(self, n_clients: int) -> int:
+        """How many of ``n_clients`` may drop out, at any stages, with the round still
+        guaranteed to finish (default ``n_clients - 1``)."""
+        return n_clients - 1
+
+
+_SCHEMES: dict[str, type[Scheme]] = {}
+
+
+def register_scheme(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
+    """Class decorator adding a scheme to the registry; a repeated name is refused.
+
+    >>> "plain" in scheme_names()
+    True
+    >>> @register_scheme("plain")
+    ... class Again(Scheme):
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: scheme 'plain' registered twice
+    """
+
+    def deco(cls: type[Scheme]) -> type[Scheme]:
+        if name in _SCHEMES:
+            raise ConfigError(f"scheme {name!r} registered twice")
+        cls.name = name
+        _SCHEMES[name] = cls
+        return cls
+
+    return deco
+
+
+def scheme_names() -> tuple[str, ...]:
+    """Registered scheme names, sorted.
+
+    >>> {"plain", "mask", "ckks", "bfv"} <= set(scheme_names())
+    True
+    """
+    _load_builtin()
+    return tuple(sorted(_SCHEMES))
+
+
+def config_from_options(cls: type, options: Mapping[str, Any] | None) -> Any:
+    """Build the dataclass ``cls`` from a mapping, refusing unknown keys by name.
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class C:
+    ...     bits: int = 16
+    >>> config_from_options(C, {"bitz": 12})
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: unknown option(s) ['bitz'] for C; known: ['bits']
+    """
+    options = dict(options or {})
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}; known: {known}")
+    for f in dataclasses.fields(cls):
+        if f.name in options and isinstance(options[f.name], list):
+            options[f.name] = tuple(options[f.name])  # TOML arrays -> tuples
+    return cls(**options)
+
+
+def build_scheme(name: str, options: Mapping[str, Any] | None = None, *, seed: int | None = None) -> Scheme:
+    """Instantiate a registered scheme with its options (see each scheme's ``Config``).
+
+    ``seed`` fixes the non-secret randomness of a simulation (stochastic rounding);
+    key material and masks always come from the operating system's CSPRNG.
+
+    >>> build_scheme("nope")
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: unknown aggregation scheme 'nope'; choose one of ['bfv', 'ckks', 'mask', 'plain']
+    """
+    _load_builtin()
+    if name not in _SCHEMES:
+        raise ConfigError(f"unknown aggregation scheme {name!r}; choose one of {sorted(_SCHEMES)}")
+    cls = _SCHEMES[name]
+    return cls(config_from_options(cls.Config, options), seed=seed)
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers them; done lazily so `base` has no import cycle.
+    from privspk.secagg import plain  # noqa: F401
+
+    for mod in ("mask", "ckks", "bfv"):
+        try:
+            __import__(f"privspk.secagg.{mod}")
+        except ModuleNotFoundError as exc:  # a scheme still being written
+            if exc.name != f"privspk.secagg.{mod}":
+                raise

@@ -1,0 +1,146 @@
+"""Who masks with whom: the neighbourhood graph of SecAgg+.
+
+Each client exchanges pairwise masks and secret shares only with its graph
+neighbours, so a round costs O(K * degree) instead of O(K^2). Small rounds
+(``K <= COMPLETE_UP_TO``) use the complete graph (plain SecAgg). Larger ones use
+a Harary graph of degree ``2 * ceil(log2 K)``: clients sit on a ring in an order
+drawn from the round's *public* seed, and each is joined to the ``degree / 2``
+nearest on either side. A Harary graph of degree ``d`` is ``d``-regular and
+``d``-connected, so no small dropout set splits it. Every party derives the same
+graph from the same seed; nobody chooses it.
+
+A client's *closed neighbourhood* is its neighbours plus itself; its secrets are
+shared among exactly these ``degree + 1`` clients, holder ``i`` getting share
+index ``i + 1`` in sorted order.
+
+>>> g = neighbourhood_graph(("a", "b", "c", "d"), degree=None, seed=b"public")
+>>> g.degree, g.neighbours("a")
+(3, ('b', 'c', 'd'))
+>>> g.share_index("c", "a")
+1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from privspk.errors import ConfigError
+
+COMPLETE_UP_TO = 16
+"""Rounds with at most this many clients use the complete graph by default."""
+
+
+def default_degree(n_clients: int) -> int:
+    """Degree used when none is configured: complete for small K, else ``2 * ceil(log2 K)``.
+
+    >>> [default_degree(k) for k in (2, 10, 16, 17, 50, 1000)]
+    [1, 9, 15, 10, 12, 20]
+    """
+    if type(n_clients) is not int or n_clients < 2:
+        raise ConfigError(f"a masked round needs at least 2 clients, got {n_clients!r}")
+    if n_clients <= COMPLETE_UP_TO:
+        return n_clients - 1
+    return min(n_clients - 1, 2 * math.ceil(math.log2(n_clients)))
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An undirected neighbourhood graph over a round's clients (build with :func:`neighbourhood_graph`).
+
+    >>> g = neighbourhood_graph(tuple("abcdefgh"), degree=2, seed=b"s")
+    >>> all(len(g.neighbours(c)) == 2 for c in g.clients)
+    True
+    """
+
+    clients: tuple[str, ...]
+    degree: int
+    adjacency: Mapping[str, tuple[str, ...]] = field(repr=False)
+    _closed: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    _index: dict[str, dict[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        closed = {c: tuple(sorted((*nb, c))) for c, nb in self.adjacency.items()}
+        object.__setattr__(self, "_closed", closed)
+        object.__setattr__(self, "_index", {c: {h: i + 1 for i, h in enumerate(cl)} for c, cl in closed.items()})
+
+    def neighbours(self, client: str) -> tuple[str, ...]:
+        """Sorted neighbours of ``client`` (itself excluded)."""
+        try:
+            return self.adjacency[client]
+        except KeyError:
+            raise ConfigError(f"{client!r} is not a client of this round") from None
+
+    def closed(self, client: str) -> tuple[str, ...]:
+        """Sorted closed neighbourhood: the neighbours and ``client`` itself (the holders of its shares)."""
+        self.neighbours(client)
+        return self._closed[client]
+
+    def share_index(self, owner: str, holder: str) -> int:
+        """1-based Shamir index of ``holder``'s share of ``owner``'s secrets."""
+        self.neighbours(owner)
+        idx = self._index[owner].get(holder)
+        if idx is None:
+            raise ConfigError(f"{holder!r} is not a neighbour of {owner!r}: it holds no share of its secrets")
+        return idx
+
+    def is_edge(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are neighbours."""
+        return b in self.neighbours(a)
+
+
+def _ring_order(clients: tuple[str, ...], seed: bytes) -> list[str]:
+    return sorted(clients, key=lambda c: (hashlib.sha256(seed + b"\x00" + c.encode()).digest(), c))
+
+
+def neighbourhood_graph(clients: tuple[str, ...], *, degree: int | None, seed: bytes) -> Graph:
+    """The round's graph: complete when ``degree >= K - 1``, else a Harary graph on a seeded ring.
+
+    ``degree=None`` takes :func:`default_degree`. An odd degree needs an even
+    number of clients (each is then also joined to the client opposite it).
+
+    >>> neighbourhood_graph(tuple("abcde"), degree=3, seed=b"s")
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: an odd degree (3) needs an even number of clients, got 5; use an even degree
+    """
+    clients = tuple(sorted(clients))
+    k = len(clients)
+    if k < 2 or len(set(clients)) != k:
+        raise ConfigError(f"a graph needs at least 2 distinct clients, got {clients!r}")
+    d = default_degree(k) if degree is None else degree
+    if type(d) is not int or d < 1:
+        raise ConfigError(f"degree must be a positive int, got {d!r}")
+    if d >= k - 1:
+        adj = {c: tuple(x for x in clients if x != c) for c in clients}
+        return Graph(clients=clients, degree=k - 1, adjacency=adj)
+    if d < 2:
+        raise ConfigError(f"degree 1 would split {k} clients into isolated pairs; use a degree of at least 2")
+    if d % 2 and k % 2:
+        raise ConfigError(f"an odd degree ({d}) needs an even number of clients, got {k}; use an even degree")
+    ring = _ring_order(clients, bytes(seed))
+    sets: dict[str, set[str]] = {c: set() for c in clients}
+    offsets = list(range(1, d // 2 + 1)) + ([k // 2] if d % 2 else [])
+    for pos, c in enumerate(ring):
+        for off in offsets:
+            other = ring[(pos + off) % k]
+            sets[c].add(other)
+            sets[other].add(c)
+    adj = {c: tuple(sorted(s)) for c, s in sets.items()}
+    return Graph(clients=clients, degree=d, adjacency=adj)
+
+
+def threshold_for(n_holders: int, fraction: float) -> int:
+    """Shares needed to rebuild a secret held by ``n_holders``: more than ``fraction`` of them, at least 2.
+
+    With ``fraction >= 0.5`` this is a strict majority, so two disjoint groups of
+    honest holders can never both reach it (the basis of the consistency check).
+
+    >>> [threshold_for(n, 0.5) for n in (2, 3, 10, 13)]
+    [2, 2, 6, 7]
+    """
+    if type(n_holders) is not int or n_holders < 2:
+        raise ConfigError(f"secrets need at least 2 holders, got {n_holders!r}")
+    return min(n_holders, max(2, math.floor(fraction * n_holders) + 1))

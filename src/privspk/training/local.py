@@ -1,0 +1,277 @@
+"""One client's local training for one round: non-private, utterance-level or speaker-level DP-SGD.
+
+The function trains ``net`` (encoder + the client's own head) in place and says
+what was spent; the caller records the spend in the ledger *before* anything
+derived from the new weights leaves the client.
+
+Sampling is Poisson in both DP modes: each utterance (or each speaker) joins a
+step's batch independently with probability ``sample_rate``; that rate, the noise
+multiplier and the number of steps are exactly what the accountant needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from privspk.errors import ConfigError
+from privspk.features.crops import CropDataset
+from privspk.models.heads import aam_softmax_loss
+from privspk.training.data import ClientData
+from privspk.training.speaker_dp import clip_group_sum
+
+log = logging.getLogger(__name__)
+
+UNITS = ("utterance", "speaker")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The DP-SGD mechanism of one client's round.
+
+    ``sample_rate`` is the Poisson rate over the privacy unit (utterances or speakers).
+
+    >>> DPSettings(unit="speaker", noise_multiplier=1.1, clip=1.0, sample_rate=0.25).unit
+    'speaker'
+    """
+
+    unit: str
+    noise_multiplier: float
+    clip: float
+    sample_rate: float
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ConfigError(f"privacy unit must be one of {UNITS}, got {self.unit!r}")
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.clip <= 0:
+            raise ConfigError(f"clip must be > 0, got {self.clip}")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+
+
+@dataclass
+class LocalResult:
+    """What a local round did (``dp`` is ``None`` for non-private training)."""
+
+    steps: int
+    loss: float
+    seconds: float
+    step_seconds: float
+    examples: int
+    dp: DPSettings | None
+
+
+def sample_rate_for(data: ClientData, *, unit: str, batch_size: int, speaker_batch: int) -> float:
+    """Poisson rate giving ``batch_size`` expected utterances per step.
+
+    For the utterance unit it is ``1 / ceil(N / batch_size)`` (Opacus' rule); for the
+    speaker unit each sampled speaker brings ``speaker_batch`` utterances, so
+    ``batch_size / speaker_batch`` speakers are expected per step.
+
+    >>> import torch
+    >>> d = ClientData.from_pairs(lambda u: torch.zeros(1, 1), [(f"u{i}", f"s{i % 10}") for i in range(400)])
+    >>> sample_rate_for(d, unit="utterance", batch_size=64, speaker_batch=8)
+    0.14285714285714285
+    >>> sample_rate_for(d, unit="speaker", batch_size=32, speaker_batch=8)
+    0.4
+    """
+    if unit == "utterance":
+        return 1.0 / math.ceil(len(data) / batch_size)
+    if unit == "speaker":
+        return min(1.0, (batch_size / speaker_batch) / data.n_speakers)
+    raise ConfigError(f"privacy unit must be one of {UNITS}, got {unit!r}")
+
+
+def _optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    raise ConfigError(f"optimizer must be adam or sgd, got {name!r}")
+
+
+def train_local(
+    net: nn.Module,
+    data: ClientData,
+    *,
+    steps: int,
+    batch_size: int,
+    physical_batch: int,
+    lr: float,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    crop_frames: int = 200,
+    speaker_batch: int = 8,
+    dp: DPSettings | None,
+    margin: float = 0.2,
+    scale: float = 30.0,
+    seed: int = 0,
+) -> LocalResult:
+    """Train ``net`` in place for ``steps`` optimizer steps on ``data``.
+
+    Only parameters with ``requires_grad`` change. With ``dp`` set, every step is a
+    DP-SGD step of the given mechanism; ``steps`` is the number of noisy releases the
+    accountant must charge.
+    """
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (check the fine-tuning recipe)")
+    torch.manual_seed(seed)
+    net.train()
+    start = time.perf_counter()
+    if dp is None:
+        losses, n_ex = _train_plain(net, data, params, steps=steps, batch_size=batch_size, lr=lr,
+                                    optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
+                                    margin=margin, scale=scale, seed=seed)
+    elif dp.unit == "utterance":
+        losses, n_ex = _train_dp_utterance(net, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
+                                           lr=lr, optimizer=optimizer, momentum=momentum,
+                                           crop_frames=crop_frames, margin=margin, scale=scale, seed=seed)
+    else:
+        losses, n_ex = _train_dp_speaker(net, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
+                                         lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
+                                         speaker_batch=speaker_batch, margin=margin, scale=scale, seed=seed)
+    seconds = time.perf_counter() - start
+    net.eval()
+    return LocalResult(steps=steps, loss=float(np.mean(losses)) if losses else float("nan"), seconds=seconds,
+                       step_seconds=seconds / steps, examples=n_ex, dp=dp)
+
+
+def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, seed):
+    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
+    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+    rng = np.random.default_rng(seed)
+    losses, n_ex = [], 0
+    order = np.array([], dtype=np.int64)
+    epoch = 0
+    for _ in range(steps):
+        if order.size < min(batch_size, len(ds)):
+            ds.set_epoch(epoch)
+            epoch += 1
+            order = np.concatenate([order, rng.permutation(len(ds))])
+        idx, order = order[:batch_size], order[batch_size:]
+        x, y = _batch(ds, idx)
+        loss = aam_softmax_loss(net(x), y, margin=margin, scale=scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        n_ex += len(idx)
+    return losses, n_ex
+
+
+def _batch(ds: CropDataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(ds[int(i)] for i in idx))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
+                        margin, scale, seed):
+    """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode."""
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from torch.utils.data import DataLoader
+
+    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+    n_batches = round(1.0 / dp.sample_rate)
+    loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches))
+    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
+    engine = PrivacyEngine(accountant="rdp")
+    gen = torch.Generator().manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model_p, opt_p, loader_p = engine.make_private(
+            module=net, optimizer=opt, data_loader=loader, noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.clip, poisson_sampling=True, noise_generator=gen, grad_sample_mode="hooks",
+        )
+    if abs(loader_p.sample_rate - dp.sample_rate) > 1e-9:
+        raise ConfigError(f"Opacus sampled at q={loader_p.sample_rate}, the plan says {dp.sample_rate}")
+    losses, n_ex, done, epoch = [], 0, 0, 0
+    try:
+        with BatchMemoryManager(data_loader=loader_p, max_physical_batch_size=physical_batch,
+                                optimizer=opt_p) as mem_loader:
+            while done < steps:
+                ds.set_epoch(epoch)
+                epoch += 1
+                for x, y in mem_loader:
+                    if x.shape[0]:
+                        loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale)
+                    else:  # an empty Poisson batch still costs a (pure-noise) step
+                        loss = sum(p.sum() * 0 for p in params)
+                    loss.backward()
+                    opt_p.step()
+                    opt_p.zero_grad(set_to_none=True)
+                    n_ex += int(x.shape[0])
+                    if not opt_p._is_last_step_skipped:
+                        losses.append(float(loss.detach()))
+                        done += 1
+                        if done >= steps:
+                            break
+    finally:
+        model_p._close()
+    return losses, n_ex
+
+
+def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
+                      speaker_batch, margin, scale, seed):
+    """Speaker-level DP-SGD: Poisson over speakers, per-speaker clipping of summed gradients."""
+    from opacus.grad_sample import GradSampleModule
+
+    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
+    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    gen = torch.Generator().manual_seed(seed)
+    expected_speakers = dp.sample_rate * data.n_speakers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModule(net, batch_first=True, loss_reduction="sum")
+    losses, n_ex = [], 0
+    try:
+        for step in range(steps):
+            ds.set_epoch(step)
+            chosen = np.flatnonzero(rng.random(data.n_speakers) < dp.sample_rate)
+            items, groups = [], []
+            for g, spk in enumerate(chosen):
+                pool = data.utterances_of(int(spk))
+                pick = rng.choice(pool, size=speaker_batch, replace=len(pool) < speaker_batch)
+                items += [int(i) for i in pick]
+                groups += [g] * speaker_batch
+            total = [torch.zeros_like(p) for p in params]
+            step_loss = 0.0
+            # physical batches hold whole speakers, so each speaker's gradient is summed before clipping
+            per_chunk = max(1, physical_batch // speaker_batch) * speaker_batch
+            for lo in range(0, len(items), per_chunk):
+                idx = items[lo : lo + per_chunk]
+                grp = torch.tensor(groups[lo : lo + per_chunk]) - groups[lo]
+                x, y = _batch(ds, idx)
+                loss = aam_softmax_loss(gsm(x), y, margin=margin, scale=scale, reduction="sum")
+                loss.backward()
+                gs = [p.grad_sample for p in params]
+                summed, _ = clip_group_sum(gs, grp, n_groups=int(grp.max()) + 1, clip=dp.clip)
+                for acc, s in zip(total, summed):
+                    acc.add_(s)
+                for p in params:
+                    p.grad_sample = None
+                    p.grad = None
+                step_loss += float(loss.detach())
+                n_ex += len(idx)
+            for p, acc in zip(params, total):
+                noise = torch.normal(0.0, dp.noise_multiplier * dp.clip, size=p.shape, generator=gen)
+                p.grad = (acc + noise) / expected_speakers
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss / max(1, len(items)))
+    finally:
+        gsm._close()
+    return losses, n_ex
