@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- evaluation
+BUCKET_FRAMES = 25
+
+
+def _bucket(feats: torch.Tensor) -> torch.Tensor:
+    """Trim to a multiple of 25 frames (at most 0.24 s) so utterances batch by length."""
+    n = feats.shape[0]
+    return feats[: n - n % BUCKET_FRAMES] if n >= 2 * BUCKET_FRAMES else feats
+
 class HeldoutEvaluator:
     """Embeds the held-out utterances and scores the trials (EER, minDCF, top-1)."""
 
@@ -52,19 +60,31 @@ class HeldoutEvaluator:
         from privspk.evaluation.embed import embed_features
 
         utts = self.utts if utts is None else utts
-        return embed_features(encoder, ((u, self.data.features.get(u)) for u in utts),
-                              batch_size=32, max_frames=self.max_frames)
+        return embed_features(encoder, ((u, _bucket(self.data.features.get(u))) for u in utts),
+                              batch_size=64, max_frames=self.max_frames)
 
-    def evaluate(self, encoder: nn.Module, *, top1: bool = False) -> dict[str, Any]:
-        """EER and minDCF on the trials; closed-set top-1 on all held-out utterances when asked."""
-        from privspk.evaluation.scoring import closed_set_top1, evaluate
+    def evaluate(self, encoder: nn.Module, *, top1: bool = False, write_to: Path | None = None) -> dict[str, Any]:
+        """EER and minDCF on the trials; closed-set top-1 on all held-out utterances when asked.
+
+        ``write_to``: a folder that receives ``trials`` and ``scores`` in Kaldi's formats
+        (used later to calibrate a :class:`~privspk.evaluation.Verifier`).
+        """
+        import numpy as np
+
+        from privspk.evaluation.scoring import closed_set_top1, cosine_scores, evaluate_scores
+        from privspk.evaluation.trials import write_scores, write_trials
 
         t0 = time.perf_counter()
         if top1:
             emb = self.embeddings(encoder, sorted(self.heldout_utt2spk))
         else:
             emb = self.embeddings(encoder)
-        res = evaluate(emb, self.data.trials, p_targets=(0.01, 0.05))
+        scores = cosine_scores(emb, self.data.trials)
+        res = evaluate_scores(scores, np.array([t.target for t in self.data.trials], dtype=bool),
+                              p_targets=(0.01, 0.05))
+        if write_to is not None:
+            write_trials(Path(write_to) / "trials", self.data.trials)
+            write_scores(Path(write_to) / "scores", self.data.trials, scores)
         out = {"eer": res.eer, "min_dcf_0.01": res.min_dcf[0.01], "min_dcf_0.05": res.min_dcf[0.05],
                "n_target": res.n_target, "n_nontarget": res.n_nontarget, "threshold_eer": res.threshold_eer}
         if top1:
@@ -251,7 +271,7 @@ def train(
         if on_round is not None:
             on_round(row)
     t_fed = time.perf_counter()
-    final_eval = evaluator.evaluate(server.encoder, top1=True)
+    final_eval = evaluator.evaluate(server.encoder, top1=True, write_to=run_dir)
 
     from privspk.models.checkpoint import save_encoder
 

@@ -344,6 +344,22 @@ class RunConfig:
             raise ConfigError(f"config file {p} does not exist")
         return cls.from_toml(p.read_text(encoding="utf-8"))
 
+    @classmethod
+    def preset(cls, name: str) -> RunConfig:
+        """A configuration shipped with the package (``demo``).
+
+        >>> RunConfig.preset("demo").name
+        'demo'
+        """
+        from importlib import resources
+
+        res = resources.files("privspk") / "presets" / f"{name}.toml"
+        if not res.is_file():
+            known = sorted(p.name[:-5] for p in (resources.files("privspk") / "presets").iterdir()
+                           if p.name.endswith(".toml"))
+            raise ConfigError(f"no preset named {name!r}; known: {known}")
+        return cls.from_toml(res.read_text(encoding="utf-8"))
+
     def replace(self, **sections: Any) -> RunConfig:
         """Copy with whole sections or top-level values replaced."""
         return dataclasses.replace(self, **sections)

@@ -80,6 +80,28 @@ def test_sparse_graph_round_costs_grow_with_degree_not_k() -> None:
     assert share_req < 13 * 170 + 400  # the neighbours' adverts only, not all 39 others
 
 
+@pytest.mark.parametrize("stage", [Stage.SHARE, Stage.COLLECT, Stage.UNMASK])
+def test_sparse_graph_worst_case_dropouts(stage: str) -> None:
+    """K = 20 (degree 10, t = 6): n - t = 5 dropouts inside one neighbourhood are survived; with 6,
+    c00 is left out before anyone masks with it (share) or the round fails cleanly (later)."""
+    scheme, spec, eps, codes = integer_round(20, 3, 25)
+    params = scheme.round_params(spec)
+    assert (params.graph.degree, params.threshold, scheme.dropout_tolerance(20)) == (10, 6, 5)
+    around = list(params.graph.neighbours("c00"))
+    res = run_round(scheme, spec, eps, silent={c: stage for c in around[:5]})
+    assert exact_total(scheme, 20, res.total).tolist() == sum(codes[c] for c in res.included).tolist()
+    scheme, spec, eps, codes = integer_round(20, 3, 26)
+    around = list(scheme.round_params(spec).graph.neighbours("c00"))
+    silent = {c: stage for c in around[:6]}
+    if stage == Stage.SHARE:
+        res = run_round(scheme, spec, eps, silent=silent)
+        assert "c00" not in res.included and "only 5 of its neighbourhood" in res.dropped["c00"]
+        assert exact_total(scheme, 20, res.total).tolist() == sum(codes[c] for c in res.included).tolist()
+    else:
+        with pytest.raises(AggregationError, match="nothing opened"):
+            run_round(scheme, spec, eps, silent=silent)
+
+
 def test_noise_headroom_carries_bigger_codes_without_wrap() -> None:
     opts = {"bits": 8, "noise_headroom_bits": 5}
     scheme, spec, eps, codes = integer_round(6, 16, 4, options=opts)

@@ -47,6 +47,21 @@ def test_apply_adds_modulo_the_word(seed: bytes, dim: int, dtype: type, sign: in
     assert [int(v) for v in acc] == before
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_many_masks_across_slice_boundaries(dtype: type) -> None:
+    """apply_all works slice by slice with all keystreams advancing together: check it against
+    whole reference masks on a vector several slices long."""
+    bits = np.dtype(dtype).itemsize * 8
+    dim = 3 * ((1 << 18) // np.dtype(dtype).itemsize) + 5
+    keys = [(derive_mask_key(bytes([i + 1]) * 16, salt=b"s", info=b"i"), 1 if i % 3 else -1) for i in range(4)]
+    acc = np.arange(dim, dtype=np.uint64).astype(dtype)
+    want = acc.astype(object)
+    for key, sign in keys:
+        want = (want + sign * reference_mask(key, dim, dtype).astype(object)) % (1 << bits)
+    MaskStream(dim=dim, dtype=dtype).apply_all(acc, keys)
+    assert (acc.astype(object) == want).all()
+
+
 @settings(max_examples=60, deadline=None)
 @given(a=seeds, b=seeds)
 def test_distinct_seeds_give_unrelated_masks(a: bytes, b: bytes) -> None:

@@ -195,12 +195,14 @@ class FederatedClient:
         tmp = staged.with_suffix(".tmp.npy")  # 4. stage
         np.save(tmp, vector)
         os.replace(tmp, staged)
-        self._save_head()
         _fault("before_spend", self.client_id, round_id)
         eps = 0.0
         if self.guard is not None and self.dp is not None:  # 5. record
             eps = self.guard.commit(round_id=round_id, dp=self.dp, steps=self.local_steps, scheme=self.scheme,
                                     update=vector)
+        # the head is kept only once the round's spend is recorded: a head trained in a round whose
+        # spend never got recorded would carry that round's (unaccounted) data into later updates
+        self._save_head()
         _fault("after_spend", self.client_id, round_id)
         if self.guard is not None and self.dp is not None:  # 6. release
             self.guard.released(round_id, vector)

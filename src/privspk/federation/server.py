@@ -12,8 +12,8 @@ weights that are in it, so the update is the sample-weighted mean of the survivo
 >>> enc = nn.Linear(2, 1, bias=False)
 >>> srv = FederatedServer(enc, ["weight"], run_id="r", weights={"a": 0.25, "b": 0.75})
 >>> srv.apply(AggregateResult(total=torch.tensor([0.25, 0.25]).numpy(), included=("a",)))
-1.0
->>> enc.weight.detach().tolist() == [[w + 1.0 for w in srv.initial_vector.tolist()]]
+0.25
+>>> bool(torch.allclose(enc.weight.detach().double(), srv.initial_vector.reshape(1, 2) + 1.0))
 True
 """
 
@@ -69,6 +69,9 @@ class FederatedServer:
         """
         if not result.included:
             raise AggregationError("the opened sum includes no client; the global model is unchanged")
+        unknown = sorted(c for c in result.included if c not in self.weights)
+        if unknown:
+            raise AggregationError(f"the sum includes unregistered client(s) {unknown}; the global model is unchanged")
         mass = float(sum(self.weights[c] for c in result.included))
         if result.total.shape != (self.dim,):
             raise AggregationError(f"sum has shape {result.total.shape}, the model needs ({self.dim},)")

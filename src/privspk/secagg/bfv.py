@@ -99,7 +99,9 @@ def _plan_for(pack: int, radix: int, degree: int, max_clients: int) -> BfvPlan |
     t = batching_prime(radix**pack - 1, degree)
     if t.bit_length() > MAX_PRIME_BITS:
         return f"pack={pack} needs a {t.bit_length()}-bit plain modulus (SEAL allows {MAX_PRIME_BITS})"
-    need = math.ceil(math.log2(t) + noise_bits(max_clients, poly_degree=degree) + NOISE_SAFETY_BITS)
+    # SEAL's b-bit primes lie just below 2**b, so their product falls short of 2**sum(b) by a
+    # small fraction of a bit: ask for a little more than the bare requirement.
+    need = math.ceil(math.log2(t) + noise_bits(max_clients, poly_degree=degree) + NOISE_SAFETY_BITS + 0.05)
     chain = (*split_bits(need), SPECIAL_PRIME_BITS)
     cap = SECURITY_CAP_BITS[degree]
     if sum(chain) > cap:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import struct
 import zlib
 from collections.abc import Sequence
@@ -127,7 +126,9 @@ def batching_prime(above: int, poly_degree: int) -> int:
     4300801
     """
     factor = 2 * poly_degree
-    t = (above // factor + 1) * factor + 1
+    t = (above // factor) * factor + 1
+    if t <= above:
+        t += factor
     while not is_prime(t):
         t += factor
     return t

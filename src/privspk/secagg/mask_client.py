@@ -258,20 +258,20 @@ class MaskClient(ClientEndpoint):
             shared = state.c_key.agree(state.peers[v].c_pk, peer=v)
             box = body[i * SEALED_BYTES : (i + 1) * SEALED_BYTES]
             state.held[v] = open_sealed(box, shared=shared, digest=p.digest, src=v, dst=me)
-        acc = p.quantiser.wrap(self._take_codes(p))
-        stream = MaskStream(dim=p.dim, dtype=p.quantiser.dtype)
-        stream.apply(acc, derive_mask_key(state.seed, salt=p.digest, info=p.self_info(me)), sign=+1)
+        acc = self._take_words(p)
+        masks = [(derive_mask_key(state.seed, salt=p.digest, info=p.self_info(me)), +1)]
         for v in senders:
             shared = state.s_key.agree(state.peers[v].s_pk, peer=v)
-            stream.apply(acc, derive_mask_key(shared, salt=p.digest, info=p.pair_info(me, v)),
-                         sign=p.pair_sign(me, v))
+            masks.append((derive_mask_key(shared, salt=p.digest, info=p.pair_info(me, v)), p.pair_sign(me, v)))
+        MaskStream(dim=p.dim, dtype=p.quantiser.dtype).apply_all(acc, masks)
         # The masks are applied: the keys and seed are no longer needed here.
         state.c_key = state.s_key = None
         state.seed = None
         state.held = {v: s for v, s in state.held.items() if v == me or v in senders}
         return self._reply(p, Stage.COLLECT, body=p.quantiser.words_to_bytes(acc))
 
-    def _take_codes(self, p: RoundParams) -> np.ndarray:
+    def _take_words(self, p: RoundParams) -> np.ndarray:
+        """This round's update as words: given integer codes (bounds-checked) or quantised floats."""
         q = p.quantiser
         if p.round_id in self._codes:
             codes = self._codes.pop(p.round_id)
@@ -279,8 +279,8 @@ class MaskClient(ClientEndpoint):
             if codes.shape[0] != p.dim or int(np.abs(codes).max()) > limit:
                 raise ConfigError(f"client {self.client_id}: integer codes must be {p.dim} values with |code| <= "
                                   f"{limit} ({q.bits} bits + {q.headroom_bits} headroom bits)")
-            return codes
-        return q.to_integers(self._updates.pop(p.round_id), rng=self._rng)
+            return q.wrap(codes)
+        return q.encode(self._updates.pop(p.round_id), rng=self._rng)
 
     def _confirm(self, state: _RoundState, header: dict, body: bytes) -> bytes:
         p, me = state.params, self.client_id

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,10 @@ ADVERT_BYTES = 3 * PUBLIC_KEY_BYTES + SIGNATURE_BYTES
 """``c_pk | s_pk | seed commitment | signature``."""
 
 _MIN_AUTO_BITS = 12
+
+
+def _real(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 class Stage:
@@ -141,11 +146,11 @@ server could collect both secrets of a client from two disjoint groups
     noise_headroom_bits: int = 0
 
     def __post_init__(self) -> None:
-        if type(self.clip) not in (int, float) or not math.isfinite(self.clip) or self.clip <= 0:
+        if not _real(self.clip) or not math.isfinite(self.clip) or self.clip <= 0:
             raise ConfigError(f"clip must be a positive finite number, got {self.clip!r}")
         if not (self.bits == "auto" or (type(self.bits) is int and 2 <= self.bits <= 32)):
             raise ConfigError(f"bits must be an int in [2, 32] or 'auto', got {self.bits!r}")
-        if type(self.threshold) not in (int, float) or not 0.5 <= self.threshold < 1.0:
+        if not _real(self.threshold) or not 0.5 <= self.threshold < 1.0:
             raise ConfigError(
                 f"threshold must be a float in [0.5, 1.0), got {self.threshold!r}: below a strict majority a "
                 "server could collect both secrets of a client from two disjoint groups"
@@ -345,10 +350,10 @@ def parse(
     >>> h = {"scheme": "mask", "run": "r", "round": 0, "stage": "confirm", "sender": "c1",
     ...      "body_len": 64, "body_sha256": "..."}
     >>> parse(h, run="r", round_id=0, stage="confirm", fields={}, client="c1")
-    >>> parse(h, run="r", round_id=0, stage="unmask", fields={}, client="c1")
+    >>> parse(h, run="r", round_id=1, stage="confirm", fields={}, client="c1")
     Traceback (most recent call last):
     ...
-    privspk.errors.ProtocolError: client c1: message is for stage 'confirm', the round is at stage 'unmask' (out of order)
+    privspk.errors.ProtocolError: client c1: message is for round 0, this is round 1 (replayed or stale)
     """
     expect(header, scheme=SCHEME, run=run, round_id=round_id, stage=stage, client=client)
     check_stage_fields(header, fields, client=client)

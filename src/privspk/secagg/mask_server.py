@@ -315,14 +315,13 @@ class MaskServerRound(ServerRound):
                   if len(self._s_shares.get(v, {})) < t]
         if short:
             raise AggregationError(f"too few unmask replies (threshold {t}): {', '.join(short)}; nothing opened")
-        acc = self._sum
-        stream = MaskStream(dim=self.spec.dim, dtype=p.quantiser.dtype)
+        masks = []  # every mask still in the sum, with the sign that removes it
         for w in sorted(self._survivors):
             seed = combine_secret(self._b_shares[w], threshold=t, what=f"seed of {w}")
             if p.commitment(w, seed) != self._adverts[w][2 * PUBLIC_KEY_BYTES : 3 * PUBLIC_KEY_BYTES]:
                 raise AggregationError(f"the rebuilt self-mask seed of {w} does not match its commitment "
                                        "(a share was corrupted); nothing opened")
-            stream.apply(acc, derive_mask_key(seed, salt=p.digest, info=p.self_info(w)), sign=-1)
+            masks.append((derive_mask_key(seed, salt=p.digest, info=p.self_info(w)), -1))
         g = p.graph
         for v in sorted(self._dropped_needed):
             key = RoundKeyPair.from_secret(combine_secret(self._s_shares[v], threshold=t, what=f"s key of {v}"))
@@ -331,8 +330,9 @@ class MaskServerRound(ServerRound):
                                        "key (a share was corrupted); nothing opened")
             for w in sorted(set(g.neighbours(v)) & self._survivors):
                 shared = key.agree(self._adverts[w][PUBLIC_KEY_BYTES : 2 * PUBLIC_KEY_BYTES], peer=w)
-                stream.apply(acc, derive_mask_key(shared, salt=p.digest, info=p.pair_info(w, v)),
-                             sign=-p.pair_sign(w, v))
+                masks.append((derive_mask_key(shared, salt=p.digest, info=p.pair_info(w, v)), -p.pair_sign(w, v)))
+        acc = self._sum
+        MaskStream(dim=self.spec.dim, dtype=p.quantiser.dtype).apply_all(acc, masks)
         try:
             total = p.quantiser.decode_sum(acc, n_summands=len(self._survivors))
         except ProtocolError as exc:

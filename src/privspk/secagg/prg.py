@@ -20,11 +20,12 @@ or shortened and no non-cryptographic generator is involved.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privspk.errors import ConfigError
@@ -34,6 +35,7 @@ MIN_SEED_BYTES = 16
 
 _KEY_BYTES = 32  # AES-256
 _IV_BYTES = 16
+_SLICE_BYTES = 1 << 18  # accumulator slice that stays in L2 while every mask is added to it
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,12 @@ def derive_mask_key(seed: bytes, *, salt: bytes, info: bytes) -> MaskKey:
 
 
 class MaskStream:
-    """Generates masks of ``dim`` words of ``dtype`` into one reusable buffer.
+    """Generates masks of ``dim`` words of ``dtype`` and adds them into an accumulator.
 
-    :meth:`mask` returns a read-only view valid until the next call;
-    :meth:`apply` adds or subtracts a mask in place modulo ``2**word_bits``.
+    :meth:`apply_all` adds or subtracts many masks in place modulo ``2**word_bits``,
+    one cache-sized slice at a time with every keystream advancing together, so the
+    accumulator slice stays in cache and no full-length mask is ever materialised.
+    :meth:`mask` returns one whole mask (a read-only view valid until the next call).
 
     >>> ms = MaskStream(dim=3, dtype=np.uint32)
     >>> a = ms.mask(derive_mask_key(bytes(32), salt=b"", info=b"a")).copy()
@@ -94,28 +98,53 @@ class MaskStream:
         self.dim = dim
         self.dtype = dt.newbyteorder("<")
         self._nbytes = dim * dt.itemsize
-        self._zeros = bytes(self._nbytes)
-        # cryptography's update_into wants room for one extra block minus one byte.
-        self._buf = bytearray(self._nbytes + 15)
+        self._step = max(1, _SLICE_BYTES // dt.itemsize)  # words per slice
 
     def mask(self, key: MaskKey) -> np.ndarray:
-        """The mask for ``key`` as little-endian words (a view into the internal buffer)."""
-        enc = Cipher(algorithms.AES(key.key), modes.CTR(key.iv)).encryptor()
-        n = enc.update_into(self._zeros, self._buf)
-        if n != self._nbytes:  # pragma: no cover - a CTR encryptor outputs what it is given
-            raise ConfigError(f"keystream came out {n} bytes, wanted {self._nbytes}")
-        view = np.frombuffer(self._buf, dtype=self.dtype, count=self.dim)
+        """The whole mask for ``key`` as little-endian words (read-only)."""
+        buf = bytearray(self._nbytes + 15)  # update_into wants one block minus one byte of room
+        _keystream(key).update_into(bytes(self._nbytes), buf)
+        view = np.frombuffer(buf, dtype=self.dtype, count=self.dim)
         view.flags.writeable = False
         return view
 
     def apply(self, acc: np.ndarray, key: MaskKey, *, sign: int) -> None:
         """``acc += sign * mask(key)`` modulo ``2**word_bits``, in place (``sign`` is +1 or -1)."""
+        self.apply_all(acc, [(key, sign)])
+
+    def apply_all(self, acc: np.ndarray, masks: Sequence[tuple[MaskKey, int]]) -> None:
+        """``acc += sum(sign * mask(key) for key, sign in masks)`` modulo ``2**word_bits``, in place.
+
+        >>> ks = [derive_mask_key(bytes([i]) * 16, salt=b"", info=b"") for i in range(3)]
+        >>> a = np.zeros(5, dtype=np.uint16); b = np.zeros(5, dtype=np.uint16)
+        >>> ms = MaskStream(dim=5, dtype=np.uint16)
+        >>> ms.apply_all(a, [(ks[0], 1), (ks[1], -1), (ks[2], 1)])
+        >>> for k, s in [(ks[0], 1), (ks[1], -1), (ks[2], 1)]:
+        ...     ms.apply(b, k, sign=s)
+        >>> a.tolist() == b.tolist()
+        True
+        """
         if acc.shape != (self.dim,) or acc.dtype.itemsize != self.dtype.itemsize or acc.dtype.kind != "u":
             raise ConfigError(f"accumulator must be {self.dim} words of {self.dtype}, got {acc.shape} {acc.dtype}")
-        m = self.mask(key)
-        if sign == 1:
-            np.add(acc, m, out=acc, casting="unsafe")
-        elif sign == -1:
-            np.subtract(acc, m, out=acc, casting="unsafe")
-        else:
-            raise ConfigError(f"sign must be +1 or -1, got {sign!r}")
+        bad = [s for _, s in masks if s not in (1, -1) or type(s) is not int]
+        if bad:
+            raise ConfigError(f"sign must be +1 or -1, got {bad[0]!r}")
+        streams = [(_keystream(key), sign) for key, sign in masks]
+        item = self.dtype.itemsize
+        zeros = memoryview(bytes(self._step * item))
+        buf = bytearray(self._step * item + 15)
+        words = np.frombuffer(buf, dtype=self.dtype, count=self._step)
+        for start in range(0, self.dim, self._step):
+            seg = acc[start : start + self._step]
+            n = seg.shape[0]
+            mask = words[:n]
+            for enc, sign in streams:
+                enc.update_into(zeros[: n * item], buf)
+                if sign == 1:
+                    np.add(seg, mask, out=seg, casting="unsafe")
+                else:
+                    np.subtract(seg, mask, out=seg, casting="unsafe")
+
+
+def _keystream(key: MaskKey) -> CipherContext:
+    return Cipher(algorithms.AES(key.key), modes.CTR(key.iv)).encryptor()

@@ -31,6 +31,19 @@ import numpy as np
 from privspk.errors import ConfigError, ProtocolError
 
 _WORDS = {16: np.uint16, 32: np.uint32, 64: np.uint64}
+_CHUNK = 1 << 15  # values per step of encode(): float64 temporaries stay in cache
+
+
+def _checked(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ConfigError(f"expected a 1-D update, got shape {x.shape}")
+    if x.dtype.kind not in "fiub":
+        raise ConfigError(f"expected a numeric update, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise ConfigError(f"update has {bad} non-finite values (NaN/inf); refusing to quantise it")
+    return x
 
 
 def headroom_for(n_clients: int) -> int:
@@ -125,13 +138,10 @@ class Quantiser:
         >>> q.to_integers(np.array([2.0, -1.0, 0.0]), rng=np.random.default_rng(0)).tolist()
         [7, -7, 0]
         """
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 1:
-            raise ConfigError(f"expected a 1-D update, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            bad = int(np.count_nonzero(~np.isfinite(x)))
-            raise ConfigError(f"update has {bad} non-finite values (NaN/inf); refusing to quantise it")
-        y = np.clip(x, -self.clip, self.clip)
+        return self._round(_checked(x), rng)
+
+    def _round(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        y = np.clip(np.asarray(x, dtype=np.float64), -self.clip, self.clip)
         y *= self.scale
         # floor(y + u) with u ~ U[0, 1) rounds up with probability frac(y): the same law as
         # floor(y) + [u < frac(y)], in fewer passes over the vector.
@@ -153,8 +163,22 @@ class Quantiser:
         return self._signed(words).astype(np.int64)
 
     def encode(self, x: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        """Clip, round stochastically and wrap into words of :attr:`dtype`."""
-        return self.wrap(self.to_integers(x, rng=rng))
+        """Clip, round stochastically and wrap into words of :attr:`dtype`.
+
+        Equal to ``wrap(to_integers(x, rng=rng))`` (same draws, same words), computed in
+        cache-sized chunks so no full-length float64/int64 temporaries are made.
+
+        >>> q = Quantiser(clip=1.0, bits=8, n_clients=2)
+        >>> x = np.linspace(-1, 1, 100_001)
+        >>> bool((q.encode(x, rng=np.random.default_rng(3)) ==
+        ...       q.wrap(q.to_integers(x, rng=np.random.default_rng(3)))).all())
+        True
+        """
+        x = _checked(x)
+        out = np.empty(x.shape[0], dtype=self.dtype)
+        for start in range(0, x.shape[0], _CHUNK):
+            out[start : start + _CHUNK] = self._round(x[start : start + _CHUNK], rng)
+        return out
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Sum of two word vectors modulo ``2**word_bits`` (numpy unsigned overflow wraps)."""

@@ -205,16 +205,17 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
                 ds.set_epoch(epoch)
                 epoch += 1
                 for x, y in mem_loader:
-                    if x.shape[0]:
-                        loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale)
-                    else:  # an empty Poisson batch still costs a (pure-noise) step
-                        loss = sum(p.sum() * 0 for p in params)
+                    # An empty Poisson batch still costs a (pure-noise) step: it goes through the model
+                    # too, so that Opacus sees empty per-sample gradients (a sum, as a mean of nothing is NaN).
+                    loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale,
+                                            reduction="mean" if x.shape[0] else "sum")
                     loss.backward()
                     opt_p.step()
                     opt_p.zero_grad(set_to_none=True)
                     n_ex += int(x.shape[0])
                     if not opt_p._is_last_step_skipped:
-                        losses.append(float(loss.detach()))
+                        if x.shape[0]:
+                            losses.append(float(loss.detach()))
                         done += 1
                         if done >= steps:
                             break

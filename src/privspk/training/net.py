@@ -53,6 +53,11 @@ def flatten(state: dict[str, Tensor], names: list[str]) -> torch.Tensor:
 def unflatten_into(module: nn.Module, names: list[str], vector: torch.Tensor, *, add: bool) -> None:
     """Write (or add, when ``add``) slices of ``vector`` into the named parameters of ``module``."""
     params = dict(module.named_parameters())
+    total = sum(params[n].numel() for n in names)
+    if total != vector.numel():  # checked first: nothing is written on a mismatch
+        from privspk.errors import ModelError
+
+        raise ModelError(f"vector has {vector.numel()} values, the named parameters {total}")
     offset = 0
     with torch.no_grad():
         for n in names:
@@ -63,7 +68,3 @@ def unflatten_into(module: nn.Module, names: list[str], vector: torch.Tensor, *,
             else:
                 p.copy_(chunk)
             offset += p.numel()
-    if offset != vector.numel():
-        from privspk.errors import ModelError
-
-        raise ModelError(f"vector has {vector.numel()} values, the named parameters {offset}")

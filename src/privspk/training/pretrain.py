@@ -48,8 +48,8 @@ class PretrainReport:
 def cosine_lr(step: int, total: int, *, warmup: int) -> float:
     """Learning-rate factor: linear warm-up then cosine decay to 5 %.
 
-    >>> [round(cosine_lr(s, 100, warmup=10), 2) for s in (0, 9, 10, 55, 99)]
-    [0.1, 1.0, 1.0, 0.54, 0.05]
+    >>> [round(cosine_lr(s, 100, warmup=10), 3) for s in (0, 9, 10, 55, 99)]
+    [0.1, 1.0, 1.0, 0.525, 0.05]
     """
     if step < warmup:
         return (step + 1) / warmup

@@ -19,6 +19,8 @@ by the expected number of speakers. Per-sample gradients come from Opacus'
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -50,7 +52,7 @@ def clip_group_sum(
             raise ConfigError(f"grad sample batch {g.shape[0]} != {groups.shape[0]} group ids")
     per_group = []
     for g in grad_samples:
-        flat = g.reshape(g.shape[0], -1)
+        flat = g.reshape(g.shape[0], math.prod(g.shape[1:]))  # explicit width: a batch of 0 is allowed
         acc = torch.zeros(n_groups, flat.shape[1], dtype=flat.dtype, device=flat.device)
         acc.index_add_(0, groups, flat)
         per_group.append(acc)
