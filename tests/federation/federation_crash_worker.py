@@ -3,7 +3,8 @@
 The crash tests start it with ``PRIVSPK_FAULT=point:client:round`` set (the client's own
 fault hook then exits with status 86) or with ``--crash round:point`` (the server exits with
 status 87 during aggregation), or kill it from outside. A finished run writes
-``result.npz`` (the final global vector) in the work folder.
+``result.npz`` (the final global vector) in the work folder; every update handed to the
+scheme is logged in ``outbox.jsonl`` first.
 
     python federation_crash_worker.py WORKDIR [--scheme plain|mask] [--rounds N] [--resume]
                                                [--crash ROUND:POINT] [--pause SECONDS]
@@ -39,7 +40,7 @@ def main() -> None:
         time.sleep(args.pause)
 
     job = build_job(args.workdir, scheme=args.scheme, rounds=args.rounds, crash=args.crash,
-                    on_aggregated=progress)
+                    on_aggregated=progress, outbox=f"{args.workdir}/outbox.jsonl")
     try:
         job.run(resume=args.resume)
         np.savez(f"{args.workdir}/result.npz", vector=job.server.global_vector().numpy(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from privspk.federation.guard import LedgerGuard, open_run_ledger
 from privspk.models.ecapa import ECAPAEncoder
 from privspk.models.finetune import apply_recipe
 from privspk.privacy import Ledger, PrivacyBudget
+from privspk.privacy.ledger import digest_update
 from privspk.secagg import AggregateResult, RoundSpec, build_scheme
 from privspk.training.data import ClientData
 from privspk.training.local import DPSettings, sample_rate_for
@@ -142,8 +144,13 @@ def build_job(
     seed: int = 0,
     crash: str | None = None,
     on_aggregated: Callable | None = None,
+    outbox: str | Path | None = None,
 ) -> Job:
-    """Build the job in ``workdir`` (ledger, server state, client stores live there)."""
+    """Build the job in ``workdir`` (ledger, server state, client stores live there).
+
+    ``outbox``: a file that gets one JSON line ``{client, round, digest}`` (fsync'ed) for every
+    update a client hands to its scheme endpoint - what left the client, for the crash checks.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = job_config(scheme=scheme, rounds=rounds, epsilon=epsilon, dp=dp, local_steps=local_steps)
@@ -180,8 +187,32 @@ def build_job(
         if on_aggregated is not None:
             on_aggregated(round_id, included)
 
+    if outbox is not None:
+        for cid, client in clients.items():
+            client.endpoint.submit = _logged_submit(Path(outbox), cid, client.endpoint.submit)
     fed = InProcessFederation(server, clients, sch, state_path=workdir / "server_state.pt", on_aggregated=aggregated)
     return Job(cfg=cfg, fed=fed, server=server, clients=clients, ledger=ledger)
+
+
+def _logged_submit(path: Path, client_id: str, submit: Callable) -> Callable:
+    def logged(round_id: int, update: np.ndarray) -> None:
+        line = json.dumps({"client": client_id, "round": round_id,
+                           "digest": digest_update(np.ascontiguousarray(update))})
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        submit(round_id, update)
+
+    return logged
+
+
+def read_outbox(path: str | Path) -> list[dict]:
+    """The lines written by the ``outbox`` option (none when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def run_job(workdir: str | Path, *, resume: bool = False, **kwargs) -> dict:

@@ -146,7 +146,8 @@ def test_auto_bits_uses_uint16_words_up_to_16_clients() -> None:
     for k in range(2, 17):
         assert cfg.quantiser(k).dtype is np.uint16
     assert cfg.quantiser(17).dtype is np.uint32 and cfg.quantiser(17).bits == 16
-    assert MaskConfig().quantiser(2).dtype is np.uint32  # 16-bit values need a 32-bit word for any sum
+    assert MaskConfig(bits=16).quantiser(2).dtype is np.uint32  # 16-bit values need a 32-bit word for any sum
+    assert MaskConfig().bits == "auto"  # the default meets the 2-bytes/param upload target for K <= 16
 
 
 def test_a_round_needs_two_clients() -> None:

@@ -140,7 +140,7 @@ server could collect both secrets of a client from two disjoint groups
     """
 
     clip: float = 1.0
-    bits: int | str = 16
+    bits: int | str = "auto"
     threshold: float = 0.5
     degree: int | None = None
     noise_headroom_bits: int = 0
@@ -174,7 +174,7 @@ server could collect both secrets of a client from two disjoint groups
     def quantiser(self, n_clients: int) -> Quantiser:
         """The quantiser of a round of ``n_clients`` (headroom for their sum and the noise).
 
-        >>> MaskConfig().quantiser(10).word_bits
+        >>> MaskConfig(bits=16).quantiser(10).word_bits
         32
         """
         return Quantiser(
