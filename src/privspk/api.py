@@ -152,6 +152,36 @@ def _scheme_options(cfg: RunConfig) -> dict:
     return opts
 
 
+def plan_client_level(cfg: RunConfig, *, dim: int):
+    """Distributed-DP encoder for client-level DP, and the mask options that carry its noise.
+
+    Codes use the mask quantiser's units (16-bit values over ``[-client_clip, client_clip]``);
+    the noise multiplier is planned for the run's rounds at the client-level budget, counting
+    only the noise shares of the fewest clients a round can open with.
+    """
+    from privspk.privacy import PrivacyBudget
+    from privspk.privacy.distributed import DistributedDP, plan_client_noise_multiplier
+    from privspk.secagg import build_scheme, headroom_for
+
+    p = cfg.privacy
+    if cfg.secagg.scheme != "mask":
+        raise ConfigError(f"client-level DP adds integer noise before masking: it needs secagg scheme 'mask', "
+                          f"not {cfg.secagg.scheme!r}")
+    k = cfg.federation.n_clients
+    if k < 2:
+        raise ConfigError("client-level DP needs at least 2 clients")
+    bits = 16
+    options = {**_scheme_options(cfg), "bits": bits, "clip": p.client_clip}
+    probe = build_scheme("mask", options)
+    template = DistributedDP(clip=p.client_clip, scale=probe.quantiser(k).scale, noise_multiplier=1.0,
+                             n_clients=k, dim=dim, noise=p.client_noise)
+    dp = plan_client_noise_multiplier(budget=PrivacyBudget(epsilon=p.client_epsilon, delta=p.delta, unit="client"),
+                                      rounds=cfg.federation.rounds, sample_rate=1.0, template=template,
+                                      counted_shares=probe.min_survivors(k))
+    options["noise_headroom_bits"] = max(0, dp.modulus_bits() - bits - headroom_for(k))
+    return dp, options
+
+
 def train(
     config: RunConfig,
     *,
@@ -198,6 +228,16 @@ def train(
                               f"overwrite=True to start again, or choose another name")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    privacy = cfg.privacy
+    ledger = None
+    if privacy.enabled:
+        from privspk.federation.guard import open_run_ledger
+
+        # opened first: a resume with other privacy settings is refused before anything is written or computed
+        ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
+    elif resume and (run_dir / "ledger.sqlite").exists():
+        raise ConfigError(f"{run_dir} is a differentially private run (it has a privacy ledger); resume it with "
+                          "the same privacy settings, never without privacy")
     (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
 
     data = data if data is not None else prepare_data(cfg, progress=progress)
@@ -215,16 +255,14 @@ def train(
                     for i, group in enumerate(data.split.clients)}
     total = sum(len(d) for d in clients_data.values())
     weights = {cid: len(d) / total for cid, d in clients_data.items()}
-    scheme = build_scheme(cfg.secagg.scheme, _scheme_options(cfg), seed=cfg.seed)
+    options = _scheme_options(cfg)
+    client_dp = None
+    if privacy.client_level:
+        client_dp, options = plan_client_level(cfg, dim=n_trainable)
+    scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
     server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
 
-    privacy = cfg.privacy
-    ledger = None
     plans: dict[str, Any] = {}
-    if privacy.enabled:
-        from privspk.federation.guard import open_run_ledger
-
-        ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
     train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
                       crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
@@ -243,11 +281,19 @@ def train(
             plans[cid] = plan
             dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
                             sample_rate=q)
-            guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip)
+            if client_dp is not None:
+                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
+                                    client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
+                                                                unit="client"),
+                                    client_mechanism=client_dp.mechanism(
+                                        counted_shares=scheme.min_survivors(len(clients_data))))
+            else:
+                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip)
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
             guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
             local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + i,
+            client_dp=client_dp,
         )
 
     def aggregated(round_id: int, included) -> None:
@@ -262,6 +308,8 @@ def train(
         rep = fed.run_round(r)
         row = rep.to_dict()
         row["epsilon"] = {cid: c.epsilon() for cid, c in clients.items()}
+        if client_dp is not None:
+            row["client_epsilon"] = {cid: c.guard.client_epsilon() for cid, c in clients.items()}
         row["delta"] = privacy.delta if privacy.enabled else None
         row["unit"] = privacy.unit if privacy.enabled else None
         last = r == cfg.federation.rounds
@@ -292,8 +340,13 @@ def train(
                      "accountant": privacy.accountant, "clip": privacy.clip,
                      "noise_multiplier": {c: p.noise_multiplier for c, p in plans.items()},
                      "sample_rate": {c: p.sample_rate for c, p in plans.items()},
-                     "epsilon_spent": eps} if privacy.enabled else {"enabled": False}),
-        "secagg": {"scheme": cfg.secagg.scheme, "options": _scheme_options(cfg)},
+                     "epsilon_spent": eps,
+                     "client_level": ({"noise": client_dp.noise, "noise_multiplier": client_dp.noise_multiplier,
+                                       "clip": client_dp.clip, "epsilon_budget": privacy.client_epsilon,
+                                       "epsilon_spent": {c: cl.guard.client_epsilon() for c, cl in clients.items()}}
+                                      if client_dp is not None else None)}
+                    if privacy.enabled else {"enabled": False}),
+        "secagg": {"scheme": cfg.secagg.scheme, "options": options},
         "rounds": rounds,
         "final_eval": final_eval,
         "seconds": {"data": round(t_data - t_start, 1), "pretrain": round(t_pre - t_data, 1),

@@ -14,7 +14,7 @@ True
 >>> RunConfig.from_dict({"privacy": {"epsilonn": 3}})
 Traceback (most recent call last):
 ...
-privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, clip, delta, enabled, epsilon, unit)
+privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, client_clip, client_epsilon, client_level, client_noise, clip, delta, enabled, epsilon, unit)
 """
 
 from __future__ import annotations
@@ -179,7 +179,10 @@ class PrivacySection:
     """DP-SGD settings; ``epsilon``/``delta`` is each client's budget for the whole run.
 
     ``unit`` is what the guarantee protects: one ``utterance`` or one ``speaker``'s
-    whole data on a client.
+    whole data on a client. ``client_level`` adds distributed DP for whole clients
+    (needs the ``mask`` scheme): each client clips its update to ``client_clip`` in L2
+    and adds its share of integer ``client_noise`` before masking, so the opened sum
+    carries central noise for a ``client_epsilon`` (at ``delta``) per client.
     """
 
     enabled: bool = True
@@ -188,9 +191,21 @@ class PrivacySection:
     unit: str = "utterance"
     clip: float = 1.0
     accountant: str = "rdp"
+    client_level: bool = False
+    client_epsilon: float = 8.0
+    client_clip: float = 0.05
+    client_noise: str = "dgauss"
 
     def check(self) -> list[str]:
         errs = []
+        if self.client_level and not self.enabled:
+            errs.append("client_level DP needs enabled = true (sample-level DP-SGD is recorded beside it)")
+        if not (math.isfinite(self.client_epsilon) and self.client_epsilon > 0):
+            errs.append(f"client_epsilon must be a positive finite number, got {self.client_epsilon}")
+        if self.client_clip <= 0:
+            errs.append(f"client_clip must be > 0, got {self.client_clip}")
+        if self.client_noise not in ("dgauss", "skellam"):
+            errs.append(f"client_noise must be dgauss|skellam, got {self.client_noise!r}")
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             errs.append(f"epsilon must be a positive finite number, got {self.epsilon}")
         if not 0 < self.delta < 1:
@@ -317,7 +332,13 @@ class RunConfig:
                 if err:
                     errs.append(f"{key}: {err}")
                 kwargs[key] = v
-        if errs:
+        if errs:  # add the range problems of the values that were well typed: every problem at once
+            for key, section in kwargs.items():
+                if key in _SECTIONS:
+                    errs += [f"[{key}] {e}" for e in section.check()]
+            threads = kwargs.get("threads")
+            if type(threads) is int and threads < 1:
+                errs.append(f"threads must be >= 1, got {threads}")
             raise ConfigError("invalid run config: " + "; ".join(errs))
         return cls(**kwargs)
 
@@ -395,12 +416,10 @@ def _build_section(name: str, cls: type, value: Any) -> tuple[Any, list[str]]:
                 errs.append(f"[{name}] {k}: {err}")
             else:
                 kwargs[k] = coerced
-    if errs:
-        return cls(), errs
-    try:
-        return cls(**kwargs), []
+    try:  # built from the well-typed values even when others are wrong, so their ranges get checked too
+        return cls(**kwargs), errs
     except ConfigError as exc:
-        return cls(), [f"[{name}] {exc}"]
+        return cls(), errs + [f"[{name}] {exc}"]
 
 
 def _coerce(value: Any, typ: Any) -> tuple[Any, str | None]:

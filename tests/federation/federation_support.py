@@ -8,7 +8,6 @@ that crashed and resumed can be compared with one that never crashed.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -80,8 +79,9 @@ class CrashingServer(FederatedServer):
     in memory, state not saved), ``after_save`` (state saved, ledger rows not yet aggregated).
     """
 
-    def __init__(self, *args, crash: str | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: torch.nn.Module, names: list[str], *, run_id: str, weights: dict[str, float],
+                 crash: str | None = None) -> None:
+        super().__init__(encoder, names, run_id=run_id, weights=weights)
         self.crash_round, self.crash_point = (None, None)
         if crash:
             r, point = crash.split(":")
@@ -215,21 +215,13 @@ def read_outbox(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_job(workdir: str | Path, *, resume: bool = False, **kwargs) -> dict:
-    """Build and run a job; returns the final global vector and each client's epsilon."""
-    job = build_job(workdir, **kwargs)
+def run_job(workdir: str | Path, *, resume: bool = False, scheme: str = "plain", rounds: int = 3,
+            outbox: str | Path | None = None) -> dict:
+    """Build and run a job; returns the final global vector, each client's epsilon and the round reports."""
+    job = build_job(workdir, scheme=scheme, rounds=rounds, outbox=outbox)
     try:
         job.run(resume=resume)
         return {"vector": job.server.global_vector().numpy(), "epsilon": job.epsilons(),
                 "reports": job.reports}
     finally:
         job.close()
-
-
-def replace_privacy(cfg: RunConfig, **changes) -> RunConfig:
-    """``cfg`` with some privacy settings changed."""
-    return cfg.replace(privacy=dataclasses.replace(cfg.privacy, **changes))
-
-
-def as_array(vector) -> np.ndarray:
-    return np.asarray(vector, dtype=np.float64)

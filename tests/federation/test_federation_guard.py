@@ -90,8 +90,9 @@ def test_ledger_settings_name_what_a_resume_must_keep():
     s = ledger_settings(cfg)
     assert s["epsilon"] == cfg.privacy.epsilon and s["unit"] == cfg.privacy.unit
     assert s["rounds"] == cfg.federation.rounds and s["scheme"] == cfg.secagg.scheme
-    assert set(s) == {"epsilon", "delta", "unit", "clip", "accountant", "rounds", "local_steps", "batch_size",
+    assert set(s) >= {"epsilon", "delta", "unit", "clip", "accountant", "rounds", "local_steps", "batch_size",
                       "speaker_batch", "scheme", "recipe"}
+    assert ledger_settings(cfg.replace(name="other", threads=1, seed=5)) == s  # not privacy settings
 
 
 def test_reopening_the_run_ledger_with_other_privacy_settings_is_refused(tmp_path):

@@ -72,7 +72,7 @@ def test_trainable_state_holds_detached_copies_of_trainable_parameters_only():
     assert not st_[name].requires_grad
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 1000), add=st.booleans())
 def test_flatten_then_unflatten_round_trips(seed, add):
     src, dst = tiny_net(2, seed=seed), tiny_net(2, seed=seed + 1)

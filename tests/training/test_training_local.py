@@ -45,7 +45,7 @@ def _dp(mode: str, data: ClientData, *, batch_size: int, speaker_batch: int, sig
     return DPSettings(unit=mode, noise_multiplier=sigma, clip=clip, sample_rate=q)
 
 
-def _run(mode, data, *, seed=0, steps=3, batch_size=4, physical_batch=2, speaker_batch=2, freeze_front=True,
+def _run(mode, data, *, seed=0, steps=2, batch_size=4, physical_batch=2, speaker_batch=2, freeze_front=True,
          sigma=1.0, clip=1.0, lr=1e-2, optimizer="adam", momentum=0.9, net=None):
     net = net if net is not None else tiny_net(data.n_speakers, freeze_front=freeze_front)
     dp = _dp(mode, data, batch_size=batch_size, speaker_batch=speaker_batch, sigma=sigma, clip=clip)
@@ -77,8 +77,8 @@ def test_each_mode_trains_only_the_trainable_parameters_and_is_deterministic(mod
     assert len(changed) == len(trainable), f"unchanged trainable params: {trainable - set(changed)}"
     assert all(torch.equal(after_a[n], after_b[n]) for n in before), "same seed, different result"
     assert any(not torch.equal(after_a[n], after_c[n]) for n in trainable), "another seed, same result"
-    assert res_a.steps == 3 and res_a.loss == res_b.loss and math.isfinite(res_a.loss)
-    assert res_a.examples > 0 and res_a.seconds > 0 and res_a.step_seconds == pytest.approx(res_a.seconds / 3)
+    assert res_a.steps == 2 and res_a.loss == res_b.loss and math.isfinite(res_a.loss)
+    assert res_a.examples > 0 and res_a.seconds > 0 and res_a.step_seconds == pytest.approx(res_a.seconds / 2)
     assert res_a.dp == _dp(mode, data, batch_size=4, speaker_batch=2)
     assert not net_a.training  # handed back in eval mode
 
@@ -92,7 +92,7 @@ class _CountingSGD(torch.optim.SGD):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("steps", "physical_batch"), [(1, 1), (4, 3)])
+@pytest.mark.parametrize(("steps", "physical_batch"), [(3, 3)])
 def test_step_count_is_the_number_of_optimizer_updates(mode, steps, physical_batch, data, monkeypatch):
     monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum: _CountingSGD(params, lr=lr))
     _CountingSGD.calls = 0
@@ -138,7 +138,7 @@ def test_sample_rate_for_known_values():
         sample_rate_for(d, unit="client", batch_size=16, speaker_batch=4)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(n=st.integers(1, 5000), batch=st.integers(1, 6000))
 def test_utterance_rate_is_opacus_rule(n, batch):
     """q = 1 / (number of batches of an epoch): the expected batch n*q never exceeds the asked batch,
@@ -151,7 +151,7 @@ def test_utterance_rate_is_opacus_rule(n, batch):
     assert k == 1 or n / (k - 1) > batch
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(n_spk=st.integers(1, 300), batch=st.integers(1, 512), speaker_batch=st.integers(1, 32))
 def test_speaker_rate_gives_the_expected_batch(n_spk, batch, speaker_batch):
     d = ClientData.from_pairs(lambda u: torch.zeros(1, 1), [(f"u{i}", f"s{i}") for i in range(n_spk)])

@@ -103,6 +103,9 @@ class FederatedClient:
         local_steps: optimizer steps per round.
         scheme: the aggregation scheme's name (recorded with the spend).
         seed: base seed.
+        client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
+            distributed DP (clip the whole update, add this client's integer noise share
+            before masking); ``None`` sends the float update.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class FederatedClient:
         local_steps: int,
         scheme: str,
         seed: int,
+        client_dp=None,
     ) -> None:
         self.client_id = client_id
         self.data = data
@@ -135,6 +139,11 @@ class FederatedClient:
         self.local_steps = int(local_steps)
         self.scheme = scheme
         self.seed = int(seed)
+        self.client_dp = client_dp
+        if client_dp is not None:
+            from privspk.privacy.distributed import make_rng
+
+            self._noise_rng = make_rng()  # OS entropy: noise shares are never reproducible
         torch.manual_seed(self.seed)
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
         self._load_head()
@@ -176,7 +185,7 @@ class FederatedClient:
                 )
             vector = np.load(staged)
             self.guard.released(round_id, vector)  # checks the digest before anything leaves
-            self.endpoint.submit(round_id, vector)
+            self._submit(round_id, vector)
             return ClientRoundReport(self.client_id, round_id, "resent", epsilon=self.epsilon())
         staged.unlink(missing_ok=True)  # staged without a spend: never released
 
@@ -192,6 +201,8 @@ class FederatedClient:
                              seed=self.seed * 100_003 + round_id, **self.train_args)
         new = flatten(trainable_state(self.net.encoder), self.names)
         vector = ((new - global_vector) * self.weight).numpy()
+        if self.client_dp is not None:  # clip the whole update, add this client's integer noise share
+            vector = self.client_dp.encode(vector, rng=self._noise_rng)
         tmp = staged.with_suffix(".tmp.npy")  # 4. stage
         np.save(tmp, vector)
         os.replace(tmp, staged)
@@ -206,9 +217,15 @@ class FederatedClient:
         _fault("after_spend", self.client_id, round_id)
         if self.guard is not None and self.dp is not None:  # 6. release
             self.guard.released(round_id, vector)
-        self.endpoint.submit(round_id, vector)
+        self._submit(round_id, vector)
         return ClientRoundReport(self.client_id, round_id, "sent", loss=result.loss, steps=result.steps,
                                  train_seconds=result.seconds, step_seconds=result.step_seconds, epsilon=eps)
+
+    def _submit(self, round_id: int, vector: np.ndarray) -> None:
+        if vector.dtype.kind in "iu":  # distributed-DP integer codes go in as they are
+            self.endpoint.submit_integers(round_id, vector)
+        else:
+            self.endpoint.submit(round_id, vector)
 
     def forget_staged(self, round_id: int) -> None:
         """Drop the staged update once the round is aggregated."""

@@ -37,6 +37,8 @@ def ledger_settings(cfg: RunConfig) -> dict:
         "rounds": cfg.federation.rounds, "local_steps": cfg.train.local_steps,
         "batch_size": cfg.train.batch_size, "speaker_batch": cfg.train.speaker_batch,
         "scheme": cfg.secagg.scheme, "recipe": cfg.train.recipe,
+        "client_level": p.client_level, "client_epsilon": p.client_epsilon, "client_clip": p.client_clip,
+        "client_noise": p.client_noise,
     }
 
 
@@ -48,22 +50,35 @@ def open_run_ledger(path: str | Path, cfg: RunConfig, *, resume: bool) -> Ledger
 class LedgerGuard:
     """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger."""
 
-    def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str, clip: float) -> None:
+    def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str, clip: float,
+                 client_budget: PrivacyBudget | None = None, client_mechanism=None) -> None:
         self.ledger = ledger
         self.client = client
         self.clip = clip
-        self.guard = BudgetGuard(ledger, client, budget, accountant=accountant)
+        self.client_mechanism = client_mechanism
+        self.guard = BudgetGuard(ledger, client, budget, accountant=accountant, client_budget=client_budget)
+
+    def _client_level(self) -> dict:
+        if self.client_mechanism is None:
+            return {}
+        # participation is not secretly sampled here: every round counts at rate 1
+        return {"client_mechanism": self.client_mechanism, "client_sample_rate": 1.0}
 
     def authorize(self, *, round_id: int, dp: DPSettings, steps: int) -> float:
         """Epsilon after the round; BudgetExceededError (nothing written) when over budget."""
         return self.guard.authorize_round(round_id, noise_multiplier=dp.noise_multiplier,
-                                          sample_rate=dp.sample_rate, steps=steps)
+                                          sample_rate=dp.sample_rate, steps=steps, **self._client_level())
 
     def commit(self, *, round_id: int, dp: DPSettings, steps: int, scheme: str, update) -> float:
         """Record the spend (with the update's digest) in one committed transaction."""
         row = self.guard.commit_spend(round_id, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
-                                      steps=steps, clip=dp.clip, scheme=scheme, update_digest=_digest(update))
+                                      steps=steps, clip=dp.clip, scheme=scheme, update_digest=_digest(update),
+                                      **self._client_level())
         return row.epsilon_after
+
+    def client_epsilon(self) -> float | None:
+        """Client-level epsilon spent so far (``None`` without client-level DP)."""
+        return self.ledger.client_epsilon(self.client)
 
     def committed(self, round_id: int) -> bool:
         """Whether this client's spend for the round is recorded."""
