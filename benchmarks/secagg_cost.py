@@ -650,6 +650,22 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
 
 
+def slope_se(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float | None]:
+    """Least-squares slope and its standard error (``None`` with fewer than 3 points).
+
+    >>> b, se = slope_se([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0]); (b, se)
+    (2.0, 0.0)
+    """
+    b = slope(xs, ys)
+    n = len(xs)
+    if n < 3:
+        return b, None
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    resid = y - (y.mean() + b * (x - x.mean()))
+    return b, float(math.sqrt((resid * resid).sum() / (n - 2) / ((x - x.mean()) ** 2).sum()))
+
+
 def dropout_tolerance(variant: Variant, n_clients: int) -> int:
     """Dropouts a round of ``variant`` always survives (holders minus threshold; K - 1 without sharing).
 
@@ -675,6 +691,7 @@ class Plan:
     dropout_params: tuple[int, ...] = (1_000_000,)
     late_drop: int = 3
     drop_budget_s: float = 8.0
+    drop_cycles: int = 5
     seed: int = 0
     progress: Callable[[str], None] = field(default=lambda line: None)
 
@@ -697,17 +714,77 @@ def repeat_rounds(session: PrivspkSession | FlowerSession, inputs: np.ndarray, *
     return rounds
 
 
+def dropout_sweep(session: PrivspkSession | FlowerSession, inputs: np.ndarray, variant: Variant, plan: Plan,
+                  *, first: dict[str, float]) -> dict[str, Any]:
+    """Extra server time per client that shared keys but never sent its update.
+
+    Rounds run in cycles ``d = 0, 1, .., dmax`` (``dmax = min(plan.max_drop, tolerance)``),
+    interleaved so a drift in the machine's load touches every ``d`` alike; the first
+    cycle reuses ``first`` (the last measured full round) as its ``d = 0``. Cycles repeat
+    while they fit ``(dmax + 1) * plan.drop_budget_s`` seconds, up to ``plan.drop_cycles``.
+    The figure is the least-squares slope of server aggregate + open CPU seconds on ``d``
+    (with its standard error). Then one round with ``plan.late_drop`` clients silent right
+    after sending their update (privspk: from ``confirm``; Flower: from ``unmask``).
+    """
+    k = inputs.shape[0]
+    tol = dropout_tolerance(variant, k)
+    dmax = min(plan.max_drop, tol)
+    xs: list[float] = []
+    ys: list[float] = []
+    yw: list[float] = []
+    errs: list[float] = []
+
+    def take(d: int, r: dict[str, float]) -> None:
+        if r["included"] != k - d:
+            raise RuntimeError(f"{variant.name}: {k - d} clients should be in the sum, got {r['included']:.0f}")
+        xs.append(float(d))
+        ys.append(r["server_s"] + r["open_s"])
+        yw.append(r["server_wall_s"] + r["open_wall_s"])
+        if d:
+            errs.append(r["max_err"])
+
+    take(0, first)
+    budget = (dmax + 1) * plan.drop_budget_s
+    spent, cycles = 0.0, 0
+    while cycles < plan.drop_cycles:
+        w0 = time.perf_counter()
+        for d in range(0 if cycles else 1, dmax + 1):
+            take(d, session.run_round(inputs, drop=dropped_rows(k, d), drop_stage="collect"))
+        took = time.perf_counter() - w0
+        spent += took
+        cycles += 1
+        if spent + took * (dmax + 1) / dmax > budget:
+            break
+    b, se = slope_se(xs, ys)
+    out: dict[str, Any] = {
+        "drop_counts": list(range(1, dmax + 1)),
+        "drop_cycles": cycles,
+        "drop_server_s": [statistics.median(y for x, y in zip(xs, ys) if x == d) for d in range(dmax + 1)],
+        "drop_server_s_per_client": b,
+        "drop_server_s_per_client_se": se,
+        "drop_server_wall_s_per_client": slope(xs, yw),
+        "drop_max_err": max(errs),
+    }
+    late = min(plan.late_drop, tol)
+    if late >= 1:
+        r = session.run_round(inputs, drop=dropped_rows(k, late),
+                              drop_stage="unmask" if variant.is_flower else "confirm")
+        if r["included"] != k:
+            raise RuntimeError(f"{variant.name}: clients that sent their update must stay in the sum")
+        out["late_drop_count"] = late
+        out["late_drop_server_s"] = r["server_s"] + r["open_s"]
+        out["late_drop_server_s_per_client"] = (r["server_s"] + r["open_s"] - out["drop_server_s"][0]) / late
+        out["late_drop_max_err"] = r["max_err"]
+    return out
+
+
 def measure(variant: Variant, n_clients: int, dim: int, plan: Plan, inputs: np.ndarray) -> dict[str, Any]:
     """Measure one (variant, K, P): repeated rounds, then the dropout sweeps; returns a result row.
 
     Rounds are repeated ``plan.repeats`` times while they fit ``plan.repeats *
     plan.slow_round_s`` seconds, else fewer (at least one; ``repeats`` in the row says
-    how many). Dropout sweeps (schemes with secret sharing, ``dim`` in
-    ``plan.dropout_params``): ``d = 1..max_drop`` clients silent from the stage that carries
-    the update on (they shared keys but never send it), each ``d`` repeated while the
-    rounds fit ``plan.drop_budget_s``; ``drop_server_s_per_client`` is the least-squares
-    slope of the server's aggregate + open time over all rounds of ``d = 0..max_drop``.
-    Then one round with ``plan.late_drop`` clients silent right after sending it.
+    how many). Schemes with secret sharing at ``dim`` in ``plan.dropout_params`` then
+    get a :func:`dropout_sweep`.
     """
     session = make_session(variant, n_clients, seed=plan.seed)
     t0 = time.perf_counter()
@@ -726,37 +803,7 @@ def measure(variant: Variant, n_clients: int, dim: int, plan: Plan, inputs: np.n
     row["drop_server_s_per_client"] = None
     row["late_drop_server_s_per_client"] = None
     if variant.holders is not None and dim in plan.dropout_params and tol >= 1:
-        xs = [0.0] * len(rounds)
-        ys = [r["server_s"] + r["open_s"] for r in rounds]
-        yw = [r["server_wall_s"] + r["open_wall_s"] for r in rounds]
-        per_d, errs = [], []
-        ds = list(range(1, min(plan.max_drop, tol) + 1))
-        for d in ds:
-            got = repeat_rounds(session, inputs, most=plan.repeats, budget_s=plan.drop_budget_s,
-                                drop=dropped_rows(n_clients, d), drop_stage="collect")
-            for r in got:
-                if r["included"] != n_clients - d:
-                    raise RuntimeError(f"{variant.name}: {n_clients - d} clients should be in the sum, got "
-                                       f"{r['included']:.0f}")
-                xs.append(float(d))
-                ys.append(r["server_s"] + r["open_s"])
-                yw.append(r["server_wall_s"] + r["open_wall_s"])
-                errs.append(r["max_err"])
-            per_d.append(statistics.median(r["server_s"] + r["open_s"] for r in got))
-        row["drop_counts"] = ds
-        row["drop_server_s"] = per_d
-        row["drop_rounds"] = len(xs) - len(rounds)
-        row["drop_server_s_per_client"] = slope(xs, ys)
-        row["drop_server_wall_s_per_client"] = slope(xs, yw)
-        row["drop_max_err"] = max(errs)
-        late = min(plan.late_drop, tol)
-        if late >= 1:
-            r = session.run_round(inputs, drop=dropped_rows(n_clients, late),
-                                  drop_stage="unmask" if variant.is_flower else "confirm")
-            row["late_drop_count"] = late
-            row["late_drop_server_s"] = r["server_s"] + r["open_s"]
-            row["late_drop_server_s_per_client"] = (r["server_s"] + r["open_s"] - row["server_open_s"]) / late
-            row["late_drop_max_err"] = r["max_err"]
+        row.update(dropout_sweep(session, inputs, variant, plan, first=rounds[-1]))
     row["bench_wall_s"] = time.perf_counter() - t0
     return row
 
@@ -904,6 +951,17 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _pm(value: Any, err: Any) -> str:
+    """``value ± err`` (or just the value).
+
+    >>> _pm(0.0123, 0.004), _pm(None, None)
+    ('0.0123 ± 0.004', '–')
+    """
+    if value is None or err is None:
+        return _fmt(value)
+    return f"{_fmt(value)} ± {_fmt(err, 1)}"
+
+
 def markdown(payload: dict[str, Any]) -> str:
     """The results as markdown: one table per (P, K), then the targets."""
     meta = payload["metadata"]
@@ -937,10 +995,11 @@ def markdown(payload: dict[str, Any]) -> str:
                 name = r["scheme"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
                 fl = ", ".join(_fmt(r.get(f"ratio_to_flower_{f}"), 2)
                                for f in ("client_s", "server_open_s", "drop_server_s_per_client"))
+                drop = _pm(r.get("drop_server_s_per_client"), r.get("drop_server_s_per_client_se"))
                 lines.append(
                     f"| {name} | {ht} | {_fmt(r['bytes_per_param'])} | {_fmt(r['client_s'])} | "
                     f"{_fmt(r['server_s'])} | {_fmt(r['open_s'])} | {_fmt(r['setup_client_s'])} / "
-                    f"{_fmt(r['setup_server_s'])} | {_fmt(r.get('drop_server_s_per_client'))} | "
+                    f"{_fmt(r['setup_server_s'])} | {drop} | "
                     f"{_fmt(r['max_err'], 2)} | {fl if r['family'] != 'flower' else '–'} | "
                     f"{_fmt(r.get('ratio_to_plain_server_open_s'), 2)} | {r['repeats']} |")
             lines.append("")
@@ -974,12 +1033,12 @@ def plot(payload: dict[str, Any], path: Path) -> bool:
         sel = [r for r in rows if r["K"] == k and r["params"] == p and not r.get("same_as")]
         x = np.arange(len(sel))
         for j, (f, label) in enumerate(parts):
-            ax.bar(x + (j - 1) * 0.27, [max(r[f], 1e-5) for r in sel], 0.27, label=label)
+            ax.bar(x + (j - 1) * 0.27, [r[f] if r[f] > 0 else np.nan for r in sel], 0.27, label=label)
         ax.set_yscale("log")
         ax.set_xticks(x, [r["scheme"] for r in sel], rotation=35, ha="right")
         ax.set_ylabel("CPU seconds (one core)")
         ax.set_title(f"K = {k}, P = {p:,}")
-        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.grid(axis="y", which="major", alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[-1]
     names = [n for n in ALL_SCHEMES if any(r["scheme"] == n and r["params"] == p for r in rows)]
@@ -1074,11 +1133,13 @@ def metadata(plan: Plan, argv: Sequence[str], started: float) -> dict[str, Any]:
                         "graph and CKKS at K = 50) run fewer; each row's 'repeats' says how many",
         "dropouts": f"at P in {list(plan.dropout_params)}: d = 1..{plan.max_drop} clients (capped at the "
                     "dropout tolerance) stop answering from the stage that carries the masked update (they "
-                    "shared keys, never send it: the server must rebuild their mask keys); each d repeated "
-                    f"while its rounds fit {plan.drop_budget_s} s wall (at least one; 'drop_rounds' counts them); "
-                    "drop_server_s_per_client = least-squares slope of server aggregate+open CPU s over all "
-                    f"rounds of d = 0..{plan.max_drop}. late_drop_*: {plan.late_drop} clients silent right after "
-                    "sending their masked update (privspk: from 'confirm'; Flower: from 'unmask')",
+                    "shared keys, never send it: the server must rebuild their pair masks); rounds run in "
+                    f"interleaved cycles d = 0..{plan.max_drop} (the first reuses the last measured full round as "
+                    f"d = 0), repeated while they fit (d_max + 1) x {plan.drop_budget_s} s wall, at most "
+                    f"{plan.drop_cycles} ('drop_cycles'); drop_server_s_per_client = least-squares slope of server "
+                    "aggregate+open CPU s on d (with its standard error, *_se); drop_server_s = median per d. "
+                    f"late_drop_*: one round with {plan.late_drop} clients silent right after sending their "
+                    "masked update (privspk: from 'confirm'; Flower: from 'unmask'), per client vs d = 0",
         "inputs": f"uniform in [-{CLIP}, {CLIP}], float32 (exact in float64); max_err = largest |opened sum - "
                   "float64 sum of the included clients' inputs|",
         "flower_method": "Flower's own SecAggPlusWorkflow stage methods (server) and a ClientApp wrapped in "
@@ -1123,7 +1184,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-drop", type=int, default=3, help="largest number of dropped clients in the sweep")
     p.add_argument("--dropout-params", default=None, help="P values with a dropout sweep (default: the largest)")
     p.add_argument("--drop-budget-s", type=float, default=8.0,
-                   help="wall seconds per dropout count: its rounds repeat while they fit (at least one)")
+                   help="wall seconds per dropout count: sweep cycles repeat while they fit (at least one)")
+    p.add_argument("--drop-cycles", type=int, default=5, help="most interleaved cycles d = 0..max-drop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-reexec", action="store_true", help="do not re-execute with the pinned environment")
     return p.parse_args(list(argv))
@@ -1158,7 +1220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     plan = Plan(repeats=repeats, slow_round_s=args.slow_round_s, max_drop=args.max_drop,
                 dropout_params=_ints(args.dropout_params, (max(params),)), seed=args.seed,
-                late_drop=min(3, args.max_drop), drop_budget_s=args.drop_budget_s, progress=log.info)
+                late_drop=min(3, args.max_drop), drop_budget_s=args.drop_budget_s, drop_cycles=args.drop_cycles,
+                progress=log.info)
     rows = run_benchmark(schemes, ks, params, plan)
     target_p = 1_000_000 if 1_000_000 in params else max(params)
     payload = {"metadata": metadata(plan, argv, started), "rows": rows,

@@ -54,12 +54,35 @@ class HeldoutEvaluator:
         held = set(data.split.heldout)
         self.utts = sorted({t.enroll for t in data.trials} | {t.test for t in data.trials})
         self.heldout_utt2spk = {u: s for u, s in data.utt2spk.items() if s in held}
+        self._pooled: dict[str, dict[str, torch.Tensor]] = {}
 
     def embeddings(self, encoder: nn.Module, utts=None) -> dict:
-        """Unit-length embeddings of the given (default: trial) utterances."""
+        """Unit-length embeddings of the given (default: trial) utterances.
+
+        When the encoder exposes its trunk (``pooled``), the pooled statistics are cached
+        by the trunk's fingerprint, so re-evaluating an encoder whose trunk did not change
+        (the ``embedding`` recipe) only runs the embedding layer.
+        """
         from privspk.evaluation.embed import embed_features
 
         utts = self.utts if utts is None else utts
+        if hasattr(encoder, "pooled") and hasattr(encoder, "embedding"):
+            from privspk.training.trunk import pooled_utterances, trunk_fingerprint
+
+            key = trunk_fingerprint(encoder)
+            cache = self._pooled.setdefault(key, {})
+            missing = [u for u in utts if u not in cache]
+            if missing:
+                cache.update(pooled_utterances(encoder, ((u, _bucket(self.data.features.get(u))) for u in missing)))
+            was_training = encoder.training
+            encoder.eval()
+            try:
+                with torch.no_grad():
+                    out = encoder.embedding(torch.stack([cache[u] for u in utts]))
+            finally:
+                encoder.train(was_training)
+            out = torch.nn.functional.normalize(out, dim=1).numpy()
+            return dict(zip(utts, out))
         return embed_features(encoder, ((u, _bucket(self.data.features.get(u))) for u in utts),
                               batch_size=64, max_frames=self.max_frames)
 
@@ -293,7 +316,7 @@ def train(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
             guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
             local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + i,
-            client_dp=client_dp,
+            client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
         )
 
     def aggregated(round_id: int, included) -> None:

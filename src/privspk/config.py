@@ -143,8 +143,10 @@ class TrainSection:
     """Local training on each client, per round.
 
     ``recipe`` picks which encoder parameters train (``full``, ``last``, ``head``,
-    ``adapters``); the rest stay frozen and are not sent. ``batch_size`` is the
-    *expected* batch under Poisson sampling; ``physical_batch`` bounds memory.
+    ``adapters``, ``embedding``); the rest stay frozen and are not sent. ``batch_size`` is the
+    *expected* batch under Poisson sampling; ``physical_batch`` bounds memory. With the
+    ``embedding`` recipe and ``trunk_crops > 0`` each client computes the frozen trunk's
+    pooled statistics of ``trunk_crops`` random crops per utterance once and trains on them.
     """
 
     recipe: str = "last"
@@ -156,11 +158,14 @@ class TrainSection:
     momentum: float = 0.9
     crop_frames: int = 200
     speaker_batch: int = 8
+    trunk_crops: int = 4
 
     def check(self) -> list[str]:
         errs = []
-        if self.recipe not in ("full", "last", "head", "adapters"):
-            errs.append(f"recipe must be full|last|head|adapters, got {self.recipe!r}")
+        if self.recipe not in ("full", "last", "head", "adapters", "embedding"):
+            errs.append(f"recipe must be full|last|head|adapters|embedding, got {self.recipe!r}")
+        if self.trunk_crops < 0:
+            errs.append(f"trunk_crops must be >= 0 (0 = no frozen-trunk cache), got {self.trunk_crops}")
         if self.optimizer not in ("adam", "sgd"):
             errs.append(f"optimizer must be adam|sgd, got {self.optimizer!r}")
         if self.local_steps < 1 or self.batch_size < 1 or self.physical_batch < 1:

@@ -82,10 +82,19 @@ def test_unknown_scheme_and_bad_lists_are_refused_by_name():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 8), min_size=2, max_size=12, unique=True),
        st.floats(-5, 5), st.floats(-5, 5), st.integers(0, 2**31))
-def test_slope_matches_numpy_polyfit(xs, a, b, seed):
+def test_slope_and_its_error_match_scipy_linregress(xs, a, b, seed):
+    from scipy.stats import linregress
+
     noise = np.random.default_rng(seed).normal(size=len(xs))
     ys = [a + b * x + e for x, e in zip(xs, noise)]
-    assert sc.slope(xs, ys) == pytest.approx(np.polyfit(xs, ys, 1)[0], abs=1e-9)
+    ref = linregress(xs, ys)
+    assert sc.slope(xs, ys) == pytest.approx(ref.slope, abs=1e-9)
+    got, se = sc.slope_se(xs, ys)
+    assert got == pytest.approx(ref.slope, abs=1e-9)
+    if len(xs) < 3:
+        assert se is None
+    else:
+        assert se == pytest.approx(ref.stderr, rel=1e-6, abs=1e-12)
 
 
 def test_median_keeps_the_worst_error():
@@ -156,6 +165,7 @@ def test_benchmark_rows_ratios_and_outputs(tmp_path):
     assert by["mask_complete"]["same_as"] == "mask"
     assert by["mask"]["flower_peer"] == "flower_complete" and by["flower_complete"]["flower_peer"] is None
     assert by["mask"]["drop_counts"] == [1] and by["mask"]["drop_server_s_per_client"] is not None
+    assert by["mask"]["drop_cycles"] == 1 and len(by["mask"]["drop_server_s"]) == 2  # d = 0 and d = 1
     assert by["mask"]["late_drop_count"] == 1
     assert by["plain"]["drop_server_s_per_client"] is None
     assert by["mask"]["ratio_to_flower_client_s"] == pytest.approx(

@@ -25,6 +25,7 @@ EXPECTED = {
     "last": {"block3", "mfa", "pooling", "embedding"},
     "head": {"pooling", "embedding"},
     "adapters": {"adapters", "embedding"},
+    "embedding": {"embedding"},
 }
 
 
@@ -56,6 +57,7 @@ def test_recipes_shrink_in_the_expected_order() -> None:
     counts = {recipe: apply_recipe(tiny(), recipe, rank=2) for recipe in RECIPES}
     assert counts["head"] < counts["last"] < counts["full"]
     assert counts["adapters"] < counts["last"]
+    assert counts["embedding"] < counts["head"] and counts["embedding"] < counts["adapters"]
 
 
 def test_trainable_parameters_for_changes_nothing() -> None:

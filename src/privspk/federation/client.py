@@ -103,6 +103,9 @@ class FederatedClient:
         local_steps: optimizer steps per round.
         scheme: the aggregation scheme's name (recorded with the spend).
         seed: base seed.
+        trunk_crops: with an embedding-only recipe, cache the frozen trunk's pooled statistics
+            of this many random crops per utterance once and train on them (0 = off).
+        crop_frames: crop length for that cache.
         client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
             distributed DP (clip the whole update, add this client's integer noise share
             before masking); ``None`` sends the float update.
@@ -125,6 +128,8 @@ class FederatedClient:
         scheme: str,
         seed: int,
         client_dp=None,
+        trunk_crops: int = 0,
+        crop_frames: int = 200,
     ) -> None:
         self.client_id = client_id
         self.data = data
@@ -145,6 +150,13 @@ class FederatedClient:
 
             self._noise_rng = make_rng()  # OS entropy: noise shares are never reproducible
         torch.manual_seed(self.seed)
+        from privspk.training.trunk import embedding_only, pooled_crops
+
+        if trunk_crops and embedding_only(encoder):
+            # the trunk is frozen for the whole run: its pooled statistics are computed once, here
+            data = data.with_pooled(pooled_crops(encoder, data.getter, data.utt_ids, crops=trunk_crops,
+                                                 crop_frames=crop_frames, seed=self.seed))
+            self.data = data
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
         self._load_head()
 

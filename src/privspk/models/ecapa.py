@@ -350,6 +350,20 @@ class ECAPAEncoder(nn.Module):
         if not isinstance(feats, Tensor) or feats.dim() != 3 or feats.shape[2] != self.in_dim or feats.shape[1] < 1:
             shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
             raise ModelError(f"features must be (batch, frames >= 1, {self.in_dim}), got {shape}")
+        return self.embedding(self.pooled(feats))
+
+    def pooled(self, feats: Tensor) -> Tensor:
+        """The trunk alone: ``(B, T, in_dim)`` -> pooled statistics ``(B, pool_dim)`` (before ``embedding``).
+
+        >>> import torch
+        >>> enc = ECAPAEncoder(20, channels=32, embed_dim=8)
+        >>> x = torch.randn(2, 30, 20)
+        >>> bool(torch.allclose(enc.embedding(enc.pooled(x)), enc(x)))
+        True
+        """
+        if not isinstance(feats, Tensor) or feats.dim() != 3 or feats.shape[2] != self.in_dim or feats.shape[1] < 1:
+            shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
+            raise ModelError(f"features must be (batch, frames >= 1, {self.in_dim}), got {shape}")
         x = self.front(feats.transpose(1, 2))
         outputs = []
         for name in self.se_blocks:
@@ -358,4 +372,4 @@ class ECAPAEncoder(nn.Module):
                 x = self.adapters[name](x)
             outputs.append(x)
         x = self.mfa(torch.cat(outputs, dim=1))
-        return self.embedding(self.pooling(x))
+        return self.pooling(x)

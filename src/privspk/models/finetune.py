@@ -10,6 +10,11 @@ training adds. Recipes:
 ``adapters``  small residual bottleneck adapters after every SE-Res2Net block (up-projection
               zero-initialised, so inserting them leaves the model's function unchanged) and
               the embedding layer; everything else frozen.
+``embedding`` the embedding layer only (norm -> linear -> norm after pooling). The whole trunk
+              up to the pooled statistics is frozen, so a client can compute the pooled
+              statistics of its crops once and train on them (see
+              :mod:`privspk.training.trunk`): DP steps then cost microseconds, which buys
+              large batches and many steps at the same epsilon.
 
 Apply a recipe *before* handing the model to Opacus, and give the optimizer only the trainable
 parameters (``[p for p in model.parameters() if p.requires_grad]``).
@@ -41,7 +46,7 @@ __all__ = [
 ]
 
 #: Recipe names accepted by :func:`apply_recipe`.
-RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters")
+RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters", "embedding")
 #: Bottleneck width of adapters when none is given.
 DEFAULT_ADAPTER_RANK = 8
 
@@ -168,6 +173,8 @@ def _selected_prefixes(enc: FineTunable, recipe: str) -> tuple[str, ...] | None:
         return (enc.se_blocks[-1], "mfa", "pooling", "embedding")
     if recipe == "head":
         return ("pooling", "embedding")
+    if recipe == "embedding":
+        return ("embedding",)
     return ("adapters", "embedding")
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+import dataclasses
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -21,15 +22,23 @@ from privspk.errors import ConfigError
 
 @dataclass(frozen=True)
 class ClientData:
-    """Utterances of one client with labels ``0..n_speakers-1`` (index into ``speakers``)."""
+    """Utterances of one client with labels ``0..n_speakers-1`` (index into ``speakers``).
+
+    ``pooled`` optionally holds the frozen trunk's pooled statistics of cached crops,
+    ``(N, crops, pool_dim)`` (see :mod:`privspk.training.trunk`); training then runs on
+    them instead of on feature crops.
+    """
 
     getter: Callable[[str], Tensor]
     utt_ids: tuple[str, ...]
     labels: tuple[int, ...]
     speakers: tuple[str, ...]
-    _by_label: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    pooled: Tensor | None = field(default=None, repr=False, compare=False)
+    _by_label: dict[int, list[int]] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.pooled is not None and (self.pooled.dim() != 3 or self.pooled.shape[0] != len(self.utt_ids)):
+            raise ConfigError(f"pooled must be (N={len(self.utt_ids)}, crops, dim), got {tuple(self.pooled.shape)}")
         if not self.utt_ids:
             raise ConfigError("a client needs at least one utterance")
         if len(self.utt_ids) != len(self.labels):
@@ -54,6 +63,10 @@ class ClientData:
 
     def __len__(self) -> int:
         return len(self.utt_ids)
+
+    def with_pooled(self, pooled: Tensor) -> ClientData:
+        """A copy that trains on cached pooled statistics ``(N, crops, dim)``."""
+        return dataclasses.replace(self, pooled=pooled)
 
     def utterances_of(self, label: int) -> list[int]:
         """Item indices of one speaker."""

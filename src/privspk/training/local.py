@@ -91,6 +91,27 @@ def sample_rate_for(data: ClientData, *, unit: str, batch_size: int, speaker_bat
     raise ConfigError(f"privacy unit must be one of {UNITS}, got {unit!r}")
 
 
+def _dataset(data: ClientData, *, crop_frames: int, seed: int):
+    """Feature crops, or cached pooled statistics when the client has them."""
+    if data.pooled is not None:
+        from privspk.training.trunk import PooledDataset
+
+        return PooledDataset(data.pooled, data.labels, seed=seed)
+    return CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+
+
+def _forward_model(net: nn.Module, data: ClientData) -> nn.Module:
+    """The module DP-SGD runs: the whole net, or embedding layer + head on cached pooled statistics."""
+    if data.pooled is None:
+        return net
+    from privspk.training.net import SpeakerNet
+    from privspk.training.trunk import embedding_only
+
+    if not embedding_only(net.encoder):
+        raise ConfigError("cached pooled statistics need the 'embedding' recipe (only the embedding layer trains)")
+    return SpeakerNet(net.encoder.embedding, net.head)
+
+
 def _optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -124,22 +145,23 @@ def train_local(
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
-    params = [p for p in net.parameters() if p.requires_grad]
+    model = _forward_model(net, data)
+    params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (check the fine-tuning recipe)")
     torch.manual_seed(seed)
     net.train()
     start = time.perf_counter()
     if dp is None:
-        losses, n_ex = _train_plain(net, data, params, steps=steps, batch_size=batch_size, lr=lr,
+        losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
                                     optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
                                     margin=margin, scale=scale, seed=seed)
     elif dp.unit == "utterance":
-        losses, n_ex = _train_dp_utterance(net, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
+        losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                            lr=lr, optimizer=optimizer, momentum=momentum,
                                            crop_frames=crop_frames, margin=margin, scale=scale, seed=seed)
     else:
-        losses, n_ex = _train_dp_speaker(net, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
+        losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                          lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
                                          speaker_batch=speaker_batch, margin=margin, scale=scale, seed=seed)
     seconds = time.perf_counter() - start
@@ -150,7 +172,7 @@ def train_local(
 
 def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, seed):
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
-    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+    ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     rng = np.random.default_rng(seed)
     losses, n_ex = [], 0
     order = np.array([], dtype=np.int64)
@@ -183,7 +205,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader
 
-    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+    ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     n_batches = round(1.0 / dp.sample_rate)
     loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches))
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
@@ -230,7 +252,7 @@ def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optim
     from opacus.grad_sample import GradSampleModule
 
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
-    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
+    ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     rng = np.random.default_rng([seed, 1])
     gen = torch.Generator().manual_seed(seed)
     expected_speakers = dp.sample_rate * data.n_speakers
