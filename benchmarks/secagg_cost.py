@@ -690,7 +690,7 @@ class Plan:
     max_drop: int = 3
     dropout_params: tuple[int, ...] = (1_000_000,)
     late_drop: int = 3
-    drop_budget_s: float = 8.0
+    drop_budget_s: float = 20.0
     drop_cycles: int = 5
     seed: int = 0
     progress: Callable[[str], None] = field(default=lambda line: None)
@@ -852,8 +852,14 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 class Target:
     """One target of the issue: a figure, its limit, and whether it was met.
 
-    >>> Target("t", "x", 0.1, 0.2, "<=").met, Target("t", "x", None, 0.2, "<=").met
-    (True, None)
+    ``low``/``high`` (optional) bound the figure (about 95 %: two standard errors of
+    a regression each way); then the target passes only if ``high`` meets the limit,
+    misses only if ``low`` fails it, and is *inconclusive* in between.
+
+    >>> Target("t", "x", 0.1, 0.2).status, Target("t", "x", None, 0.2).status
+    ('pass', 'not measured')
+    >>> Target("t", "x", 0.1, 0.2, low=0.0, high=0.4).status, Target("t", "x", 0.5, 0.2, low=0.3, high=0.9).status
+    ('inconclusive', 'MISS')
     """
 
     name: str
@@ -862,19 +868,53 @@ class Target:
     limit: float
     op: str = "<="
     note: str = ""
+    low: float | None = None
+    high: float | None = None
+
+    def _ok(self, v: float) -> bool:
+        return v <= self.limit if self.op == "<=" else v >= self.limit
 
     @property
     def met(self) -> bool | None:
-        """True/False, or None when the figure was not measured."""
+        """True/False, or None when the figure was not measured or its bounds straddle the limit."""
         if self.value is None:
             return None
-        return self.value <= self.limit if self.op == "<=" else self.value >= self.limit
+        if self.low is None or self.high is None:
+            return self._ok(self.value)
+        worst, best = (self.high, self.low) if self.op == "<=" else (self.low, self.high)
+        if self._ok(worst):
+            return True
+        return None if self._ok(best) else False
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``MISS``, ``inconclusive`` or ``not measured``."""
+        if self.value is None:
+            return "not measured"
+        met = self.met
+        return "inconclusive" if met is None else ("pass" if met else "MISS")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
-        status = "not measured" if self.met is None else ("pass" if self.met else "MISS")
         return {"target": self.name, "what": self.what, "value": self.value, "limit": self.limit, "op": self.op,
-                "status": status, "note": self.note}
+                "low": self.low, "high": self.high, "status": self.status, "note": self.note}
+
+
+def ratio_bounds(ours: float, ours_se: float | None, theirs: float, theirs_se: float | None
+                 ) -> tuple[float | None, float | None]:
+    """Bounds of ``ours / theirs`` from two standard errors each way (``inf`` when ``theirs`` may be 0).
+
+    >>> ratio_bounds(1.0, 0.1, 10.0, 1.0)
+    (0.06666666666666667, 0.15)
+    >>> ratio_bounds(1.0, 0.1, 1.0, 0.6)[1]
+    inf
+    """
+    if ours_se is None or theirs_se is None:
+        return None, None
+    lo_t, hi_t = theirs - 2 * theirs_se, theirs + 2 * theirs_se
+    high = math.inf if lo_t <= 0 else (ours + 2 * ours_se) / lo_t
+    low = max(0.0, ours - 2 * ours_se) / hi_t if hi_t > 0 else None
+    return low, high
 
 
 def targets(rows: list[dict[str, Any]], *, target_params: int = 1_000_000) -> list[Target]:
@@ -906,11 +946,17 @@ def targets(rows: list[dict[str, Any]], *, target_params: int = 1_000_000) -> li
                 continue
             peer = idx.get((theirs, k))
             v = _ratio(r.get(field_), peer.get(field_)) if peer else None
-            note = (f"{ours} {_fmt(r.get(field_))} s vs {theirs} {_fmt(peer.get(field_))} s"
+            low = high = None
+            if v is not None:
+                low, high = ratio_bounds(r[field_], r.get(f"{field_}_se"), peer[field_], peer.get(f"{field_}_se"))
+            note = (f"{ours} {_pm(r.get(field_), r.get(f'{field_}_se'))} s vs {theirs} "
+                    f"{_pm(peer.get(field_), peer.get(f'{field_}_se'))} s"
                     if peer and r.get(field_) is not None and peer.get(field_) is not None
                     else f"{theirs} not measured")
+            if high is not None:
+                note += f"; ratio within [{_fmt(low, 2)}, {_fmt(high, 2)}] (2 standard errors)"
             out.append(Target(f"{name} ({ours} vs {theirs}, holders {r.get('holders')}), K={k}", what, v, limit,
-                              note=note))
+                              note=note, low=low, high=high))
 
     if 10 in ks:
         ratio_target("client protect / Flower", "client protect CPU s, ratio", 10, "client_s", 0.2)
@@ -944,6 +990,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
         return "–"
     if isinstance(v, str):
         return v
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
     if isinstance(v, float) and (v == 0 or 1e-3 <= abs(v) < 1e4):
         return f"{v:.{digits}g}"
     if isinstance(v, float):
@@ -1183,7 +1231,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="rounds repeat while they fit repeats x this many wall seconds (at least one)")
     p.add_argument("--max-drop", type=int, default=3, help="largest number of dropped clients in the sweep")
     p.add_argument("--dropout-params", default=None, help="P values with a dropout sweep (default: the largest)")
-    p.add_argument("--drop-budget-s", type=float, default=8.0,
+    p.add_argument("--drop-budget-s", type=float, default=20.0,
                    help="wall seconds per dropout count: sweep cycles repeat while they fit (at least one)")
     p.add_argument("--drop-cycles", type=int, default=5, help="most interleaved cycles d = 0..max-drop")
     p.add_argument("--seed", type=int, default=0)

@@ -317,6 +317,7 @@ def train(
             guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
             local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + i,
             client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+            fixed_head=cfg.train.head == "fixed",
         )
 
     def aggregated(round_id: int, included) -> None:

@@ -147,6 +147,9 @@ class TrainSection:
     *expected* batch under Poisson sampling; ``physical_batch`` bounds memory. With the
     ``embedding`` recipe and ``trunk_crops > 0`` each client computes the frozen trunk's
     pooled statistics of ``trunk_crops`` random crops per utterance once and trains on them.
+    ``head = "fixed"`` keeps each client's speaker centres at their random initialisation
+    (nearly orthogonal in the embedding space): no noise is spent on them and the encoder
+    learns to map each speaker to its centre from the first step.
     """
 
     recipe: str = "last"
@@ -159,9 +162,12 @@ class TrainSection:
     crop_frames: int = 200
     speaker_batch: int = 8
     trunk_crops: int = 4
+    head: str = "trained"
 
     def check(self) -> list[str]:
         errs = []
+        if self.head not in ("trained", "fixed"):
+            errs.append(f"head must be trained|fixed, got {self.head!r}")
         if self.recipe not in ("full", "last", "head", "adapters", "embedding"):
             errs.append(f"recipe must be full|last|head|adapters|embedding, got {self.recipe!r}")
         if self.trunk_crops < 0:

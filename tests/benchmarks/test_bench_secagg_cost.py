@@ -213,6 +213,21 @@ def test_targets_pass_and_miss_on_their_figures():
     assert got["ckks max error, K=10"].met is True and got["bfv bytes/param, K=10"].met is True
 
 
+def test_dropout_targets_use_the_regression_errors():
+    def rows(ours, ours_se, theirs, theirs_se):
+        return [_row("mask", 10, holders=10, flower_peer="flower_complete", drop_server_s_per_client=ours,
+                     drop_server_s_per_client_se=ours_se),
+                _row("flower_complete", 10, drop_server_s_per_client=theirs, drop_server_s_per_client_se=theirs_se)]
+
+    name = "extra server s per dropped client / Flower (mask vs flower_complete, holders 10), K=10"
+    clear = {t.name: t for t in sc.targets(rows(0.01, 0.001, 0.2, 0.01))}[name]
+    assert clear.status == "pass" and clear.high == pytest.approx(0.012 / 0.18)
+    noisy = {t.name: t for t in sc.targets(rows(0.01, 0.001, 0.2, 0.15))}[name]
+    assert noisy.value == pytest.approx(0.05) and noisy.status == "inconclusive" and noisy.high == float("inf")
+    worse = {t.name: t for t in sc.targets(rows(0.2, 0.01, 0.2, 0.01))}[name]
+    assert worse.status == "MISS" and worse.low > 0.25
+
+
 def test_main_writes_the_three_result_files(tmp_path):
     out = tmp_path / "res"
     rc = sc.main(["--no-reexec", "--ks", "3", "--params", "32", "--schemes", "plain,mask,flower_complete",

@@ -106,6 +106,7 @@ class FederatedClient:
         trunk_crops: with an embedding-only recipe, cache the frozen trunk's pooled statistics
             of this many random crops per utterance once and train on them (0 = off).
         crop_frames: crop length for that cache.
+        fixed_head: keep the speaker head at its random initialisation (not trained).
         client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
             distributed DP (clip the whole update, add this client's integer noise share
             before masking); ``None`` sends the float update.
@@ -130,6 +131,7 @@ class FederatedClient:
         client_dp=None,
         trunk_crops: int = 0,
         crop_frames: int = 200,
+        fixed_head: bool = False,
     ) -> None:
         self.client_id = client_id
         self.data = data
@@ -158,6 +160,8 @@ class FederatedClient:
                                                  crop_frames=crop_frames, seed=self.seed))
             self.data = data
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
+        if fixed_head:
+            self.net.head.weight.requires_grad_(False)
         self._load_head()
 
     # ---- private state ----------------------------------------------------

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from privspk.errors import ConfigError, ModelError
 
-__all__ = ["AAMHead", "aam_softmax_loss"]
+__all__ = ["AAMHead", "AAMSoftmaxLoss", "aam_softmax_loss"]
 
 _NORM_EPS = 1e-12
 _REDUCTIONS = ("mean", "sum", "none")
@@ -128,3 +128,29 @@ def aam_softmax_loss(
         phi = torch.where(target_cos > threshold, phi, target_cos - math.sin(math.pi - margin) * margin)
     logits = cos.scatter(1, labels.unsqueeze(1), phi) * scale
     return F.cross_entropy(logits, labels, reduction=reduction)
+
+
+class AAMSoftmaxLoss(nn.Module):
+    """:func:`aam_softmax_loss` as a criterion module ``loss(cosines, labels)``.
+
+    Its ``reduction`` attribute is read at every call, so Opacus' fast gradient clipping
+    (``grad_sample_mode="ghost"``) can switch it to per-sample losses.
+
+    Example:
+        >>> import torch
+        >>> crit = AAMSoftmaxLoss(margin=0.2, scale=10.0)
+        >>> cos, y = torch.tensor([[0.5, -0.2], [0.1, 0.7]]), torch.tensor([0, 1])
+        >>> crit.reduction = "none"
+        >>> tuple(crit(cos, y).shape)
+        (2,)
+    """
+
+    def __init__(self, *, margin: float = 0.2, scale: float = 30.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.margin = margin
+        self.scale = scale
+        self.reduction = reduction
+
+    def forward(self, cosines: Tensor, labels: Tensor) -> Tensor:
+        """The AAM-softmax loss with this module's margin, scale and reduction."""
+        return aam_softmax_loss(cosines, labels, margin=self.margin, scale=self.scale, reduction=self.reduction)

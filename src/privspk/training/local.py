@@ -30,6 +30,7 @@ from privspk.training.speaker_dp import clip_group_sum
 log = logging.getLogger(__name__)
 
 UNITS = ("utterance", "speaker")
+GHOST_MIN_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -205,18 +206,30 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader
 
+    from privspk.models.heads import AAMSoftmaxLoss
+
     ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     n_batches = round(1.0 / dp.sample_rate)
     loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches))
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
     engine = PrivacyEngine(accountant="rdp")
     gen = torch.Generator().manual_seed(seed)
+    # Fast gradient clipping ("ghost": per-sample norms without per-sample gradients) needs
+    # non-empty batches; below an expected batch of 32 an empty Poisson batch is plausible,
+    # so small batches use per-sample-gradient hooks, which handle it.
+    mode = "ghost" if data.pooled is not None and dp.sample_rate * len(ds) >= GHOST_MIN_BATCH else "hooks"
+    criterion = AAMSoftmaxLoss(margin=margin, scale=scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model_p, opt_p, loader_p = engine.make_private(
+        made = engine.make_private(
             module=net, optimizer=opt, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.clip, poisson_sampling=True, noise_generator=gen, grad_sample_mode="hooks",
+            max_grad_norm=dp.clip, poisson_sampling=True, noise_generator=gen, grad_sample_mode=mode,
+            criterion=criterion,
         )
+    if mode == "ghost":
+        model_p, opt_p, criterion, loader_p = made
+    else:
+        model_p, opt_p, loader_p = made
     if abs(loader_p.sample_rate - dp.sample_rate) > 1e-9:
         raise ConfigError(f"Opacus sampled at q={loader_p.sample_rate}, the plan says {dp.sample_rate}")
     losses, n_ex, done, epoch = [], 0, 0, 0
@@ -229,8 +242,11 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
                 for x, y in mem_loader:
                     # An empty Poisson batch still costs a (pure-noise) step: it goes through the model
                     # too, so that Opacus sees empty per-sample gradients (a sum, as a mean of nothing is NaN).
-                    loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale,
-                                            reduction="mean" if x.shape[0] else "sum")
+                    if mode == "ghost":
+                        loss = criterion(model_p(x), y)
+                    else:
+                        loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale,
+                                                reduction="mean" if x.shape[0] else "sum")
                     loss.backward()
                     opt_p.step()
                     opt_p.zero_grad(set_to_none=True)
