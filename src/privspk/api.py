@@ -126,23 +126,23 @@ def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = T
     from privspk.training.pretrain import pretrain
 
     in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
+    seed = cfg.pretrain.seed
     if not cfg.pretrain.enabled or cfg.pretrain.steps == 0:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         return build_encoder(cfg.model.encoder, in_dim=in_dim), {"enabled": False}
     key = RunConfig(corpus=cfg.corpus, split=cfg.split, features=cfg.features, model=cfg.model,
-                    pretrain=cfg.pretrain, seed=cfg.seed).fingerprint("corpus", "split", "features", "model",
-                                                                      "pretrain", "seed")
+                    pretrain=cfg.pretrain).fingerprint("corpus", "split", "features", "model", "pretrain")
     path = Path(cfg.data_dir) / "pretrained" / f"{data.corpus_id}_{key}.pt"
     if path.exists():
         encoder, meta = load_encoder(path)
         info = dict(meta.get("extra", {}))
         info.update({"cached": True, "path": str(path)})
         return encoder, info
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     encoder = build_encoder(cfg.model.encoder, in_dim=in_dim)
     public = ClientData.from_pairs(data.features.get, data.utterances_of(data.split.public))
     rep = pretrain(encoder, public, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size,
-                   lr=cfg.pretrain.lr, crop_frames=cfg.pretrain.crop_frames, seed=cfg.seed,
+                   lr=cfg.pretrain.lr, crop_frames=cfg.pretrain.crop_frames, seed=seed,
                    margin=cfg.model.margin, scale=cfg.model.scale, progress=progress)
     info = {"enabled": True, "steps": rep.steps, "seconds": round(rep.seconds, 1),
             "final_loss": rep.losses[-1] if rep.losses else None, "train_accuracy": rep.train_accuracy,
@@ -289,7 +289,7 @@ def train(
     train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
                       crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
-                      margin=cfg.model.margin, scale=cfg.model.scale)
+                      margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema)
     clients = {}
     for i, (cid, cdata) in enumerate(clients_data.items()):
         dp = guard = None
@@ -318,6 +318,7 @@ def train(
             local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + i,
             client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
             fixed_head=cfg.train.head == "fixed",
+            update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
         )
 
     def aggregated(round_id: int, included) -> None:

@@ -123,13 +123,18 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class PretrainSection:
-    """Non-private pretraining on the public speakers (cached by its settings)."""
+    """Non-private pretraining on the public speakers (cached by its settings).
+
+    Its own ``seed`` keeps the public encoder one fixed artefact while the run's seed
+    varies the federated training (as a released public model would be).
+    """
 
     enabled: bool = True
     steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
     crop_frames: int = 200
+    seed: int = 0
 
     def check(self) -> list[str]:
         errs = []
@@ -149,7 +154,9 @@ class TrainSection:
     pooled statistics of ``trunk_crops`` random crops per utterance once and trains on them.
     ``head = "fixed"`` keeps each client's speaker centres at their random initialisation
     (nearly orthogonal in the embedding space): no noise is spent on them and the encoder
-    learns to map each speaker to its centre from the first step.
+    learns to map each speaker to its centre from the first step. ``ema`` > 0 sends the
+    exponential moving average of each round's local iterates (free post-processing of
+    the DP-SGD outputs, which averages much of their noise away) instead of the last one.
     """
 
     recipe: str = "last"
@@ -163,9 +170,12 @@ class TrainSection:
     speaker_batch: int = 8
     trunk_crops: int = 4
     head: str = "trained"
+    ema: float = 0.0
 
     def check(self) -> list[str]:
         errs = []
+        if not 0.0 <= self.ema < 1.0:
+            errs.append(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.head not in ("trained", "fixed"):
             errs.append(f"head must be trained|fixed, got {self.head!r}")
         if self.recipe not in ("full", "last", "head", "adapters", "embedding"):
@@ -249,7 +259,7 @@ class FederationSection:
 
     n_clients: int = 3
     rounds: int = 5
-    update_clip: float = 0.05
+    update_clip: float = 0.5
 
     def check(self) -> list[str]:
         errs = []

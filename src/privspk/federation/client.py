@@ -71,6 +71,7 @@ class ClientRoundReport:
     step_seconds: float = 0.0
     epsilon: float = 0.0
     reason: str = ""
+    clipped: float = 0.0
 
 
 class FaultInjected(SystemExit):
@@ -107,6 +108,8 @@ class FederatedClient:
             of this many random crops per utterance once and train on them (0 = off).
         crop_frames: crop length for that cache.
         fixed_head: keep the speaker head at its random initialisation (not trained).
+        update_clip: the coordinate range the aggregation scheme clips to; the share of
+            coordinates beyond it is reported (and logged when above 1 %).
         client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
             distributed DP (clip the whole update, add this client's integer noise share
             before masking); ``None`` sends the float update.
@@ -132,6 +135,7 @@ class FederatedClient:
         trunk_crops: int = 0,
         crop_frames: int = 200,
         fixed_head: bool = False,
+        update_clip: float | None = None,
     ) -> None:
         self.client_id = client_id
         self.data = data
@@ -147,6 +151,7 @@ class FederatedClient:
         self.scheme = scheme
         self.seed = int(seed)
         self.client_dp = client_dp
+        self.update_clip = update_clip
         if client_dp is not None:
             from privspk.privacy.distributed import make_rng
 
@@ -217,6 +222,11 @@ class FederatedClient:
                              seed=self.seed * 100_003 + round_id, **self.train_args)
         new = flatten(trainable_state(self.net.encoder), self.names)
         vector = ((new - global_vector) * self.weight).numpy()
+        clipped = float(np.mean(np.abs(vector) > self.update_clip)) if self.update_clip and vector.size else 0.0
+        if clipped > 0.01:
+            log.warning("client %s round %d: %.1f %% of the update lies beyond the scheme's range +-%g and "
+                        "will be clipped; raise [federation] update_clip", self.client_id, round_id,
+                        100 * clipped, self.update_clip)
         if self.client_dp is not None:  # clip the whole update, add this client's integer noise share
             vector = self.client_dp.encode(vector, rng=self._noise_rng)
         tmp = staged.with_suffix(".tmp.npy")  # 4. stage
@@ -235,7 +245,8 @@ class FederatedClient:
             self.guard.released(round_id, vector)
         self._submit(round_id, vector)
         return ClientRoundReport(self.client_id, round_id, "sent", loss=result.loss, steps=result.steps,
-                                 train_seconds=result.seconds, step_seconds=result.step_seconds, epsilon=eps)
+                                 train_seconds=result.seconds, step_seconds=result.step_seconds, epsilon=eps,
+                                 clipped=clipped)
 
     def _submit(self, round_id: int, vector: np.ndarray) -> None:
         if vector.dtype.kind in "iu":  # distributed-DP integer codes go in as they are

@@ -113,12 +113,53 @@ def _forward_model(net: nn.Module, data: ClientData) -> nn.Module:
     return SpeakerNet(net.encoder.embedding, net.head)
 
 
-def _optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+class ParamEMA:
+    """Exponential moving average of parameters over optimizer steps (post-processing, free under DP).
+
+    Noise-driven DP-SGD iterates wander; their average keeps the drift and cancels much
+    of the noise. ``apply()`` writes the averages into the parameters.
+
+    >>> p = nn.Parameter(torch.zeros(1))
+    >>> ema = ParamEMA([p], decay=0.5)
+    >>> for v in (1.0, 1.0):
+    ...     with torch.no_grad():
+    ...         _ = p.fill_(v)
+    ...     ema.update()
+    >>> ema.apply(); round(float(p), 3)
+    0.75
+    """
+
+    def __init__(self, params: list[nn.Parameter], *, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"ema decay must be in (0, 1), got {decay}")
+        self.params = params
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    def update(self, *_: object) -> None:
+        """Fold the current parameters in (usable as an optimizer step post-hook)."""
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params):
+                s.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    def apply(self) -> None:
+        """Replace the parameters by their averages."""
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params):
+                p.copy_(s)
+
+
+def _optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: float,
+               ema: ParamEMA | None = None) -> torch.optim.Optimizer:
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    raise ConfigError(f"optimizer must be adam or sgd, got {name!r}")
+        opt = torch.optim.Adam(params, lr=lr)
+    elif name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    else:
+        raise ConfigError(f"optimizer must be adam or sgd, got {name!r}")
+    if ema is not None:  # runs after every real step (Opacus' skipped micro-steps never reach it)
+        opt.register_step_post_hook(lambda *_: ema.update())
+    return opt
 
 
 def train_local(
@@ -137,12 +178,14 @@ def train_local(
     margin: float = 0.2,
     scale: float = 30.0,
     seed: int = 0,
+    ema: float = 0.0,
 ) -> LocalResult:
     """Train ``net`` in place for ``steps`` optimizer steps on ``data``.
 
     Only parameters with ``requires_grad`` change. With ``dp`` set, every step is a
     DP-SGD step of the given mechanism; ``steps`` is the number of noisy releases the
-    accountant must charge.
+    accountant must charge. ``ema`` > 0 returns the exponential moving average (that
+    decay) of the trainable parameters over this round's steps instead of the last iterate.
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
@@ -153,26 +196,32 @@ def train_local(
     torch.manual_seed(seed)
     net.train()
     start = time.perf_counter()
+    averager = ParamEMA(params, decay=ema) if ema else None
     if dp is None:
         losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
                                     optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                    margin=margin, scale=scale, seed=seed)
+                                    margin=margin, scale=scale, seed=seed, ema=averager)
     elif dp.unit == "utterance":
         losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                            lr=lr, optimizer=optimizer, momentum=momentum,
-                                           crop_frames=crop_frames, margin=margin, scale=scale, seed=seed)
+                                           crop_frames=crop_frames, margin=margin, scale=scale, seed=seed,
+                                           ema=averager)
     else:
         losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                          lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                         speaker_batch=speaker_batch, margin=margin, scale=scale, seed=seed)
+                                         speaker_batch=speaker_batch, margin=margin, scale=scale, seed=seed,
+                                         ema=averager)
+    if averager is not None:
+        averager.apply()
     seconds = time.perf_counter() - start
     net.eval()
     return LocalResult(steps=steps, loss=float(np.mean(losses)) if losses else float("nan"), seconds=seconds,
                        step_seconds=seconds / steps, examples=n_ex, dp=dp)
 
 
-def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, seed):
-    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
+def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, seed,
+                 ema=None):
+    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     rng = np.random.default_rng(seed)
     losses, n_ex = [], 0
@@ -200,7 +249,7 @@ def _batch(ds: CropDataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                        margin, scale, seed):
+                        margin, scale, seed, ema=None):
     """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode."""
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -211,7 +260,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
     ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     n_batches = round(1.0 / dp.sample_rate)
     loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches))
-    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
+    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     engine = PrivacyEngine(accountant="rdp")
     gen = torch.Generator().manual_seed(seed)
     # Fast gradient clipping ("ghost": per-sample norms without per-sample gradients) needs
@@ -263,11 +312,11 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
 
 
 def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                      speaker_batch, margin, scale, seed):
+                      speaker_batch, margin, scale, seed, ema=None):
     """Speaker-level DP-SGD: Poisson over speakers, per-speaker clipping of summed gradients."""
     from opacus.grad_sample import GradSampleModule
 
-    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum)
+    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     rng = np.random.default_rng([seed, 1])
     gen = torch.Generator().manual_seed(seed)
