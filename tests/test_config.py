@@ -201,7 +201,7 @@ def test_demo_preset_is_the_shipped_toml():
     text_ = (resources.files("privspk") / "presets" / "demo.toml").read_text(encoding="utf-8")
     assert cfg == RunConfig.from_toml(text_)
     assert cfg.name == "demo" and cfg.privacy.enabled and cfg.secagg.scheme == "mask"
-    assert cfg.federation.n_clients == 3 and cfg.train.recipe == "last"
+    assert cfg.federation.n_clients == 3 and cfg.train.recipe == "embedding"
 
 
 def test_unknown_preset_names_the_known_ones():

@@ -94,7 +94,7 @@ class _CountingSGD(torch.optim.SGD):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("steps", "physical_batch"), [(3, 3)])
 def test_step_count_is_the_number_of_optimizer_updates(mode, steps, physical_batch, data, monkeypatch):
-    monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum: _CountingSGD(params, lr=lr))
+    monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum, ema=None: _CountingSGD(params, lr=lr))
     _CountingSGD.calls = 0
     _, res = _run(mode, data, steps=steps, batch_size=8, physical_batch=physical_batch, speaker_batch=2,
                   optimizer="sgd")
@@ -114,7 +114,7 @@ def test_empty_poisson_batches_are_noise_only_steps(monkeypatch):
         return real_loss(cos, y, **kw)
 
     monkeypatch.setattr(local, "aam_softmax_loss", recording_loss)
-    monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum: _CountingSGD(params, lr=lr))
+    monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum, ema=None: _CountingSGD(params, lr=lr))
     _CountingSGD.calls = 0
     small = client_data(2, 1, frames=30, seed=3)
     net, res = _run("utterance", small, steps=12, batch_size=1, physical_batch=1, seed=0, optimizer="sgd")

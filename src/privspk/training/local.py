@@ -125,7 +125,7 @@ class ParamEMA:
     ...     with torch.no_grad():
     ...         _ = p.fill_(v)
     ...     ema.update()
-    >>> ema.apply(); round(float(p), 3)
+    >>> ema.apply(); round(float(p.detach()), 3)
     0.75
     """
 
