@@ -52,8 +52,16 @@ SWEEP = {
                   "np": [{"lr": lr} for lr in (1e-3, 3e-3, 1e-2)]},
     "last": {"dp": [{"lr": lr, "clip": 1.0} for lr in (1e-3, 3e-3)], "np": [{"lr": lr} for lr in (1e-3, 3e-3)]},
 }
-# Speaker-level DP samples speakers: 16 expected speakers x 8 utterances per step.
+# Speaker-level DP samples speakers: 16 expected speakers x 8 utterances per step by default.
 SPEAKER_UNIT = {"batch_size": 128, "speaker_batch": 8}
+# ... and --sweep tries fewer, larger speaker steps (all 40 utterances of each sampled speaker;
+# q = 1 means every speaker in every step: no amplification by sampling, but the least noise per step).
+SPEAKER_SWEEP = [
+    {"local_steps": 50, "batch_size": 128, "speaker_batch": 8, "lr": 1e-2},
+    {"local_steps": 20, "batch_size": 640, "speaker_batch": 40, "lr": 1e-2},
+    {"local_steps": 20, "batch_size": 640, "speaker_batch": 40, "lr": 3e-2},
+    {"local_steps": 10, "batch_size": 1240, "speaker_batch": 40, "lr": 3e-2},
+]
 
 
 def base_config(args):
@@ -73,11 +81,11 @@ def base_config(args):
 def run_config(base, *, recipe: str, seed: int, epsilon: float | None, unit: str, overrides: dict):
     """The RunConfig of one run (``epsilon=None``: non-private)."""
     train = dict(RECIPES[recipe])
+    if unit == "speaker":
+        train.update(SPEAKER_UNIT)
     clip = train.pop("clip", 1.0)
     train.update({k: v for k, v in overrides.items() if k != "clip"})
     clip = overrides.get("clip", clip)
-    if unit == "speaker":
-        train.update(SPEAKER_UNIT)
     tag = f"{recipe}_{unit}_{'np' if epsilon is None else f'eps{epsilon:g}'}_s{seed}"
     return base.replace(
         name=f"bench_dp_{tag}", seed=seed,
@@ -104,15 +112,23 @@ def one_run(cfg, data) -> dict:
     }
 
 
-def sweep(args, base, data, recipes) -> dict:
-    """Grid over lr/clip at epsilon 8 (seed 0) and over lr for the non-private reference."""
+def sweep(args, base, data, recipes, speaker_recipes=()) -> dict:
+    """Grid over lr/clip at epsilon 8 (seed 0) and over lr for the non-private reference;
+    for recipes run with speaker-level DP, also over the speaker sampling (``SPEAKER_SWEEP``)."""
     chosen, tried = {}, []
     for recipe in recipes:
-        best_dp = best_np = None
+        best_dp = best_np = best_spk = None
+        for ov in (SPEAKER_SWEEP if recipe in speaker_recipes else []):
+            cfg, tag = run_config(base, recipe=recipe, seed=0, epsilon=8.0, unit="speaker", overrides=ov)
+            r = one_run(cfg, data)
+            tried.append({"recipe": recipe, "private": True, "unit": "speaker", **ov, **r})
+            print(f"sweep {recipe} dp per speaker eps=8 {ov}: EER {100 * r['eer']:.2f} %", flush=True)
+            if best_spk is None or r["eer"] < best_spk[1]:
+                best_spk = (ov, r["eer"])
         for ov in SWEEP[recipe]["dp"]:
             cfg, tag = run_config(base, recipe=recipe, seed=0, epsilon=8.0, unit="utterance", overrides=ov)
             r = one_run(cfg, data)
-            tried.append({"recipe": recipe, "private": True, **ov, **r})
+            tried.append({"recipe": recipe, "private": True, "unit": "utterance", **ov, **r})
             print(f"sweep {recipe} dp eps=8 {ov}: EER {100 * r['eer']:.2f} %", flush=True)
             if best_dp is None or r["eer"] < best_dp[1]:
                 best_dp = (ov, r["eer"])
@@ -124,6 +140,8 @@ def sweep(args, base, data, recipes) -> dict:
             if best_np is None or r["eer"] < best_np[1]:
                 best_np = (ov, r["eer"])
         chosen[recipe] = {"dp": best_dp[0], "np": best_np[0]}
+        if best_spk is not None:
+            chosen[recipe]["speaker"] = best_spk[0]
     return {"chosen": chosen, "tried": tried}
 
 
@@ -174,7 +192,8 @@ def markdown(payload: dict) -> str:
     if payload.get("sweep"):
         lines += ["", "Learning rate and clip chosen by the sweep (epsilon 8, seed 0, lowest EER):", ""]
         for recipe, ch in payload["sweep"]["chosen"].items():
-            lines.append(f"- {recipe}: DP {ch['dp']}, non-private {ch['np']}")
+            lines.append(f"- {recipe}: DP per utterance {ch['dp']}, non-private {ch['np']}"
+                         + (f", DP per speaker {ch['speaker']}" if "speaker" in ch else ""))
     if payload.get("skipped"):
         lines += ["", "Not run (time budget): " + ", ".join(payload["skipped"])]
     return "\n".join(lines) + "\n"
@@ -236,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     base = base_config(args)
     data = prepare_data(base, progress=False)
     start = time.perf_counter()
-    sweep_result = sweep(args, base, data, recipes) if args.sweep else None
+    sweep_result = (sweep(args, base, data, recipes, [r for r in recipes if r in speaker_recipes and "speaker" in units])
+                    if args.sweep else None)
     chosen = (sweep_result or {}).get("chosen", {})
     rows: list[dict] = []
     skipped: list[str] = []
@@ -244,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             np_over = chosen.get(recipe, {}).get("np", {"lr": NONPRIVATE_LR[recipe]})
             dp_over = chosen.get(recipe, {}).get("dp", {})
+            spk_over = chosen.get(recipe, {}).get("speaker", {})
             plan = [(None, "utterance")] + [(e, u) for u in units for e in epsilons
                                              if u == "utterance" or recipe in speaker_recipes]
             reference = None
@@ -252,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                     skipped.append(f"{recipe}/{unit}/eps={eps}/seed={seed}")
                     continue
                 cfg, tag = run_config(base, recipe=recipe, seed=seed, epsilon=eps, unit=unit,
-                                      overrides=np_over if eps is None else dp_over)
+                                      overrides=np_over if eps is None else spk_over if unit == "speaker" else dp_over)
                 r = one_run(cfg, data)
                 if eps is None:
                     reference = r
