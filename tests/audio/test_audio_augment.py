@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,14 +15,6 @@ from privspk.errors import ConfigError
 
 RATE = 16000
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Short signals on a shared 2-core box: one intra-op thread is faster and repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tone(freq: float, seconds: float = 1.0, amp: float = 0.5) -> torch.Tensor:

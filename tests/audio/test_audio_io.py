@@ -7,7 +7,6 @@ directly, and resampled signals are compared with the analytic sine they must be
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,6 @@ from hypothesis import strategies as st
 from privspk.audio.io import AudioInfo, audio_info, read_audio, resample, write_audio
 from privspk.errors import AudioError, ConfigError
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Short signals on a shared 2-core box: one intra-op thread is faster and repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sine(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:

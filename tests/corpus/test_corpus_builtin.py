@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,6 @@ from privspk.corpus.readers import load_corpus
 from privspk.corpus.types import SpeakerSplit
 from privspk.errors import ConfigError, CorpusError
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Short signals on a shared 2-core box: one intra-op thread is faster and repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def digest(root: Path) -> dict[str, str]:
