@@ -13,11 +13,10 @@ from privspk.secagg.base import (
     RoundSpec,
     Scheme,
     ServerRound,
-    build_scheme,
     register_scheme,
-    scheme_names,
 )
 from privspk.secagg.quantise import Quantiser, auto_bits, headroom_for
+from privspk.secagg.registry import build_scheme, scheme_names
 
 __all__ = [
     "KEYHOLDER",

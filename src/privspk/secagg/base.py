@@ -194,8 +194,7 @@ _SCHEMES: dict[str, type[Scheme]] = {}
 def register_scheme(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
     """Class decorator adding a scheme to the registry; a repeated name is refused.
 
-    >>> "plain" in scheme_names()
-    True
+    >>> import privspk.secagg  # registers the built-in schemes
     >>> @register_scheme("plain")
     ... class Again(Scheme):
     ...     pass
@@ -212,16 +211,6 @@ def register_scheme(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
         return cls
 
     return deco
-
-
-def scheme_names() -> tuple[str, ...]:
-    """Registered scheme names, sorted.
-
-    >>> {"plain", "mask", "ckks", "bfv"} <= set(scheme_names())
-    True
-    """
-    _load_builtin()
-    return tuple(sorted(_SCHEMES))
 
 
 def config_from_options(cls: type, options: Mapping[str, Any] | None) -> Any:
@@ -244,33 +233,3 @@ def config_from_options(cls: type, options: Mapping[str, Any] | None) -> Any:
         if f.name in options and isinstance(options[f.name], list):
             options[f.name] = tuple(options[f.name])  # TOML arrays -> tuples
     return cls(**options)
-
-
-def build_scheme(name: str, options: Mapping[str, Any] | None = None, *, seed: int | None = None) -> Scheme:
-    """Instantiate a registered scheme with its options (see each scheme's ``Config``).
-
-    ``seed`` fixes the non-secret randomness of a simulation (stochastic rounding);
-    key material and masks always come from the operating system's CSPRNG.
-
-    >>> build_scheme("nope")
-    Traceback (most recent call last):
-    ...
-    privspk.errors.ConfigError: unknown aggregation scheme 'nope'; choose one of ['bfv', 'ckks', 'mask', 'plain']
-    """
-    _load_builtin()
-    if name not in _SCHEMES:
-        raise ConfigError(f"unknown aggregation scheme {name!r}; choose one of {sorted(_SCHEMES)}")
-    cls = _SCHEMES[name]
-    return cls(config_from_options(cls.Config, options), seed=seed)
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers them; done lazily so `base` has no import cycle.
-    from privspk.secagg import plain  # noqa: F401
-
-    for mod in ("mask", "ckks", "bfv"):
-        try:
-            __import__(f"privspk.secagg.{mod}")
-        except ModuleNotFoundError as exc:  # a scheme still being written
-            if exc.name != f"privspk.secagg.{mod}":
-                raise
