@@ -125,7 +125,7 @@ def test_ledger_rows_of_the_run(finished):
             (c, r, "aggregated") for c in ("client0", "client1", "client2") for r in (1, 2)]
         for r in rows:
             assert (r.unit, r.delta, r.scheme, r.accountant, r.steps, r.clip) == ("utterance", 1e-5, "mask", "rdp",
-                                                                                    2, 1.0)
+                                                                                    2, cfg.privacy.clip)
             assert r.noise_multiplier == res.report["privacy"]["noise_multiplier"][r.client]
             assert r.update_digest is not None
         assert all(c.ok for c in led.recompute())

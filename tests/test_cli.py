@@ -42,6 +42,15 @@ def test_parser_knows_every_command():
     assert (args.speaker, args.wavs, args.far, args.replace) == ("ann", ["a.wav", "b.wav"], 0.01, False)
 
 
+def test_recipe_choices_are_the_library_recipes():
+    from privspk.cli import RECIPE_CHOICES
+    from privspk.models.finetune import RECIPES
+
+    assert RECIPE_CHOICES == RECIPES
+    args = build_parser().parse_args(["train", "--recipe", "embedding"])
+    assert _config(args).train.recipe == "embedding"
+
+
 @pytest.mark.parametrize("argv", [[], ["fly"], ["demo", "--secagg", "rot13"], ["demo", "--unit", "client"],
                                   ["demo", "--epsilon", "lots"], ["eval"], ["verify", "--run", "r", "ann", "x.wav"],
                                   ["bench", "everything"]])

@@ -55,7 +55,7 @@ sections = {
                        scale=floats(0, 1e6, exclude_min=True)),
     "pretrain": st.builds(PretrainSection, enabled=st.booleans(), steps=pos(0), batch_size=pos(),
                           lr=floats(0, 10, exclude_min=True), crop_frames=pos(20)),
-    "train": st.builds(TrainSection, recipe=st.sampled_from(["full", "last", "head", "adapters"]), local_steps=pos(),
+    "train": st.builds(TrainSection, recipe=st.sampled_from(["full", "last", "head", "adapters", "embedding"]), local_steps=pos(),
                        batch_size=pos(), physical_batch=pos(), lr=floats(0, 10, exclude_min=True),
                        optimizer=st.sampled_from(["adam", "sgd"]), momentum=floats(-10, 10), crop_frames=pos(20),
                        speaker_batch=pos()),
@@ -202,6 +202,13 @@ def test_demo_preset_is_the_shipped_toml():
     assert cfg == RunConfig.from_toml(text_)
     assert cfg.name == "demo" and cfg.privacy.enabled and cfg.secagg.scheme == "mask"
     assert cfg.federation.n_clients == 3 and cfg.train.recipe == "embedding"
+
+
+def test_defaults_are_the_demo_recipe_and_clip():
+    """The default recipe, its step/batch/lr and the clip are the sweep's choice, as in the demo."""
+    demo, default = RunConfig.preset("demo"), RunConfig()
+    assert default.train == demo.train
+    assert default.privacy.clip == demo.privacy.clip == 0.3
 
 
 def test_unknown_preset_names_the_known_ones():

@@ -347,6 +347,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+# privspk.models.finetune.RECIPES, spelled out so that building the parser does not import torch
+# (tests/test_cli.py checks the two agree)
+RECIPE_CHOICES = ("full", "last", "head", "adapters", "embedding")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
     p = argparse.ArgumentParser(prog="privspk", description="Privacy-preserving federated speaker recognition.")
@@ -365,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--unit", choices=["utterance", "speaker"], help="privacy unit")
             sp.add_argument("--no-dp", action="store_true", help="train without differential privacy")
             sp.add_argument("--rounds", type=int, help="federated rounds")
-            sp.add_argument("--recipe", choices=["full", "last", "head", "adapters"], help="what trains")
+            sp.add_argument("--recipe", choices=RECIPE_CHOICES, help="what trains")
 
     sp = sub.add_parser("prepare", help="build the corpus, features and pretrained encoder")
     common(sp, run_opts=False)
