@@ -196,6 +196,8 @@ def markdown(payload: dict) -> str:
                          + (f", DP per speaker {ch['speaker']}" if "speaker" in ch else ""))
     if payload.get("skipped"):
         lines += ["", "Not run (time budget): " + ", ".join(payload["skipped"])]
+    if not m.get("complete", True):
+        lines += ["", "(partial: the sweep was still running when this was written)"]
     return "\n".join(lines) + "\n"
 
 
@@ -222,6 +224,30 @@ def plot(payload: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_results(args, argv, base, data, start, sweep_result, rows, skipped, *, final: bool) -> dict:
+    """Write dp_recipes.json/.md (and the plot); called after every run, so a stopped sweep keeps its rows."""
+    payload = {
+        "meta": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                 "threads": args.threads, "clients": base.federation.n_clients, "rounds": base.federation.rounds,
+                 "trials": len(data.trials), "heldout": len(data.split.heldout), "encoder": base.model.encoder,
+                 "delta": base.privacy.delta, "minutes": round((time.perf_counter() - start) / 60, 1),
+                 "complete": final,
+                 "command": " ".join(["python benchmarks/dp_recipes.py", *(argv if argv is not None else sys.argv[1:])])},
+        "recipes": RECIPES, "speaker_unit": SPEAKER_UNIT,
+        "sweep": sweep_result, "rows": rows, "summary": summarise(rows), "skipped": skipped,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dp_recipes.json").write_text(json.dumps(payload, indent=2, default=str))
+    if sweep_result:
+        (out / "dp_sweep.json").write_text(json.dumps(sweep_result, indent=2, default=str))
+    (out / "dp_recipes.md").write_text(markdown(payload))
+    if payload["summary"]:
+        plot(payload, out / "dp_recipes.png")
+    return payload
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,27 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": {**cfg.train.__dict__, "clip": cfg.privacy.clip},
                 }
                 rows.append(row)
+                write_results(args, argv, base, data, start, sweep_result, rows, skipped, final=False)
                 print(f"{tag}: EER {100 * r['eer']:.2f} % gain kept {row['gain_kept']:.2f} "
                       f"(sigma {r['sigma']:.3f}, eps spent {r['epsilon_spent']:.3f})", flush=True)
-    cfg0 = base
-    payload = {
-        "meta": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                 "threads": args.threads, "clients": cfg0.federation.n_clients, "rounds": cfg0.federation.rounds,
-                 "trials": len(data.trials), "heldout": len(data.split.heldout), "encoder": cfg0.model.encoder,
-                 "delta": cfg0.privacy.delta, "minutes": round((time.perf_counter() - start) / 60, 1),
-                 "command": " ".join(["python benchmarks/dp_recipes.py", *(argv if argv is not None else sys.argv[1:])])},
-        "recipes": RECIPES, "speaker_unit": SPEAKER_UNIT,
-        "sweep": sweep_result, "rows": rows, "summary": summarise(rows), "skipped": skipped,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dp_recipes.json").write_text(json.dumps(payload, indent=2, default=str))
-    if sweep_result:
-        (out / "dp_sweep.json").write_text(json.dumps(sweep_result, indent=2, default=str))
-    (out / "dp_recipes.md").write_text(markdown(payload))
-    if payload["summary"]:
-        plot(payload, out / "dp_recipes.png")
+    payload = write_results(args, argv, base, data, start, sweep_result, rows, skipped, final=True)
     print(markdown(payload))
     return 0
 
