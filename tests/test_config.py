@@ -221,3 +221,12 @@ def test_replace_and_feature_config():
     assert cfg.name == "x"
     fc = cfg.features.feature_config()
     assert (fc.kind, fc.n_mels, fc.n_mfcc, fc.cmn) == ("mfcc", 40, 20, False)
+
+
+def test_noise_seed_is_run_or_secret():
+    from privspk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"noise_seed must be run\|secret, got 'fixed'"):
+        RunConfig.from_toml('[privacy]\nnoise_seed = "fixed"\n')
+    cfg = RunConfig.from_toml('[privacy]\nnoise_seed = "secret"\n')
+    assert cfg.privacy.noise_seed == "secret" and RunConfig().privacy.noise_seed == "run"

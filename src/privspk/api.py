@@ -289,7 +289,8 @@ def train(
     train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
                       crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
-                      margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema)
+                      margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema,
+                      secret_noise=cfg.privacy.noise_seed == "secret")
     clients = {}
     for i, (cid, cdata) in enumerate(clients_data.items()):
         dp = guard = None

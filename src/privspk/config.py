@@ -206,6 +206,10 @@ class PrivacySection:
     (needs the ``mask`` scheme): each client clips its update to ``client_clip`` in L2
     and adds its share of integer ``client_noise`` before masking, so the opened sum
     carries central noise for a ``client_epsilon`` (at ``delta``) per client.
+    ``noise_seed`` says where DP-SGD's Gaussian noise generator gets its seed: ``run``
+    derives it from the run's seed (a simulation repeats exactly; anyone who knows the
+    config can regenerate the noise), ``secret`` draws it from the operating system's
+    CSPRNG each round on the client (a deployment: the noise cannot be regenerated).
     """
 
     enabled: bool = True
@@ -218,9 +222,12 @@ class PrivacySection:
     client_epsilon: float = 8.0
     client_clip: float = 0.05
     client_noise: str = "dgauss"
+    noise_seed: str = "run"
 
     def check(self) -> list[str]:
         errs = []
+        if self.noise_seed not in ("run", "secret"):
+            errs.append(f"noise_seed must be run|secret, got {self.noise_seed!r}")
         if self.client_level and not self.enabled:
             errs.append("client_level DP needs enabled = true (sample-level DP-SGD is recorded beside it)")
         if not (math.isfinite(self.client_epsilon) and self.client_epsilon > 0):

@@ -46,12 +46,12 @@ def _dp(mode: str, data: ClientData, *, batch_size: int, speaker_batch: int, sig
 
 
 def _run(mode, data, *, seed=0, steps=2, batch_size=4, physical_batch=2, speaker_batch=2, freeze_front=True,
-         sigma=1.0, clip=1.0, lr=1e-2, optimizer="adam", momentum=0.9, net=None):
+         sigma=1.0, clip=1.0, lr=1e-2, optimizer="adam", momentum=0.9, net=None, secret_noise=False):
     net = net if net is not None else tiny_net(data.n_speakers, freeze_front=freeze_front)
     dp = _dp(mode, data, batch_size=batch_size, speaker_batch=speaker_batch, sigma=sigma, clip=clip)
     res = train_local(net, data, steps=steps, batch_size=batch_size, physical_batch=physical_batch, lr=lr,
                       optimizer=optimizer, momentum=momentum, crop_frames=20, speaker_batch=speaker_batch,
-                      dp=dp, seed=seed)
+                      dp=dp, seed=seed, secret_noise=secret_noise)
     return net, res
 
 
@@ -81,6 +81,19 @@ def test_each_mode_trains_only_the_trainable_parameters_and_is_deterministic(mod
     assert res_a.examples > 0 and res_a.seconds > 0 and res_a.step_seconds == pytest.approx(res_a.seconds / 2)
     assert res_a.dp == _dp(mode, data, batch_size=4, speaker_batch=2)
     assert not net_a.training  # handed back in eval mode
+
+
+@pytest.mark.parametrize("mode", ["utterance", "speaker"])
+def test_secret_noise_cannot_be_replayed_from_the_seed(mode, data):
+    """With ``secret_noise`` the same seed (same batches) gives another noise draw each time;
+    without it, the noise is the seed's. Only the noise differs: at sigma 0 the runs agree."""
+    a, b = (state(_run(mode, data, seed=5, secret_noise=True)[0]) for _ in range(2))
+    seeded = state(_run(mode, data, seed=5)[0])
+    trainable = [n for n, p in tiny_net(data.n_speakers, freeze_front=True).named_parameters() if p.requires_grad]
+    assert any(not torch.equal(a[n], b[n]) for n in trainable), "two secret draws gave the same noise"
+    assert any(not torch.equal(a[n], seeded[n]) for n in trainable), "the secret draw equals the seeded one"
+    quiet = [state(_run(mode, data, seed=5, sigma=0.0, secret_noise=flag)[0]) for flag in (True, False)]
+    assert all(torch.equal(quiet[0][n], quiet[1][n]) for n in trainable)
 
 
 class _CountingSGD(torch.optim.SGD):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ def train_local(
     scale: float = 30.0,
     seed: int = 0,
     ema: float = 0.0,
+    secret_noise: bool = False,
 ) -> LocalResult:
     """Train ``net`` in place for ``steps`` optimizer steps on ``data``.
 
@@ -186,6 +188,8 @@ def train_local(
     DP-SGD step of the given mechanism; ``steps`` is the number of noisy releases the
     accountant must charge. ``ema`` > 0 returns the exponential moving average (that
     decay) of the trainable parameters over this round's steps instead of the last iterate.
+    The DP noise generator is seeded from ``seed`` (a repeatable simulation) or, with
+    ``secret_noise``, from the operating system's CSPRNG (nobody can regenerate the noise).
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
@@ -197,6 +201,7 @@ def train_local(
     net.train()
     start = time.perf_counter()
     averager = ParamEMA(params, decay=ema) if ema else None
+    noise_seed = secrets.randbits(63) if secret_noise else seed
     if dp is None:
         losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
                                     optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
@@ -205,12 +210,12 @@ def train_local(
         losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                            lr=lr, optimizer=optimizer, momentum=momentum,
                                            crop_frames=crop_frames, margin=margin, scale=scale, seed=seed,
-                                           ema=averager)
+                                           noise_seed=noise_seed, ema=averager)
     else:
         losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                          lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
                                          speaker_batch=speaker_batch, margin=margin, scale=scale, seed=seed,
-                                         ema=averager)
+                                         noise_seed=noise_seed, ema=averager)
     if averager is not None:
         averager.apply()
     seconds = time.perf_counter() - start
@@ -249,7 +254,7 @@ def _batch(ds: CropDataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                        margin, scale, seed, ema=None):
+                        margin, scale, seed, noise_seed, ema=None):
     """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode."""
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -262,7 +267,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
     loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches))
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     engine = PrivacyEngine(accountant="rdp")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(noise_seed)
     # Fast gradient clipping ("ghost": per-sample norms without per-sample gradients) needs
     # non-empty batches; below an expected batch of 32 an empty Poisson batch is plausible,
     # so small batches use per-sample-gradient hooks, which handle it.
@@ -312,14 +317,14 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
 
 
 def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                      speaker_batch, margin, scale, seed, ema=None):
+                      speaker_batch, margin, scale, seed, noise_seed, ema=None):
     """Speaker-level DP-SGD: Poisson over speakers, per-speaker clipping of summed gradients."""
     from opacus.grad_sample import GradSampleModule
 
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     ds = _dataset(data, crop_frames=crop_frames, seed=seed)
     rng = np.random.default_rng([seed, 1])
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(noise_seed)
     expected_speakers = dp.sample_rate * data.n_speakers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
