@@ -208,12 +208,17 @@ def plot(payload: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (recipe, unit) in sorted({(s["recipe"], s["unit"]) for s in payload["summary"]}):
+    colours: dict[str, str] = {}
+    for (recipe, unit) in sorted({(s["recipe"], s["unit"]) for s in payload["summary"]}, key=lambda k: (k[0], k[1] != "utterance")):
         ss = [s for s in payload["summary"] if s["recipe"] == recipe and s["unit"] == unit]
-        ax.errorbar([s["epsilon"] for s in ss], [100 * s["eer_mean"] for s in ss],
-                    yerr=[100 * s["eer_std"] for s in ss], marker="o", capsize=3, label=f"{recipe} / DP per {unit}")
-        ax.axhline(100 * ss[0]["eer_nonprivate_mean"], ls="--", lw=0.8, color=ax.lines[-1].get_color(),
-                   label=f"{recipe} non-private")
+        bar = ax.errorbar([s["epsilon"] for s in ss], [100 * s["eer_mean"] for s in ss],
+                          yerr=[100 * s["eer_std"] for s in ss], marker="o" if unit == "utterance" else "s",
+                          ls="-" if unit == "utterance" else "-.", capsize=3, color=colours.get(recipe),
+                          label=f"{recipe} / DP per {unit}")
+        if recipe not in colours:  # one non-private line per recipe (both units share the reference)
+            colours[recipe] = bar.lines[0].get_color()
+            ax.axhline(100 * ss[0]["eer_nonprivate_mean"], ls="--", lw=0.8, color=colours[recipe],
+                       label=f"{recipe} non-private")
     if payload["summary"]:
         ax.axhline(100 * payload["summary"][0]["eer_pretrain"], color="k", ls=":", label="pretrain only")
     ax.set_xlabel("epsilon (delta = 1e-5)")
@@ -260,11 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="choose lr/clip by a grid first")
     ap.add_argument("--time-budget-min", type=float, default=150.0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--from-json", help="only re-render dp_recipes.md and .png from this dp_recipes.json")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_dp"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    if args.from_json:  # re-render the report and plot of an earlier run, without training
+        payload = json.loads(Path(args.from_json).read_text())
+        out = Path(args.out)
+        (out / "dp_recipes.md").write_text(markdown(payload))
+        plot(payload, out / "dp_recipes.png")
+        print(markdown(payload))
+        return 0
     if args.quick:
         args.recipes, args.epsilons, args.seeds, args.units = "embedding", "8", "0", "utterance"
     warnings.filterwarnings("ignore")

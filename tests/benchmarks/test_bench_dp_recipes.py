@@ -103,3 +103,18 @@ def test_markdown_and_plot_are_written_from_rows(tmp_path):
     assert "Not run (time budget): last/utterance/eps=2/seed=0" in md
     dr.plot(payload, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_from_json_re_renders_without_training(tmp_path):
+    import json
+
+    rows = [_row(0, 0.07), _row(1, 0.072)]
+    payload = {"meta": {"date": "d", "machine": "m", "threads": 1, "clients": 3, "rounds": 5, "trials": 10,
+                        "heldout": 4, "complete": False},
+               "summary": dr.summarise(rows), "sweep": None, "skipped": []}
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(payload))
+    assert dr.main(["--from-json", str(src), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "dp_recipes.md").read_text()
+    assert "| embedding | utterance | 8 | 2 | 0.45 +- 0.07 |" in md and "(partial:" in md
+    assert (tmp_path / "dp_recipes.png").stat().st_size > 1000
