@@ -112,36 +112,33 @@ def one_run(cfg, data) -> dict:
     }
 
 
+def _grid(base, data, recipe, grid, *, epsilon, unit, label, tried) -> dict:
+    """Run each override of ``grid`` (seed 0) and return the one with the lowest EER."""
+    best = None
+    for ov in grid:
+        cfg, _ = run_config(base, recipe=recipe, seed=0, epsilon=epsilon, unit=unit, overrides=ov)
+        r = one_run(cfg, data)
+        tried.append({"recipe": recipe, "private": epsilon is not None, "unit": unit, **ov, **r})
+        print(f"sweep {recipe} {label} {ov}: EER {100 * r['eer']:.2f} %", flush=True)
+        if best is None or r["eer"] < best[1]:
+            best = (ov, r["eer"])
+    return best[0]
+
+
 def sweep(args, base, data, recipes, speaker_recipes=()) -> dict:
     """Grid over lr/clip at epsilon 8 (seed 0) and over lr for the non-private reference;
     for recipes run with speaker-level DP, also over the speaker sampling (``SPEAKER_SWEEP``)."""
     chosen, tried = {}, []
     for recipe in recipes:
-        best_dp = best_np = best_spk = None
-        for ov in (SPEAKER_SWEEP if recipe in speaker_recipes else []):
-            cfg, tag = run_config(base, recipe=recipe, seed=0, epsilon=8.0, unit="speaker", overrides=ov)
-            r = one_run(cfg, data)
-            tried.append({"recipe": recipe, "private": True, "unit": "speaker", **ov, **r})
-            print(f"sweep {recipe} dp per speaker eps=8 {ov}: EER {100 * r['eer']:.2f} %", flush=True)
-            if best_spk is None or r["eer"] < best_spk[1]:
-                best_spk = (ov, r["eer"])
-        for ov in SWEEP[recipe]["dp"]:
-            cfg, tag = run_config(base, recipe=recipe, seed=0, epsilon=8.0, unit="utterance", overrides=ov)
-            r = one_run(cfg, data)
-            tried.append({"recipe": recipe, "private": True, "unit": "utterance", **ov, **r})
-            print(f"sweep {recipe} dp eps=8 {ov}: EER {100 * r['eer']:.2f} %", flush=True)
-            if best_dp is None or r["eer"] < best_dp[1]:
-                best_dp = (ov, r["eer"])
-        for ov in SWEEP[recipe]["np"]:
-            cfg, tag = run_config(base, recipe=recipe, seed=0, epsilon=None, unit="utterance", overrides=ov)
-            r = one_run(cfg, data)
-            tried.append({"recipe": recipe, "private": False, **ov, **r})
-            print(f"sweep {recipe} non-private {ov}: EER {100 * r['eer']:.2f} %", flush=True)
-            if best_np is None or r["eer"] < best_np[1]:
-                best_np = (ov, r["eer"])
-        chosen[recipe] = {"dp": best_dp[0], "np": best_np[0]}
-        if best_spk is not None:
-            chosen[recipe]["speaker"] = best_spk[0]
+        ch = {}
+        if recipe in speaker_recipes:
+            ch["speaker"] = _grid(base, data, recipe, SPEAKER_SWEEP, epsilon=8.0, unit="speaker",
+                                  label="dp per speaker eps=8", tried=tried)
+        ch["dp"] = _grid(base, data, recipe, SWEEP[recipe]["dp"], epsilon=8.0, unit="utterance",
+                         label="dp eps=8", tried=tried)
+        ch["np"] = _grid(base, data, recipe, SWEEP[recipe]["np"], epsilon=None, unit="utterance",
+                         label="non-private", tried=tried)
+        chosen[recipe] = ch
     return {"chosen": chosen, "tried": tried}
 
 

@@ -118,3 +118,21 @@ def test_from_json_re_renders_without_training(tmp_path):
     md = (tmp_path / "dp_recipes.md").read_text()
     assert "| embedding | utterance | 8 | 2 | 0.45 +- 0.07 |" in md and "(partial:" in md
     assert (tmp_path / "dp_recipes.png").stat().st_size > 1000
+
+
+def test_sweep_picks_the_lowest_eer_of_each_grid(base, monkeypatch):
+    seen = []
+
+    def fake_run(cfg, data):
+        seen.append((cfg.privacy.enabled, cfg.privacy.unit, cfg.train.lr, cfg.privacy.clip))
+        eer = abs(cfg.train.lr - 1e-2) + (0.0 if cfg.privacy.clip == 0.3 else 1e-3)  # best: lr 1e-2, clip 0.3
+        return {"eer": eer}
+
+    monkeypatch.setattr(dr, "one_run", fake_run)
+    out = dr.sweep(None, base, None, ["embedding"], ["embedding"])
+    ch = out["chosen"]["embedding"]
+    assert ch["dp"] == {"lr": 1e-2, "clip": 0.3} and ch["np"] == {"lr": 1e-2}
+    assert ch["speaker"]["lr"] == 1e-2
+    n = len(dr.SPEAKER_SWEEP) + len(dr.SWEEP["embedding"]["dp"]) + len(dr.SWEEP["embedding"]["np"])
+    assert len(seen) == len(out["tried"]) == n
+    assert {u for _, u, _, _ in seen} == {"utterance", "speaker"}
