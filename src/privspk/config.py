@@ -14,7 +14,7 @@ True
 >>> RunConfig.from_dict({"privacy": {"epsilonn": 3}})
 Traceback (most recent call last):
 ...
-privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, client_clip, client_epsilon, client_level, client_noise, clip, delta, enabled, epsilon, unit)
+privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, client_clip, client_epsilon, client_level, client_noise, clip, delta, enabled, epsilon, noise_seed, unit)
 """
 
 from __future__ import annotations
