@@ -46,7 +46,8 @@ def test_registry_verifies_and_names_the_culprit() -> None:
         reg.verify("alice", mallory.sign(msg), msg)  # signed by someone else
     assert e.value.client == "alice"
     with pytest.raises(ProtocolError, match="bad signature"):
-        reg.verify("alice", alice.sign(msg)[:-1] + b"\x00", msg)
+        sig = alice.sign(msg)
+        reg.verify("alice", sig[:-1] + bytes([sig[-1] ^ 0x01]), msg)  # one bit flipped (never a no-op)
     with pytest.raises(ProtocolError, match="no registered identity key") as e:
         reg.verify("bob", alice.sign(msg), msg)
     assert e.value.client == "bob"
