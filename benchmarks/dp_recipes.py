@@ -83,9 +83,8 @@ def run_config(base, *, recipe: str, seed: int, epsilon: float | None, unit: str
     train = dict(RECIPES[recipe])
     if unit == "speaker":
         train.update(SPEAKER_UNIT)
-    clip = train.pop("clip", 1.0)
     train.update({k: v for k, v in overrides.items() if k != "clip"})
-    clip = overrides.get("clip", clip)
+    clip = overrides.get("clip", 1.0)  # the privacy section's clip; only the sweep's grids set it
     tag = f"{recipe}_{unit}_{'np' if epsilon is None else f'eps{epsilon:g}'}_s{seed}"
     return base.replace(
         name=f"bench_dp_{tag}", seed=seed,

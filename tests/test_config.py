@@ -204,6 +204,13 @@ def test_demo_preset_is_the_shipped_toml():
     assert cfg.federation.n_clients == 3 and cfg.train.recipe == "embedding"
 
 
+def test_config_recipes_are_the_library_recipes():
+    from privspk.config import TRAIN_RECIPES
+    from privspk.models.finetune import RECIPES
+
+    assert TRAIN_RECIPES == RECIPES
+
+
 def test_defaults_are_the_demo_recipe_and_clip():
     """The default recipe, its step/batch/lr and the clip are the sweep's choice, as in the demo."""
     demo, default = RunConfig.preset("demo"), RunConfig()

@@ -347,13 +347,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-# privspk.models.finetune.RECIPES, spelled out so that building the parser does not import torch
-# (tests/test_cli.py checks the two agree)
-RECIPE_CHOICES = ("full", "last", "head", "adapters", "embedding")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
+    from privspk.config import TRAIN_RECIPES
+
     p = argparse.ArgumentParser(prog="privspk", description="Privacy-preserving federated speaker recognition.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
@@ -370,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--unit", choices=["utterance", "speaker"], help="privacy unit")
             sp.add_argument("--no-dp", action="store_true", help="train without differential privacy")
             sp.add_argument("--rounds", type=int, help="federated rounds")
-            sp.add_argument("--recipe", choices=RECIPE_CHOICES, help="what trains")
+            sp.add_argument("--recipe", choices=TRAIN_RECIPES, help="what trains")
 
     sp = sub.add_parser("prepare", help="build the corpus, features and pretrained encoder")
     common(sp, run_opts=False)

@@ -143,6 +143,11 @@ class PretrainSection:
         return errs
 
 
+# privspk.models.finetune.RECIPES, spelled out so that reading a config (and building the CLI's
+# parser) does not import torch; tests/test_config.py checks the two agree
+TRAIN_RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters", "embedding")
+
+
 @dataclass(frozen=True)
 class TrainSection:
     """Local training on each client, per round.
@@ -180,8 +185,8 @@ class TrainSection:
             errs.append(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.head not in ("trained", "fixed"):
             errs.append(f"head must be trained|fixed, got {self.head!r}")
-        if self.recipe not in ("full", "last", "head", "adapters", "embedding"):
-            errs.append(f"recipe must be full|last|head|adapters|embedding, got {self.recipe!r}")
+        if self.recipe not in TRAIN_RECIPES:
+            errs.append(f"recipe must be {'|'.join(TRAIN_RECIPES)}, got {self.recipe!r}")
         if self.trunk_crops < 0:
             errs.append(f"trunk_crops must be >= 0 (0 = no frozen-trunk cache), got {self.trunk_crops}")
         if self.optimizer not in ("adam", "sgd"):
