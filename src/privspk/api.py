@@ -320,6 +320,7 @@ def train(
             client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
             fixed_head=cfg.train.head == "fixed",
             update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
+            run_id=cfg.name,
         )
 
     def aggregated(round_id: int, included) -> None:

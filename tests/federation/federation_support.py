@@ -178,7 +178,7 @@ def build_job(
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=sch.client(cid), guard=guard,
             dp=dps, store=workdir / "clients" / cid, train_args=train_args, local_steps=t.local_steps,
-            scheme=scheme, seed=seed * 1000 + i,
+            scheme=scheme, seed=seed * 1000 + i, run_id=cfg.name,
         )
 
     def aggregated(round_id: int, included) -> None:

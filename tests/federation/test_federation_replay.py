@@ -21,6 +21,9 @@ far larger than that bound, so "recovered" cannot mean "both are about zero".
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -97,7 +100,7 @@ def test_a_restarted_client_refuses_to_put_its_update_into_a_second_sum(tmp_path
         assert attack_outcome(job2.fed.scheme, s1, s2, x) == "refused"
         # the refusing clients give the round up: the spend still counts, the update never leaves again
         assert [ledger_status(job2, c, 1) for c in OTHERS] == ["abandoned", "abandoned"]
-        assert all("another sum" in job2.ledger.row(c, 1).note for c in OTHERS)
+        assert all("refusing to release it into another sum" in job2.ledger.row(c, 1).note for c in OTHERS)
         assert open_sum(job2, 1, OTHERS) is None
     finally:
         job2.close()
@@ -112,5 +115,81 @@ def test_a_client_refuses_its_staged_update_under_a_fresh_run_id(tmp_path, schem
         x = victim_update(tmp_path)
         s2 = open_sum(job, 1, OTHERS, run_id=f"{RUN_ID}-again")  # same objects, same round, another run id
         assert attack_outcome(job.fed.scheme, s1, s2, x) == "refused"
+    finally:
+        job.close()
+
+
+def test_a_resend_into_the_same_sum_after_a_restart_still_opens(tmp_path):
+    """Crash recovery keeps working: the same survivors, the same sum (up to fresh stochastic rounding)."""
+    job = build_job(tmp_path, scheme="mask", rounds=1)
+    s1 = open_sum(job, 1, CLIENTS)
+    job.close()
+    job2 = build_job(tmp_path, scheme="mask", rounds=1)
+    try:
+        s2 = open_sum(job2, 1, CLIENTS)
+        assert s2 is not None, "a re-send into the same sum must be accepted"
+        tol = 2 * job2.fed.scheme.sum_tolerance(len(CLIENTS))
+        assert float(np.abs(s2 - s1).max()) <= tol
+        assert [ledger_status(job2, c, 1) for c in CLIENTS] == ["released"] * 3
+    finally:
+        job2.close()
+
+
+def test_a_masked_update_sent_without_a_confirmed_survivor_set_is_never_sent_again(tmp_path):
+    """Its first sum may have been opened by the other clients' shares alone: the client cannot know
+    which sum it went into, so a later round of the same update is refused (and abandoned)."""
+    job = build_job(tmp_path, scheme="mask", rounds=1)
+    gv = job.server.global_vector()
+    for c in CLIENTS:
+        job.clients[c].run_round(1, gv)
+    spec = RoundSpec(run_id=RUN_ID, round_id=1, clients=CLIENTS, dim=job.server.dim)
+    run_round(job.fed.scheme, spec, {c: job.clients[c].endpoint for c in CLIENTS}, silent={VICTIM: "confirm"})
+    job.close()
+    job2 = build_job(tmp_path, scheme="mask", rounds=1)
+    try:
+        assert open_sum(job2, 1, CLIENTS) is None
+        assert ledger_status(job2, VICTIM, 1) == "abandoned"
+        assert "never learnt" in job2.ledger.row(VICTIM, 1).note
+        rep = job2.clients[VICTIM].run_round(1, job2.server.global_vector())
+        assert rep.status == "abandoned" and "another sum" in rep.reason
+    finally:
+        job2.close()
+
+
+def test_fsync_order_staged_update_before_spend_and_release_record_before_reply(tmp_path, monkeypatch):
+    """Finding 6a and the release record: which fsyncs happen, on which files, in which order.
+
+    ``os.fsync`` is wrapped to log the inode it syncs; the ledger commit and the endpoint's
+    replies are logged beside it. What this shows: the staged update's data and then its folder
+    are fsync'ed before the spend that points to it is committed, and the release record and its
+    folder before the reply that releases the update exists. What it cannot show: that the disk
+    honours fsync (no power is cut here); SQLite's own fsyncs (``synchronous=FULL``) are not
+    ``os.fsync`` calls and are not logged.
+    """
+    job = build_job(tmp_path, scheme="bfv", rounds=1)
+    events: list[tuple] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd)))
+    record_spend = job.ledger.record_spend
+    monkeypatch.setattr(job.ledger, "record_spend", lambda spend: (events.append(("commit", spend.client)),
+                                                                    record_spend(spend))[1])
+    store = tmp_path / "clients" / "client0"
+    endpoint = job.clients["client0"].endpoint
+    handle = endpoint.handle
+    monkeypatch.setattr(endpoint, "handle", lambda req: (r := handle(req), events.append(("reply",)))[0])
+    try:
+        gv = job.server.global_vector()
+        job.clients["client0"].run_round(1, gv)
+        staged, folder = (store / "update_r0001.npy").stat().st_ino, store.stat().st_ino
+        assert events[:3] == [("fsync", staged), ("fsync", folder), ("commit", "client0")]
+        for c in OTHERS:
+            job.clients[c].run_round(1, gv)
+        del events[:]
+        spec = RoundSpec(run_id=RUN_ID, round_id=1, clients=CLIENTS, dim=job.server.dim)
+        run_round(job.fed.scheme, spec, {c: job.clients[c].endpoint for c in CLIENTS})
+        record = (store / "release_r0001.json").stat().st_ino
+        mine = [e for e in events if e[0] == "reply" or e[1] in (record, folder)]
+        assert mine[:3] == [("fsync", record), ("fsync", folder), ("reply",)]
+        assert json.loads(json.loads((store / "release_r0001.json").read_text())["sum"])["scheme"] == "bfv"
     finally:
         job.close()

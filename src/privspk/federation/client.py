@@ -13,14 +13,26 @@ the manner of composable client mods:
 
 After a crash, a round whose spend is committed is re-released from the store
 (same update, no new spend); an update staged without a committed spend is
-discarded and never leaves the client.
+discarded and never leaves the client. The staged update (and its folder) is
+fsync'ed before the spend that points to it is committed.
+
+One update goes into one sum. The endpoint serves this client's run only, and asks
+the client before each release (:meth:`privspk.secagg.ClientEndpoint.bind`); the
+client writes which run and which sum a round's update was released into to
+``release_rNNNN.json`` in its store (fsync'ed before the release leaves) and refuses
+to release that round into any other run or sum - a re-send after a crash goes into
+the same sum or nowhere. A refused round is abandoned (its spend still counts; the
+ledger row says why): two sums that differ by one client would give that client's
+update away.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privspk.errors import BudgetExceededError, CheckpointError
+from privspk.errors import BudgetExceededError, CheckpointError, PrivspkError, ProtocolError
 from privspk.models.heads import AAMHead
 from privspk.secagg import ClientEndpoint
 from privspk.training.data import ClientData
@@ -54,6 +66,9 @@ class SpendGuard(Protocol):
     def released(self, round_id: int, update: np.ndarray) -> None:
         """Mark the round's update as released (refused if it is not the recorded one)."""
 
+    def abandon(self, round_id: int, reason: str) -> None:
+        """Give the round up (its spend still counts); ``reason`` is kept with it."""
+
     def epsilon(self) -> float:
         """Epsilon spent so far."""
 
@@ -64,7 +79,7 @@ class ClientRoundReport:
 
     client_id: str
     round_id: int
-    status: str  # "sent" | "resent" | "out_of_budget"
+    status: str  # "sent" | "resent" | "out_of_budget" | "abandoned"
     loss: float = float("nan")
     steps: int = 0
     train_seconds: float = 0.0
@@ -113,6 +128,8 @@ class FederatedClient:
         client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
             distributed DP (clip the whole update, add this client's integer noise share
             before masking); ``None`` sends the float update.
+        run_id: the run this client serves; its endpoint refuses requests of any other run
+            (``None``: not checked by run id, each round still goes into one sum only).
     """
 
     def __init__(
@@ -136,12 +153,14 @@ class FederatedClient:
         crop_frames: int = 200,
         fixed_head: bool = False,
         update_clip: float | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.client_id = client_id
         self.data = data
         self.names = list(names)
         self.weight = float(weight)
         self.endpoint = endpoint
+        endpoint.bind(run_id=run_id, gate=self._release_gate)
         self.guard = guard
         self.dp = dp
         self.store = Path(store)
@@ -176,6 +195,9 @@ class FederatedClient:
     def _staged_path(self, round_id: int) -> Path:
         return self.store / f"update_r{round_id:04d}.npy"
 
+    def _release_path(self, round_id: int) -> Path:
+        return self.store / f"release_r{round_id:04d}.json"
+
     def _load_head(self) -> None:
         path = self._head_path()
         if path.exists():
@@ -197,6 +219,9 @@ class FederatedClient:
     def run_round(self, round_id: int, global_vector: torch.Tensor) -> ClientRoundReport:
         """Do this client's part of ``round_id`` up to handing the update to the scheme."""
         staged = self._staged_path(round_id)
+        refused = (self._read_release(round_id) or {}).get("abandoned")
+        if refused:  # this round's update went into one sum already and was refused another
+            return ClientRoundReport(self.client_id, round_id, "abandoned", epsilon=self.epsilon(), reason=refused)
         if self.guard is not None and self.guard.committed(round_id):
             # resumed after a crash between record and release: send the recorded update again
             if not staged.exists():
@@ -229,9 +254,7 @@ class FederatedClient:
                         100 * clipped, self.update_clip)
         if self.client_dp is not None:  # clip the whole update, add this client's integer noise share
             vector = self.client_dp.encode(vector, rng=self._noise_rng)
-        tmp = staged.with_suffix(".tmp.npy")  # 4. stage
-        np.save(tmp, vector)
-        os.replace(tmp, staged)
+        write_durably(staged, lambda fh: np.save(fh, vector))  # 4. stage (fsync'ed before the spend points to it)
         _fault("before_spend", self.client_id, round_id)
         eps = 0.0
         if self.guard is not None and self.dp is not None:  # 5. record
@@ -254,6 +277,84 @@ class FederatedClient:
         else:
             self.endpoint.submit(round_id, vector)
 
+    # ---- one update, one sum ---------------------------------------------------
+    def _read_release(self, round_id: int) -> dict | None:
+        path = self._release_path(round_id)
+        if not path.exists():
+            return None
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            return rec
+        except (OSError, ValueError) as exc:  # unreadable: which sum it went into is unknown - refuse them all
+            return {"run": None, "sum": None, "damaged": f"{path} is unreadable ({exc})"}
+
+    def _release_gate(self, *, run_id: str, round_id: int, context: str, opens: bool) -> None:
+        """The endpoint asks before each release of round ``round_id``'s update (see the module doc)."""
+        rec = self._read_release(round_id)
+        if rec is not None and rec.get("abandoned"):
+            raise ProtocolError(f"round {round_id} was abandoned: {rec['abandoned']}", client=self.client_id)
+        if rec is None:
+            rec = {"run": run_id, "round": round_id, "sum": context if opens else None}
+        else:
+            before, same_run = rec.get("sum"), rec.get("run") == run_id
+            if not (same_run and (before == context or (opens and before is None))):
+                was = rec.get("damaged") or (
+                    f"run {rec.get('run')!r}, " + (f"sum {before}" if before is not None else
+                                                   "a sum it never learnt (sent, survivor set not confirmed)"))
+                reason = (f"round {round_id}'s update was already released into {was}; refusing to release it "
+                          f"into another sum (run {run_id!r}, {context}): the difference of two sums would be an "
+                          "individual update. The round is abandoned; its spend still counts")
+                self._abandon(round_id, rec, reason)
+                raise ProtocolError(reason, client=self.client_id)
+            if opens:
+                rec["sum"] = context
+        try:
+            write_durably(self._release_path(round_id), lambda fh: fh.write(json.dumps(rec, sort_keys=True).encode()))
+        except OSError as exc:
+            raise CheckpointError(f"client {self.client_id}: cannot record where round {round_id}'s update goes "
+                                  f"({exc}); not releasing it") from None
+
+    def _abandon(self, round_id: int, rec: dict, reason: str) -> None:
+        log.warning("client %s: %s", self.client_id, reason)
+        try:
+            write_durably(self._release_path(round_id),
+                          lambda fh: fh.write(json.dumps({**rec, "abandoned": reason}, sort_keys=True).encode()))
+        except OSError as exc:
+            log.error("client %s: cannot record that round %d is abandoned: %s", self.client_id, round_id, exc)
+        if self.guard is not None and self.guard.committed(round_id):
+            try:
+                self.guard.abandon(round_id, reason)
+            except PrivspkError as exc:
+                log.error("client %s: round %d refused, but the ledger was not marked abandoned: %s",
+                          self.client_id, round_id, exc)
+
     def forget_staged(self, round_id: int) -> None:
         """Drop the staged update once the round is aggregated."""
         self._staged_path(round_id).unlink(missing_ok=True)
+
+
+def write_durably(path: Path, write: Callable) -> None:
+    """Write ``path`` through a temporary file: ``write(fh)``, fsync the data, rename, fsync the folder.
+
+    Once this returns the file survives a crash or power loss (as far as the file system
+    honours fsync), so a ledger commit made afterwards never points to a missing file.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "x.bin"
+    >>> write_durably(p, lambda fh: fh.write(b"abc")); p.read_bytes()
+    b'abc'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -88,6 +88,10 @@ class LedgerGuard:
         """Mark released; refuses an update other than the recorded one."""
         self.ledger.mark_released(self.client, round_id, update_digest=_digest(update))
 
+    def abandon(self, round_id: int, reason: str) -> None:
+        """Mark the round abandoned (its spend still counts); ``reason`` goes in the row's note."""
+        self.ledger.mark_abandoned(self.client, round_id, reason=reason)
+
     def epsilon(self) -> float:
         """Epsilon spent so far, from the ledger."""
         return self.ledger.epsilon(self.client)

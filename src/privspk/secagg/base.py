@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from privspk.errors import ConfigError
+from privspk.errors import ConfigError, ProtocolError
 
 KEYHOLDER = "keyholder"
 """Routing id of the key-holder role (HE schemes): never a client id."""
@@ -86,10 +86,54 @@ class AggregateResult:
     stages: tuple[str, ...] = ()
 
 
+ReleaseGate = Callable[..., None]
+"""``gate(*, run_id, round_id, context, opens)``: asked by an endpoint before it releases anything
+derived from its update (see :meth:`ClientEndpoint.bind`); raises a PrivspkError to refuse."""
+
+
 class ClientEndpoint(ABC):
     """A client's side of a scheme; lives for the whole run (keys, contexts)."""
 
     client_id: str
+    run_id: str | None = None
+    """The one run this endpoint serves once :meth:`bind` named it (``None``: any run)."""
+    release_gate: ReleaseGate | None = None
+
+    def bind(self, *, run_id: str | None, gate: ReleaseGate | None = None) -> None:
+        """Serve only run ``run_id`` and ask ``gate`` before every release.
+
+        A request of another run is refused (ProtocolError) before anything is computed. The
+        gate is called with ``run_id``, ``round_id``, ``context`` (a string naming the sum the
+        release can enter) and ``opens`` right before the endpoint sends anything a sum of its
+        update can be opened from: ``opens=True`` when that sum is then fixed to ``context``
+        (``mask``: the survivor set it unmasks; HE: the key holder's context, which opens one
+        sum per round), ``opens=False`` when it is only bounded by it (``mask``: the masked
+        update, sent for the announced client list). A client that persists what it released
+        (:class:`privspk.federation.FederatedClient`) refuses there to put one update into two sums.
+
+        >>> from privspk.secagg import build_scheme
+        >>> c = build_scheme("mask").client("a")
+        >>> c.bind(run_id="run-1")
+        >>> c.check_run("run-1"); c.check_run("run-2")
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ProtocolError: request is for run 'run-2'; client a serves run 'run-1' only
+        """
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise ConfigError(f"run_id must be a non-empty string or None, got {run_id!r}")
+        self.run_id = run_id
+        self.release_gate = gate
+
+    def check_run(self, run_id: object, *, who: str | None = None) -> None:
+        """Refuse (ProtocolError) a request of a run other than the bound one."""
+        if self.run_id is not None and run_id != self.run_id:
+            raise ProtocolError(f"request is for run {run_id!r}; client {self.client_id} serves run "
+                                f"{self.run_id!r} only", client=who)
+
+    def check_release(self, *, run_id: str, round_id: int, context: str, opens: bool) -> None:
+        """Ask the bound gate (if any) whether this release may happen; it raises to refuse."""
+        if self.release_gate is not None:
+            self.release_gate(run_id=run_id, round_id=round_id, context=context, opens=opens)
 
     @abstractmethod
     def submit(self, round_id: int, update: np.ndarray) -> None:

@@ -592,6 +592,7 @@ class HeClient(ClientEndpoint):
         header, body = unpack(request, client=SERVER)
         expect(header, scheme=self._codec.kind, run=header["run"], round_id=header["round"],
                stage=header["stage"], client=SERVER)
+        self.check_run(header["run"], who=SERVER)  # a bound client serves its own run only
         if header["stage"] == Stage.COLLECT:
             return self._collect(header, body)
         if header["stage"] == Stage.VERIFY:
@@ -619,6 +620,9 @@ class HeClient(ClientEndpoint):
         _verify(self._kh_key, header["context_signature"], "context", run, fp,
                 what="the public context (not signed by the key holder)", client=SERVER)
         ctx = self._load(body, fp)
+        # the key holder of this context opens one sum per round: the ciphertext fixes the sum to it
+        context = json.dumps({"scheme": self._codec.kind, "fingerprint": fp}, sort_keys=True, separators=(",", ":"))
+        self.check_release(run_id=run, round_id=rnd, context=context, opens=True)
         words = self._codec.encrypt(ctx, update, rng=self._rng)
         packed = self._codec.layout.pack(words)
         digest = _digest(packed)

@@ -23,6 +23,7 @@ update under two different key sets.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ class MaskClient(ClientEndpoint):
         if header["scheme"] != SCHEME:
             raise ProtocolError(f"request is for scheme {header['scheme']!r}, this client runs {SCHEME!r}",
                                 client=SERVER)
+        self.check_run(header["run"], who=SERVER)  # a bound client serves its own run only
         key = (header["run"], header["round"])
         state = self._rounds.get(key)
         current = state.stage if state is not None else (Stage.DONE if key in self._closed else None)
@@ -247,6 +249,8 @@ class MaskClient(ClientEndpoint):
 
     def _collect(self, state: _RoundState, header: dict, body: bytes) -> bytes:
         p, me = state.params, self.client_id
+        # the masked update can enter a sum of any survivors among the announced clients
+        self.check_release(run_id=p.run_id, round_id=p.round_id, context=sum_context(p.clients), opens=False)
         senders = id_list(header, "senders", within=state.peers, client=SERVER)
         if len(senders) + 1 < p.threshold:
             raise ProtocolError(f"only {len(senders)} neighbours shared their secrets; {p.threshold - 1} needed",
@@ -327,11 +331,22 @@ class MaskClient(ClientEndpoint):
         msg = confirm_message(p.digest, survivors)
         for i, w in enumerate(signers):
             self._registry.verify(w, body[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES], msg)
+        # revealing these shares fixes the sum of this update to the survivors'
+        self.check_release(run_id=p.run_id, round_id=p.round_id, context=sum_context(survivors), opens=True)
         b_of = [w for w in survivors if w in state.held]
         out = b"".join(state.held[w][:SEED_BYTES] for w in b_of)
         out += b"".join(state.held[v][SEED_BYTES:] for v in dropped)
         state.held = {}
         return self._reply(p, Stage.UNMASK, {"b_of": b_of, "s_of": list(dropped)}, out)
+
+
+def sum_context(clients) -> str:
+    """What names a masked sum for the release gate: the scheme and the (sorted) client ids in it.
+
+    >>> sum_context(("b", "a"))
+    '{"clients":["a","b"],"scheme":"mask"}'
+    """
+    return json.dumps({"scheme": SCHEME, "clients": sorted(clients)}, sort_keys=True, separators=(",", ":"))
 
 
 def stochastic_rng(seed: int | None, client_id: str) -> np.random.Generator:

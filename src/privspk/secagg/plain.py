@@ -64,6 +64,7 @@ class PlainClient(ClientEndpoint):
         header, _ = unpack(request, client=SERVER)
         check_fields(header, {"dim": int})
         expect(header, scheme="plain", run=header["run"], round_id=header["round"], stage="collect", client=SERVER)
+        self.check_run(header["run"], who=SERVER)  # a bound client serves its own run only
         update = self._updates.pop(header["round"], None)
         if update is None:
             raise ProtocolError(f"client {self.client_id} has no update for round {header['round']}")
