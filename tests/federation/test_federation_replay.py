@@ -119,6 +119,20 @@ def test_a_client_refuses_its_staged_update_under_a_fresh_run_id(tmp_path, schem
         job.close()
 
 
+@pytest.mark.parametrize("scheme", ["mask", "bfv"])
+def test_a_second_sum_of_the_same_round_in_the_same_process_is_not_opened(tmp_path, scheme):
+    """Same objects, same run id: mask - the gate (and the closed round id); bfv - the live key holder
+    opens one sum per round, so the gate lets the same context through and the key holder refuses."""
+    job = build_job(tmp_path, scheme=scheme, rounds=1)
+    try:
+        s1 = open_sum(job, 1, CLIENTS)
+        assert s1 is not None
+        s2 = open_sum(job, 1, OTHERS)
+        assert attack_outcome(job.fed.scheme, s1, s2, victim_update(tmp_path)) == "refused"
+    finally:
+        job.close()
+
+
 def test_a_resend_into_the_same_sum_after_a_restart_still_opens(tmp_path):
     """Crash recovery keeps working: the same survivors, the same sum (up to fresh stochastic rounding)."""
     job = build_job(tmp_path, scheme="mask", rounds=1)
