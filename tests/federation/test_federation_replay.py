@@ -86,7 +86,7 @@ def ledger_status(job, client: str, round_id: int) -> str:
     return job.ledger.row(client, round_id).status
 
 
-@pytest.mark.parametrize("scheme", ["mask", "bfv"])
+@pytest.mark.parametrize("scheme", ["mask", "bfv", "ckks"])
 def test_a_restarted_client_refuses_to_put_its_update_into_a_second_sum(tmp_path, scheme):
     job = build_job(tmp_path, scheme=scheme, rounds=1)
     s1 = open_sum(job, 1, CLIENTS)  # the honest-looking first round; the server never reports it aggregated
@@ -106,7 +106,7 @@ def test_a_restarted_client_refuses_to_put_its_update_into_a_second_sum(tmp_path
         job2.close()
 
 
-@pytest.mark.parametrize("scheme", ["mask", "bfv"])
+@pytest.mark.parametrize("scheme", ["mask", "bfv", "ckks"])
 def test_a_client_refuses_its_staged_update_under_a_fresh_run_id(tmp_path, scheme):
     job = build_job(tmp_path, scheme=scheme, rounds=1)
     try:
