@@ -5,7 +5,10 @@ A client answers each stage's request once, in order; any defect in a request
 reveal both secrets of one client) raises :class:`~privspk.errors.ProtocolError`,
 erases the round's secrets and ends the client's part in that round. A round
 id is never started twice, so a server cannot make a client mask the same
-update under two different key sets.
+update under two different key sets. That memory ends with the process: across
+restarts and run ids, a bound client (:meth:`ClientEndpoint.bind`) asks its gate
+before sending the masked update and before unmasking, and
+:class:`privspk.federation.FederatedClient` persists which sum each round went into.
 
 >>> import numpy as np
 >>> from privspk.secagg import build_scheme, RoundSpec
