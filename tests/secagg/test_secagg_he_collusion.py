@@ -1,0 +1,175 @@
+"""Issue 19, finding 1: one registered client colluding with the server against ``ckks``/``bfv``.
+
+Every attack runs through the real objects: the scheme's ``KeyHolder`` (signatures, client
+counts, sketch check, range/digit checks), real ``HeClient`` endpoints and the real
+``HeServerRound`` driven by :func:`run_round`. The colluder is a registered client whose
+own software is changed: when the protocol asks it to encrypt, it returns a chosen
+ciphertext built from whatever the server has seen so far (the honest client's ciphertext
+``h`` if the server already holds it), and signs it with its own registered key like any
+ciphertext. The attacker's algebra is in :mod:`he_attack`, validated against TenSEAL by
+``test_attack_tooling_matches_tenseal`` (so a failed attack is a failed attack, not a bug
+in the tooling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from privspk.errors import AggregationError
+from privspk.secagg import RoundSpec, build_scheme
+from privspk.secagg.base import _SCHEMES
+from privspk.secagg.simulate import run_round
+from privspk.secagg.wire import unpack
+
+import he_attack as A
+
+TRUST = "no-client-colludes-with-server"
+
+
+def trusted(name: str, options: dict | None = None) -> dict:
+    """Scheme options, with the operator's collusion-trust acceptance where the scheme asks for it."""
+    opts = dict(options or {})
+    if "he_trust" in {f.name for f in dataclasses.fields(_SCHEMES[name].Config)}:
+        opts["he_trust"] = TRUST
+    return opts
+
+
+class ColludingCodec:
+    """The colluder's codec: encrypts a chosen ciphertext built from ``view['h']`` when it exists."""
+
+    def __init__(self, codec: Any, build) -> None:
+        self._inner = codec
+        self._build = build
+        self.view: dict[str, Any] = {}
+        self.built = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encrypt(self, ctx: Any, update: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        h = self.view.get("h")
+        if h is None:  # the server holds no honest ciphertext yet: nothing to build from
+            return self._inner.encrypt(ctx, update, rng=rng)
+        self.built = True
+        return self._build(h)
+
+
+def attack_round(scheme, spec, *, honest: str, colluder: str | None, build, updates: dict[str, np.ndarray],
+                 preset: np.ndarray | None = None):
+    """One round in which ``colluder`` answers with ``build(h)`` (``build(preset)`` for an attack that
+    needs no honest ciphertext); returns (result or None, h seen by the server, codec, round key)."""
+    clients = {c: scheme.client(c) for c in spec.clients}
+    evil = ColludingCodec(scheme.codec, build)
+    if preset is not None:
+        evil.view["h"] = preset
+    if colluder is not None:
+        clients[colluder]._codec = evil
+    for c in spec.clients:
+        clients[c].submit(spec.round_id, updates[c])
+    layout, n_chunks = scheme.codec.layout, scheme.codec.n_chunks(spec.dim)
+    keys: dict[str, Any] = {}
+
+    def watch(sender: str, stage: str, reply: bytes) -> bytes:  # the server's view, unchanged
+        header, body = unpack(reply, client=sender)
+        if sender == honest and len(body) == layout.packed_bytes(n_chunks):
+            evil.view["h"] = layout.unpack(body, n_chunks=n_chunks)
+        if sender == "keyholder" and stage == "commit":  # for the test's bookkeeping only
+            keys["s"] = A.secret_key_coeffs(scheme.keyholder()._context, layout)
+        return reply
+
+    try:
+        result = run_round(scheme, spec, clients, tamper=watch)
+    except AggregationError:
+        result = None
+    return result, evil.view.get("h"), evil, keys.get("s")
+
+
+def test_attack_tooling_matches_tenseal() -> None:
+    A.check_tooling("ckks")
+    A.check_tooling("bfv")
+
+
+def test_ckks_one_colluding_client_cannot_recover_the_key_and_open_an_honest_update() -> None:
+    """Colluder sends (-c0_h, A - c1_h) | (-c0_h, A X^(N/2) - c1_h): the sum (0, A) | (0, A X^(N/2))
+    decrypts to A s, whose real and imaginary parts give the whole key s in one release."""
+    scheme = build_scheme("ckks", trusted("ckks"), seed=0)
+    layout, n = scheme.codec.layout, scheme.codec.layout.poly_degree
+    spec = RoundSpec(run_id="collude", round_id=0, clients=("c0", "c1"), dim=n)  # two chunks
+    rng = np.random.default_rng(1)
+    updates = {c: rng.uniform(-1, 1, n) for c in spec.clients}
+    result, h, evil, true_s = attack_round(scheme, spec, honest="c0", colluder="c1",
+                                           build=lambda h: A.ckks_chosen(h, layout), updates=updates)
+    scale = 2.0**scheme.config.scale_bits
+    recovered = None if result is None else A.ckks_recover(result.total, n=n, scale=scale)
+    opened = None
+    if recovered is not None and h is not None:
+        opened = A.ckks_decrypt(h, recovered, layout, scale=scale)[: spec.dim]
+    key_found = recovered is not None and true_s is not None and np.array_equal(recovered, true_s)
+    update_found = opened is not None and float(np.abs(opened - updates["c0"]).max()) < 1e-4
+    assert not (key_found or update_found), (f"CKKS: the colluder recovered the secret key exactly: {key_found}; "
+                                             f"decrypted the honest client's update: {update_found}")
+
+
+def test_bfv_one_colluding_client_cannot_recover_the_key_at_max_clients() -> None:
+    """Colluder sends (-c0_h, floor(Q/t) - c1_h); the sum (0, floor(Q/t)) decrypts to s mod t.
+    With exactly max_clients contributors the digit check bounds nothing."""
+    scheme = build_scheme("bfv", trusted("bfv", {"max_clients": 2, "min_clients": 2}), seed=0)
+    codec = scheme.codec
+    layout, t = codec.layout, codec.plan.plain_modulus
+    spec = RoundSpec(run_id="collude", round_id=0, clients=("c0", "c1"), dim=codec.values_per_chunk)
+    rng = np.random.default_rng(2)
+    updates = {c: rng.uniform(-1, 1, spec.dim) for c in spec.clients}
+    result, h, evil, true_s = attack_round(scheme, spec, honest="c0", colluder="c1",
+                                           build=lambda h: A.bfv_chosen(h, layout, t=t), updates=updates)
+    recovered = None if result is None else A.bfv_recover(result.total, codec=codec, n_summands=2)
+    update_found = False
+    if recovered is not None and h is not None:
+        slots = A.bfv_decrypt_slots(h, recovered, layout, t=t)
+        from privspk.secagg.bfv import unpack_digits
+
+        digits = unpack_digits(np.array([int(v) for v in slots], dtype=np.int64), pack=codec.plan.pack,
+                               radix=codec.plan.radix, dim=spec.dim)
+        q = codec.config.quantiser
+        opened = (digits - q.levels) / q.scale
+        update_found = float(np.abs(opened - updates["c0"]).max()) <= 1.0 / q.scale + 1e-12
+    key_found = recovered is not None and true_s is not None and np.array_equal(recovered, true_s)
+    assert not (key_found or update_found), (f"BFV: the colluder recovered the secret key exactly: {key_found}; "
+                                             f"decrypted the honest client's update: {update_found}")
+
+
+def test_bfv_chosen_sum_with_no_valid_digits_is_refused_at_max_clients() -> None:
+    """A colluder needs no honest ciphertext to send (0, floor(Q/t)): the sum then decrypts to
+    m_h + s mod t, slot values spread over all of [0, t). At max_clients every digit passes the
+    old bound n*2L and the top remainder was dropped unchecked, so this was opened."""
+    scheme = build_scheme("bfv", trusted("bfv", {"max_clients": 2, "min_clients": 2}), seed=0)
+    codec = scheme.codec
+    layout, t = codec.layout, codec.plan.plain_modulus
+    spec = RoundSpec(run_id="collude", round_id=0, clients=("c0", "c1"), dim=codec.values_per_chunk)
+    rng = np.random.default_rng(3)
+    updates = {c: rng.uniform(-1, 1, spec.dim) for c in spec.clients}
+    result, _, evil, _ = attack_round(scheme, spec, honest="nobody", colluder="c1",
+                                      build=lambda h: A.bfv_chosen(h, layout, t=t), updates=updates,
+                                      preset=layout.zeros(1))
+    assert evil.built, "the chosen ciphertext was not sent"
+    assert result is None, "the key holder opened a sum whose plaintext is not a sum of quantised updates"
+
+
+def test_a_key_of_one_round_does_not_open_the_next_round() -> None:
+    """Whatever a colluder learns in round r (at worst the round's key) must not open round r+1."""
+    scheme = build_scheme("ckks", trusted("ckks"), seed=0)
+    layout, n = scheme.codec.layout, scheme.codec.layout.poly_degree
+    scale = 2.0**scheme.config.scale_bits
+    rng = np.random.default_rng(4)
+    seen = {}
+    for rnd in (0, 1):
+        spec = RoundSpec(run_id="collude", round_id=rnd, clients=("c0", "c1"), dim=64)
+        updates = {c: rng.uniform(-1, 1, 64) for c in spec.clients}
+        result, h, _, s = attack_round(scheme, spec, honest="c0", colluder=None, build=None, updates=updates)
+        assert result is not None and h is not None and s is not None
+        seen[rnd] = (h, s, updates["c0"])
+        assert np.abs(A.ckks_decrypt(h, s, layout, scale=scale)[:64] - updates["c0"]).max() < 1e-4
+    h1, _, u1 = seen[1]
+    with_old_key = A.ckks_decrypt(h1, seen[0][1], layout, scale=scale)[:64]
+    assert not np.abs(with_old_key - u1).max() < 1e-2, "round 0's key decrypts round 1's ciphertext"
