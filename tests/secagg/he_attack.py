@@ -123,6 +123,15 @@ def ckks_decrypt(words: np.ndarray, s: np.ndarray, layout: CipherLayout, *, scal
     return np.concatenate(out)
 
 
+def ckks_key_times(s: np.ndarray, *, n: int, a_log2: int = 25, shift: int = 0) -> np.ndarray:
+    """Coefficients of ``2^a_log2 X^shift s`` in Z[X]/(X^N + 1) (what a chosen chunk adds to a release)."""
+    out = np.zeros(n, dtype=object)
+    for k, v in enumerate(np.asarray(s).tolist()):
+        j = k + shift
+        out[j % n] += (v if j < n else -v) << a_log2
+    return out
+
+
 def ckks_chosen(h: np.ndarray, layout: CipherLayout, *, a_log2: int = 25) -> np.ndarray:
     """The colluder's ciphertext: chunk 0 ``(-c0, A - c1)``, chunk 1 ``(-c0, A X^(N/2) - c1)``."""
     n, q = layout.poly_degree, layout.moduli[0]
