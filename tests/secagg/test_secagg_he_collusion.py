@@ -22,7 +22,7 @@ import pytest
 from privspk.errors import AggregationError, ConfigError, ProtocolError
 from privspk.secagg import RoundSpec, build_scheme
 from privspk.secagg.base import _SCHEMES
-from privspk.secagg.he import _sign, pledge_digest
+from privspk.secagg.he import Stage, _sign, pledge_digest
 from privspk.secagg.simulate import run_round
 from privspk.secagg.wire import pack, unpack
 
@@ -264,3 +264,60 @@ def test_residual_a_chosen_ciphertext_that_needs_no_honest_one_is_still_opened_i
         A.ckks_key_times(true_s, n=n, shift=n // 2).astype(np.float64), n=n, scale=scale)]), atol=1e-4)
     recovered = A.ckks_recover(result.total, n=n, scale=scale)
     assert not np.array_equal(recovered, true_s)  # one release with an unknown honest update: not exact
+
+
+def test_a_ciphertext_built_from_a_dropped_clients_reveal_is_refused() -> None:
+    """Commit-before-reveal must also hold for a client the server leaves out. Three clients: c0 honest,
+    c1 and c2 collude. c0 reveals h0 against the pledge list; the colluding server then has c1 re-pledge
+    -h0, shows the rewritten list to c2 (asking the key holder to freeze it again where that exists),
+    drops c0 from the sum and opens c1' + c2 = -m0 + m2: c0's own update, although c0 is "dropped"."""
+    scheme = build_scheme("ckks", trusted("ckks"), seed=0)
+    kh = scheme.keyholder()
+    layout = scheme.codec.layout
+    spec = RoundSpec(run_id="collude", round_id=0, clients=("c0", "c1", "c2"), dim=64)
+    clients = {c: scheme.client(c) for c in spec.clients}
+    rng = np.random.default_rng(7)
+    updates = {c: rng.uniform(-1, 1, 64) for c in spec.clients}
+    for c in spec.clients:
+        clients[c].submit(0, updates[c])
+    server = scheme.server_round(spec)
+    while server.stage != "collect":
+        for dest, req in server.outbox().items():
+            server.receive(dest, (kh if dest == "keyholder" else clients[dest]).handle(req))
+        server.advance()
+    server.receive("c0", clients["c0"].handle(server.outbox()["c0"]))
+    h0 = layout.unpack(server._packed["c0"], n_chunks=1)
+    blob = layout.pack(_negate(h0, layout))
+    digest = hashlib.sha256(blob).hexdigest()
+    fp = server._fingerprint
+    sig = _sign(clients["c1"]._identity, "collect", spec.run_id, 0, "c1", fp, spec.dim, 1, digest)
+    server._pledges["c1"] = [digest, sig]
+    if "freeze" in Stage.ORDER:  # ask the key holder to freeze the rewritten list too
+        req = pack(server._header("freeze", pledges=server._pledges, dim=spec.dim, n_chunks=1, fingerprint=fp))
+        try:
+            server._freeze_sig = unpack(kh.handle(req))[0]["freeze_signature"]
+        except ProtocolError:
+            pass
+    try:
+        server.receive("c2", clients["c2"].handle(server.outbox()["c2"]))
+    except ProtocolError:
+        pass
+    reveal = _sign(clients["c1"]._identity, "reveal", spec.run_id, 0, "c1", fp, pledge_digest(server._pledges))
+    server.receive("c1", pack({"scheme": "ckks", "run": spec.run_id, "round": 0, "stage": "collect", "sender": "c1",
+                               "reveal_signature": reveal}, blob))
+    layout.reduce(server._sum)
+    layout.sub_into(server._sum, h0)  # the server drops c0 from its sum
+    for table in (server._packed, server._digests, server._signatures, server._reveals):
+        table.pop("c0", None)
+    try:
+        result = run_round(scheme, spec, clients, server=server)
+    except AggregationError:
+        result = None
+    leaked = None if result is None else updates["c2"] - result.total
+    assert leaked is None or not np.abs(leaked - updates["c0"]).max() < 1e-4, \
+        "the server recovered the dropped client's update from a sum built on its revealed ciphertext"
+
+
+def _negate(h: np.ndarray, layout) -> np.ndarray:
+    q = np.asarray(layout.moduli, dtype=np.uint64).reshape(1, 1, -1, 1)
+    return np.where(h == 0, h, q - h).astype(np.uint64)
