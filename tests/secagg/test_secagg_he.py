@@ -26,6 +26,7 @@ from privspk.secagg.he import (
     _sketch_hex,
     _sketch_rows,
     load_public_context,
+    pledge_digest,
     public_context_bytes,
 )
 from privspk.secagg.he_wire import seal_frame, vector_bytes
@@ -135,7 +136,7 @@ def test_round_opens_the_sum_of_all_clients(name: str) -> None:
     scheme, spec, clients, updates = setup(name, k=4, dim=300)
     res = run_round(scheme, spec, clients)
     assert res.included == spec.clients and res.dropped == {}
-    assert res.stages == ("setup", "pledge", "collect", "commit", "verify", "open")
+    assert res.stages == ("setup", "pledge", "freeze", "collect", "commit", "verify", "open")
     err = np.abs(res.total - expected_total(scheme, updates, spec.clients)).max()
     assert err <= scheme.sum_tolerance(4)
     assert scheme.min_survivors(4) == 2 and scheme.dropout_tolerance(4) == 2
@@ -395,7 +396,7 @@ def _pledge_reply(scheme, spec, clients, who: str = "c0") -> tuple[HeServerRound
 def _collect_reply(scheme, spec, clients, who: str = "c0") -> tuple[HeServerRound, bytes]:
     """A server at stage collect (every client pledged) and ``who``'s genuine reveal."""
     server = scheme.server_round(spec)
-    for _ in range(2):
+    for _ in range(3):
         for dest, req in server.outbox().items():
             server.receive(dest, (scheme.keyholder() if dest == KEYHOLDER else clients[dest]).handle(req))
         server.advance()
@@ -539,12 +540,12 @@ def _server_at(scheme, spec, clients, stage: str) -> tuple[HeServerRound, dict[s
 
 def test_stage_transition_table() -> None:
     """At every stage, a message stamped with any other stage is refused as out of order."""
-    stages = [Stage.SETUP, Stage.PLEDGE, Stage.COLLECT, Stage.COMMIT, Stage.VERIFY, Stage.OPEN]
+    stages = [Stage.SETUP, Stage.PLEDGE, Stage.FREEZE, Stage.COLLECT, Stage.COMMIT, Stage.VERIFY, Stage.OPEN]
     checked = 0
     for at in stages:
         scheme, spec, clients, _ = setup("bfv", k=2)
         server, replies = _server_at(scheme, spec, clients, at)
-        sender = KEYHOLDER if at in (Stage.SETUP, Stage.COMMIT, Stage.OPEN) else "c0"
+        sender = KEYHOLDER if at in (Stage.SETUP, Stage.FREEZE, Stage.COMMIT, Stage.OPEN) else "c0"
         template = replies.get(Stage.SETUP) if at == Stage.SETUP else None
         if template is None:
             template = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": at, "sender": sender})
@@ -594,12 +595,18 @@ def test_clients_refuse_out_of_place_requests() -> None:
         clients["c0"].handle(repack(collect, changes={"stage": "commit"}))
     reply = clients["c0"].handle(collect)
     digest = split(reply)[0]["digest"]
+    listed = {"c0": [digest, split(reply)[0]["signature"]]}
+    frozen = _sign(kh._identity, "frozen", spec.run_id, 0, kh.fingerprint, pledge_digest(listed))  # test-only
     reveal = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "collect", "sender": SERVER,
-                   "pledges": {"c0": [digest, split(reply)[0]["signature"]]}})
+                   "pledges": listed, "freeze_signature": frozen})
+    with pytest.raises(ProtocolError, match="not the one the key holder froze"):
+        clients["c0"].handle(repack(reveal, changes={"freeze_signature": "00" * 64}))
     with pytest.raises(ProtocolError, match="sent no ciphertext in round 0"):
         clients["c0"].handle(repack(verify, changes={"digest": digest}))  # pledged, not yet revealed
+    other = {"c0": ["cd" * 32, "00"]}
     with pytest.raises(ProtocolError, match="does not hold this client's pledge"):
-        clients["c0"].handle(repack(reveal, changes={"pledges": {"c0": ["cd" * 32, "00"]}}))
+        clients["c0"].handle(repack(reveal, changes={"pledges": other, "freeze_signature": _sign(
+            kh._identity, "frozen", spec.run_id, 0, kh.fingerprint, pledge_digest(other))}))
     clients["c0"].handle(reveal)
     with pytest.raises(ProtocolError, match="already revealed"):
         clients["c0"].handle(reveal)

@@ -25,13 +25,14 @@ shipping every ciphertext to the key holder. A contributor that does not answer 
 ciphertext forwarded (its signed digest binds it), so nothing already added is lost.
 
 Commit before reveal. Each client encrypts at ``pledge`` and sends only the signed digest
-of its ciphertext; at ``collect`` it is shown the list of every pledge and reveals its
-ciphertext, signing that list. The key holder opens only a sum whose contributors all
-pledged and all revealed against the same list, so no ciphertext in a sum can have been
-chosen after another ciphertext of the round (under the round's key) was seen.
+of its ciphertext; at ``freeze`` the key holder signs the round's pledge list, once per
+round; at ``collect`` each client checks that signature on the list it is shown and only
+then reveals its ciphertext, signing that list too. The key holder opens only a sum whose
+contributors all pledged in, and revealed against, the frozen list, so no ciphertext in a
+sum can have been chosen after any ciphertext of the round (under the round's key) was seen.
 
 Stages: ``setup`` (key holder -> public context) -> ``pledge`` (clients -> signed digests)
--> ``collect`` (pledge list -> ciphertexts) -> ``commit`` (sum + signed digests and
+-> ``freeze`` (key holder signs the pledge list) -> ``collect`` (pledge list -> ciphertexts) -> ``commit`` (sum + signed digests and
 reveals -> challenge) -> ``verify`` (clients -> sketches) -> ``open`` (sketches ->
 decrypted sum) -> ``done``.
 
@@ -61,7 +62,7 @@ such assumption.
 >>> eps["a"].submit(0, np.array([0.5, -0.25, 1.0])); eps["b"].submit(0, np.array([0.25, 0.25, -1.0]))
 >>> res = run_round(s, spec, eps)
 >>> np.round(res.total, 3).tolist(), res.stages
-([0.75, 0.0, 0.0], ('setup', 'pledge', 'collect', 'commit', 'verify', 'open'))
+([0.75, 0.0, 0.0], ('setup', 'pledge', 'freeze', 'collect', 'commit', 'verify', 'open'))
 """
 
 from __future__ import annotations
@@ -121,12 +122,13 @@ class Stage:
 
     SETUP = "setup"
     PLEDGE = "pledge"
+    FREEZE = "freeze"
     COLLECT = "collect"
     COMMIT = "commit"
     VERIFY = "verify"
     OPEN = "open"
     DONE = "done"
-    ORDER = (SETUP, PLEDGE, COLLECT, COMMIT, VERIFY, OPEN, DONE)
+    ORDER = (SETUP, PLEDGE, FREEZE, COLLECT, COMMIT, VERIFY, OPEN, DONE)
 
 
 # --------------------------------------------------------------------------- contexts
@@ -470,6 +472,7 @@ class KeyHolder(ClientEndpoint):
         self._max = max_clients
         self._rounds: dict[tuple[str, int], _Opening] = {}
         self._keyed: tuple[str, int] | None = None  # the round the current key was handed out for
+        self._frozen: dict[tuple[str, int], str] = {}  # round -> digest of its one frozen pledge list
 
     def _new_key(self) -> None:
         try:
@@ -497,6 +500,8 @@ class KeyHolder(ClientEndpoint):
         stage = header["stage"]
         if stage == Stage.SETUP:
             return self._setup(header)
+        if stage == Stage.FREEZE:
+            return self._freeze(header, body)
         if stage == Stage.COMMIT:
             return self._commit(header, body)
         if stage == Stage.OPEN:
@@ -517,6 +522,39 @@ class KeyHolder(ClientEndpoint):
         self._keyed = key
         sig = _sign(self._identity, "context", header["run"], header["round"], self.fingerprint)
         return self._reply(header, {"fingerprint": self.fingerprint, "context_signature": sig}, self._public)
+
+    def _freeze(self, header: Mapping[str, Any], body: bytes) -> bytes:
+        """Sign the round's pledge list, once: clients reveal only against this list."""
+        check_fields(header, {"pledges": dict, "dim": int, "n_chunks": int, "fingerprint": str}, client=SERVER)
+        run, rnd = header["run"], header["round"]
+        key = (run, rnd)
+        if body:
+            raise ProtocolError("a freeze request carries no body", client=SERVER)
+        if key in self._frozen:
+            raise ProtocolError(f"the pledge list of round {rnd} of run {run!r} is already frozen; one list per round",
+                                client=SERVER)
+        if self._keyed != key or header["fingerprint"] != self.fingerprint:
+            raise ProtocolError(f"round {rnd} of run {run!r} is not the round set up under this key", client=SERVER)
+        pledges, dim, n_chunks = header["pledges"], header["dim"], header["n_chunks"]
+        if dim < 1 or n_chunks != self._codec.n_chunks(dim):
+            raise ProtocolError(f"{n_chunks} chunks do not fit an update of dim {dim}", client=SERVER)
+        if not self._min <= len(pledges) <= self._max:
+            raise ProtocolError(f"{len(pledges)} pledges; a round needs {self._min} to {self._max}", client=SERVER)
+        self._check_pledge_signatures(pledges, run, rnd, dim, n_chunks)
+        listed = pledge_digest(pledges)
+        self._frozen[key] = listed
+        sig = _sign(self._identity, "frozen", run, rnd, self.fingerprint, listed)
+        return self._reply(header, {"freeze_signature": sig})
+
+    def _check_pledge_signatures(self, pledges: Mapping[str, Any], run: str, rnd: int, dim: int,
+                                 n_chunks: int) -> None:
+        for c, entry in pledges.items():
+            if c not in self._registry:
+                raise ProtocolError(f"pledge of {c!r}, not a registered client", client=SERVER)
+            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
+                raise ProtocolError(f"pledge of {c} must be [digest, signature]", client=SERVER)
+            _verify(self._registry[c], entry[1], "collect", run, rnd, c, self.fingerprint, dim, n_chunks, entry[0],
+                    what=f"the pledge of {c}", client=SERVER)
 
     def _commit(self, header: Mapping[str, Any], body: bytes) -> bytes:
         check_fields(header, {"contributors": list, "digests": dict, "signatures": dict, "n_chunks": int,
@@ -565,20 +603,16 @@ class KeyHolder(ClientEndpoint):
 
     def _check_pledges(self, header: Mapping[str, Any], who: list[str], run: str, rnd: int, dim: int,
                        n_chunks: int) -> None:
-        """Commit-before-reveal: every contributor pledged its digest, and revealed its ciphertext only
-        after seeing the same signed list of pledges (so no pledged ciphertext was chosen after any
-        ciphertext of the round had been shown)."""
+        """Commit-before-reveal: every contributor pledged its digest in the one list this key holder
+        froze for the round, and revealed against that list (so no pledged ciphertext was chosen
+        after any ciphertext of the round had been shown)."""
         pledges, reveals = header["pledges"], header["reveals"]
         if set(reveals) != set(who):
             raise ProtocolError("reveal signatures must cover exactly the contributors", client=SERVER)
-        for c, entry in pledges.items():
-            if c not in self._registry:
-                raise ProtocolError(f"pledge of {c!r}, not a registered client", client=SERVER)
-            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
-                raise ProtocolError(f"pledge of {c} must be [digest, signature]", client=SERVER)
-            _verify(self._registry[c], entry[1], "collect", run, rnd, c, self.fingerprint, dim, n_chunks, entry[0],
-                    what=f"the pledge of {c}", client=SERVER)
+        self._check_pledge_signatures(pledges, run, rnd, dim, n_chunks)
         listed = pledge_digest(pledges)
+        if self._frozen.get((run, rnd)) != listed:
+            raise ProtocolError("the pledges are not the list this key holder froze for the round", client=SERVER)
         for c in who:
             if c not in pledges or pledges[c][0] != header["digests"][c]:
                 raise ProtocolError(f"{c} contributes a ciphertext it did not pledge before the reveal",
@@ -737,7 +771,7 @@ class HeClient(ClientEndpoint):
 
     def _reveal(self, header: Mapping[str, Any], body: bytes) -> bytes:
         """Send the pledged ciphertext, signing the pledge list it was revealed against."""
-        check_fields(header, {"pledges": dict}, client=SERVER)
+        check_fields(header, {"pledges": dict, "freeze_signature": str}, client=SERVER)
         if body:
             raise ProtocolError("a reveal request carries no body", client=SERVER)
         run, rnd, pledges = header["run"], header["round"], header["pledges"]
@@ -745,6 +779,8 @@ class HeClient(ClientEndpoint):
         if sent is None or (sent.run, sent.round_id) != (run, rnd) or sent.revealed:
             raise ProtocolError(f"client {self.client_id} pledged no ciphertext in round {rnd} (or already revealed "
                                 "it)", client=SERVER)
+        _verify(self._kh_key, header["freeze_signature"], "frozen", run, rnd, sent.fingerprint, pledge_digest(pledges),
+                what="the pledge list (not the one the key holder froze for this round)", client=SERVER)
         mine = pledges.get(self.client_id)
         if not (isinstance(mine, list) and len(mine) == 2 and mine[0] == sent.digest):
             raise ProtocolError("the pledge list does not hold this client's pledge", client=SERVER)
@@ -818,6 +854,7 @@ class HeServerRound(ServerRound):
         self._rejected: dict[str, str] = {}
         self._replied: set[str] = set()
         self._challenge: bytes | None = None
+        self._freeze_sig: str | None = None
         self._sketches: dict[str, list[list[int]]] = {}
         self._sketch_text: dict[str, str] = {}
         self._sketch_sigs: dict[str, str] = {}
@@ -842,8 +879,11 @@ class HeServerRound(ServerRound):
             req = pack(self._header(st, dim=self.spec.dim, fingerprint=self._fingerprint,
                                     context_signature=self._context_sig), self._public)
             return {c: req for c in self.spec.clients}
-        if st == Stage.COLLECT:
-            req = pack(self._header(st, pledges=self._pledges))
+        if st == Stage.FREEZE:
+            return {KEYHOLDER: pack(self._header(st, pledges=self._pledges, dim=self.spec.dim,
+                                                 n_chunks=self._n_chunks, fingerprint=self._fingerprint))}
+        if st == Stage.COLLECT and self._freeze_sig is not None:
+            req = pack(self._header(st, pledges=self._pledges, freeze_signature=self._freeze_sig))
             return {c: req for c in sorted(self._pledges)}
         if st == Stage.COMMIT:
             who = sorted(self._packed)
@@ -865,7 +905,7 @@ class HeServerRound(ServerRound):
         """Take one reply; a bad one raises ProtocolError naming its sender (dropped at ``collect``)."""
         try:
             st = self._stage
-            expected = {KEYHOLDER} if st in (Stage.SETUP, Stage.COMMIT, Stage.OPEN) else (
+            expected = {KEYHOLDER} if st in (Stage.SETUP, Stage.FREEZE, Stage.COMMIT, Stage.OPEN) else (
                 set(self.spec.clients) if st == Stage.PLEDGE else set(self._pledges) if st == Stage.COLLECT
                 else set(self._packed) if st == Stage.VERIFY else set())
             if sender not in expected:
@@ -879,6 +919,12 @@ class HeServerRound(ServerRound):
                 self._on_context(header, body)
             elif st == Stage.PLEDGE:
                 self._on_pledge(sender, header, body)
+            elif st == Stage.FREEZE:
+                check_fields(header, {"freeze_signature": str}, client=sender)
+                _verify(self._kh_key, header["freeze_signature"], "frozen", self.spec.run_id, self.spec.round_id,
+                        self._fingerprint, pledge_digest(self._pledges), what="the frozen pledge list",
+                        client=KEYHOLDER)
+                self._freeze_sig = header["freeze_signature"]
             elif st == Stage.COLLECT:
                 self._on_ciphertext(sender, header, body)
             elif st == Stage.COMMIT:
@@ -1004,6 +1050,10 @@ class HeServerRound(ServerRound):
             if len(self._pledges) < self._min:
                 raise AggregationError(f"only {len(self._pledges)} of {len(self.spec.clients)} clients pledged a "
                                        f"ciphertext; the key holder opens sums of at least {self._min}")
+            self._stage = Stage.FREEZE
+        elif st == Stage.FREEZE:
+            if self._freeze_sig is None:
+                raise AggregationError("the key holder refused to freeze the pledge list; nothing is revealed")
             self._stage = Stage.COLLECT
         elif st == Stage.COLLECT:
             if len(self._packed) < self._min:
