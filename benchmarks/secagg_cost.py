@@ -156,6 +156,7 @@ mask_sparse, ckks, bfv, flower_complete, flower_sparse
         opts: dict[str, Any] = {"clip": CLIP} if name != "plain" else {}
         if name in ("ckks", "bfv"):
             opts["max_clients"] = max(50, k)
+            opts["he_trust"] = "no-client-colludes-with-server"  # measured under the HE trust assumption
         return Variant(name, "privspk", name, opts, None, None, (name, tuple(sorted(opts.items()))))
     if name.startswith("mask"):
         degree: int | None = {"mask": None, "mask16": None, "mask_complete": k - 1,

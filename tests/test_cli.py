@@ -18,6 +18,7 @@ import privspk
 from privspk.audio.io import write_audio
 from privspk.cli import _config, build_parser, main
 from privspk.config import RunConfig
+from privspk.errors import ConfigError
 from privspk.evaluation.metrics import threshold_at_eer, threshold_at_far
 from privspk.evaluation.trials import Trial, write_scores, write_trials
 from privspk.federation.guard import LedgerGuard, open_run_ledger
@@ -62,13 +63,13 @@ def test_bad_command_lines_exit_with_status_2(argv, capsys):
 
 
 def test_options_override_the_demo_preset():
-    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--name", "N", "--secagg", "bfv",
+    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--name", "N", "--secagg", "plain",
                                       "--epsilon", "2.5", "--unit", "speaker", "--rounds", "7", "--recipe",
                                       "adapters"])
     cfg = _config(args)
     demo = RunConfig.preset("demo")
     assert (cfg.data_dir, cfg.out_dir, cfg.name) == ("D", "O", "N")
-    assert cfg.secagg.scheme == "bfv" and cfg.federation.rounds == 7 and cfg.train.recipe == "adapters"
+    assert cfg.secagg.scheme == "plain" and cfg.federation.rounds == 7 and cfg.train.recipe == "adapters"
     assert (cfg.privacy.epsilon, cfg.privacy.unit, cfg.privacy.enabled) == (2.5, "speaker", True)
     assert cfg.model == demo.model and cfg.corpus == demo.corpus  # the rest is the preset's
     assert _config(build_parser().parse_args(["demo"])) == demo
@@ -263,3 +264,8 @@ def test_train_eval_ledger_enroll_verify_on_a_trained_run(tmp_path_factory, caps
              for u in by_spk[spk_a][2:] + by_spk[spk_b]}
     assert codes <= {0, 1}
     assert main(["verify", "--run", str(run), "--store", str(store), spk_a, enroll[0]]) == 0
+
+
+def test_secagg_he_without_the_trust_acceptance_is_refused_before_the_run_starts():
+    with pytest.raises(ConfigError, match='no client colludes with the server.*scheme = "mask"'):
+        _config(build_parser().parse_args(["demo", "--secagg", "bfv"]))

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from privspk.config import (
+    HE_TRUST,
     CorpusSection,
     EvalSection,
     FeaturesSection,
@@ -64,7 +65,9 @@ sections = {
                          unit=st.sampled_from(["utterance", "speaker"]), clip=floats(0, 1e6, exclude_min=True),
                          accountant=st.sampled_from(["rdp", "prv"])),
     "secagg": st.builds(SecAggSection, scheme=st.sampled_from(["plain", "mask", "ckks", "bfv"]),
-                        options=st.dictionaries(st.text(min_size=1, max_size=8), option_values, max_size=4)),
+                        options=st.dictionaries(st.text(min_size=1, max_size=8), option_values, max_size=4)).map(
+        lambda s: dataclasses.replace(s, options={**s.options, "he_trust": HE_TRUST})
+        if s.scheme in ("ckks", "bfv") else s),  # the HE schemes refuse to start without it
     "federation": st.builds(FederationSection, n_clients=pos(), rounds=pos(),
                             update_clip=floats(0, 1e6, exclude_min=True)),
     "eval": st.builds(EvalSection, target_per_utt=pos(), nontarget_per_utt=pos(), enroll_per_speaker=pos(),
@@ -237,3 +240,17 @@ def test_noise_seed_is_run_or_secret():
         RunConfig.from_toml('[privacy]\nnoise_seed = "fixed"\n')
     cfg = RunConfig.from_toml('[privacy]\nnoise_seed = "secret"\n')
     assert cfg.privacy.noise_seed == "secret" and RunConfig().privacy.noise_seed == "run"
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "bfv"])
+def test_he_schemes_are_refused_at_config_load_without_the_trust_acceptance(scheme: str) -> None:
+    """Refused before any run directory, ledger or data is touched; the message steers to mask."""
+    from privspk.secagg import he
+
+    assert HE_TRUST == he.HE_TRUST
+    with pytest.raises(ConfigError, match='colludes with the server.*scheme = "mask"'):
+        RunConfig(secagg=SecAggSection(scheme=scheme))
+    with pytest.raises(ConfigError, match="he_trust"):
+        RunConfig().replace(secagg=SecAggSection(scheme=scheme, options={"he_trust": "yes"}))
+    ok = RunConfig(secagg=SecAggSection(scheme=scheme, options={"he_trust": HE_TRUST}))
+    assert RunConfig.from_toml(ok.to_toml()).secagg.options["he_trust"] == HE_TRUST

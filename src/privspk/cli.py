@@ -362,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
         if run_opts:
             sp.add_argument("--out", help="folder for run directories")
             sp.add_argument("--name", help="run name (its directory under --out)")
-            sp.add_argument("--secagg", choices=["plain", "mask", "ckks", "bfv"], help="aggregation scheme")
+            sp.add_argument("--secagg", choices=["plain", "mask", "ckks", "bfv"],
+                            help="aggregation scheme; use mask for deployments (ckks/bfv start only with "
+                                 "[secagg.options] he_trust = \"no-client-colludes-with-server\": one client "
+                                 "colluding with the server can get the round's HE key)")
             sp.add_argument("--epsilon", type=float, help="per-client epsilon budget")
             sp.add_argument("--unit", choices=["utterance", "speaker"], help="privacy unit")
             sp.add_argument("--no-dp", action="store_true", help="train without differential privacy")

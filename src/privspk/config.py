@@ -254,6 +254,11 @@ class PrivacySection:
         return errs
 
 
+HE_TRUST = "no-client-colludes-with-server"
+"""``[secagg.options] he_trust`` value by which an operator accepts the HE schemes' trust assumption
+(the same string as ``privspk.secagg.he.HE_TRUST``; kept here so the config check imports no secagg)."""
+
+
 @dataclass(frozen=True)
 class SecAggSection:
     """Aggregation scheme by name, with its own options (see each scheme's ``Config``)."""
@@ -264,6 +269,12 @@ class SecAggSection:
     def check(self) -> list[str]:
         if self.scheme not in ("plain", "mask", "ckks", "bfv"):
             return [f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}"]
+        if self.scheme in ("ckks", "bfv") and isinstance(self.options, dict) \
+                and self.options.get("he_trust") != HE_TRUST:
+            return [f"scheme {self.scheme!r} refuses to start unless the operator accepts that no client colludes "
+                    "with the server: one colluding client can make the key holder release the round's secret key, "
+                    "hence every update of that round (threat_model/README.md, A2). Use scheme = \"mask\", or set "
+                    f"he_trust = \"{HE_TRUST}\" in [secagg.options]"]
         return []
 
 

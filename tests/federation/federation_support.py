@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privspk.config import FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
+from privspk.config import HE_TRUST, FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
 from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
 from privspk.federation.guard import LedgerGuard, open_run_ledger
 from privspk.models.ecapa import ECAPAEncoder
@@ -67,7 +67,8 @@ def job_config(*, scheme: str = "plain", rounds: int = 3, epsilon: float = 50.0,
         privacy=PrivacySection(enabled=dp, epsilon=epsilon),
         train=TrainSection(recipe="last", local_steps=local_steps, batch_size=4, physical_batch=4, lr=1e-2,
                            crop_frames=20, speaker_batch=2),
-        secagg=SecAggSection(scheme=scheme, options={"clip": 1.0} if scheme == "mask" else {}),
+        secagg=SecAggSection(scheme=scheme, options={"clip": 1.0} if scheme == "mask" else
+                             ({"he_trust": HE_TRUST} if scheme in ("ckks", "bfv") else {})),
         federation=FederationSection(n_clients=len(SPEAKERS), rounds=rounds),
     )
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from privspk.errors import ProtocolError
 from privspk.secagg import AggregateResult, ClientEndpoint, RoundSpec, Scheme, ServerRound, build_scheme
+from privspk.secagg.he import HE_TRUST
 from privspk.secagg.wire import pack
 
 PREFIX = struct.Struct(">4sBI")
@@ -20,6 +21,16 @@ PREFIX = struct.Struct(">4sBI")
 def client_ids(k: int) -> tuple[str, ...]:
     """``c00, c01, ...`` (sorted order = creation order)."""
     return tuple(f"c{i:02d}" for i in range(k))
+
+
+def build_trusted(name: str, options: dict[str, Any] | None = None, *, seed: int | None = None) -> Scheme:
+    """``build_scheme``; for ``ckks``/``bfv`` with the operator's acceptance that no client colludes with
+    the server (they refuse to start without it; what a colluder gets is tested in
+    test_secagg_he_collusion.py)."""
+    opts = dict(options or {})
+    if name in ("ckks", "bfv"):
+        opts.setdefault("he_trust", HE_TRUST)
+    return build_scheme(name, opts, seed=seed)
 
 
 def setup_round(
@@ -33,7 +44,7 @@ def setup_round(
     run_id: str = "test-run",
 ) -> tuple[Scheme, RoundSpec, dict[str, ClientEndpoint]]:
     """A scheme, a round spec over ``k`` clients and their endpoints."""
-    scheme = build_scheme(name, options, seed=seed)
+    scheme = build_trusted(name, options, seed=seed)
     spec = RoundSpec(run_id=run_id, round_id=round_id, clients=client_ids(k), dim=dim)
     return scheme, spec, {c: scheme.client(c) for c in spec.clients}
 

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from privspk.errors import ConfigError, ProtocolError
-from privspk.secagg import RoundSpec, build_scheme
+from privspk.secagg import RoundSpec
 from privspk.secagg.bfv import (
     NOISE_SAFETY_BITS,
     BfvCodec,
@@ -25,6 +25,8 @@ from privspk.secagg.he import SECURITY_CAP_BITS, client_rng
 from privspk.secagg.he_wire import ntt_primes
 from privspk.secagg.simulate import run_round
 
+from secagg_support import build_trusted
+
 ts = pytest.importorskip("tenseal")
 
 
@@ -32,8 +34,8 @@ ts = pytest.importorskip("tenseal")
 
 
 @pytest.mark.parametrize(("bits", "pack", "t_bits", "chain", "bpp"), [
-    (16, 2, 44, (56, 30), 7.0),
-    (12, 3, 53, (33, 33, 30), 5.5),
+    (16, 2, 45, (57, 30), 7.125),  # t carries CHECK_BITS = 1 spare bit above the digits
+    (12, 3, 54, (34, 33, 30), 5.583333333333333),
 ])
 def test_default_plans_meet_the_byte_target(bits: int, pack: int, t_bits: int, chain: tuple, bpp: float) -> None:
     plan = BfvConfig(bits=bits).plan
@@ -64,7 +66,7 @@ def test_plan_invariants(bits: int, max_clients: int, log_n: int) -> None:
 
 
 def test_impossible_plans_are_refused() -> None:
-    with pytest.raises(ConfigError, match="pack=3 needs a 65-bit plain modulus"):
+    with pytest.raises(ConfigError, match="pack=3 needs a 66-bit plain modulus"):
         BfvConfig(bits=16, pack=3)
     with pytest.raises(ConfigError, match="more than 54 at N=2048"):
         BfvConfig(poly_modulus_degree=2048)
@@ -90,7 +92,7 @@ def test_impossible_plans_are_refused() -> None:
 ])
 def test_bad_options_fail_at_construction(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_scheme("bfv", options)
+        build_trusted("bfv", options)
 
 
 def test_all_problems_are_reported_at_once() -> None:
@@ -170,7 +172,7 @@ def quantised_reference(scheme, updates: dict[str, np.ndarray], included, seed: 
 @given(k=st.integers(2, 7), dim=st.integers(1, 9000), seed=st.integers(0, 2**31), bits=st.sampled_from([12, 16]),
        data=st.data())
 def test_sum_is_exact_to_the_quantisation(k: int, dim: int, seed: int, bits: int, data) -> None:
-    scheme = build_scheme("bfv", {"bits": bits, "max_clients": 8}, seed=seed)
+    scheme = build_trusted("bfv", {"bits": bits, "max_clients": 8}, seed=seed)
     clients = tuple(f"c{i}" for i in range(k))
     spec = RoundSpec(run_id="exact", round_id=0, clients=clients, dim=dim)
     eps = {c: scheme.client(c) for c in clients}
@@ -196,7 +198,7 @@ def test_sum_is_exact_to_the_quantisation(k: int, dim: int, seed: int, bits: int
 @pytest.mark.parametrize(("bits", "value"), [(16, 1.0), (12, -1.0)])
 def test_a_full_round_of_max_clients_at_the_extremes_decrypts_exactly(bits: int, value: float) -> None:
     k = 50
-    scheme = build_scheme("bfv", {"bits": bits}, seed=1)
+    scheme = build_trusted("bfv", {"bits": bits}, seed=1)
     spec = RoundSpec(run_id="full", round_id=0, clients=tuple(f"c{i:02d}" for i in range(k)), dim=200)
     eps = {c: scheme.client(c) for c in spec.clients}
     for c in spec.clients:
@@ -207,7 +209,7 @@ def test_a_full_round_of_max_clients_at_the_extremes_decrypts_exactly(bits: int,
 
 
 def test_upload_is_within_the_byte_target() -> None:
-    scheme = build_scheme("bfv", seed=0)
+    scheme = build_trusted("bfv", seed=0)
     dim = 8 * scheme.codec.values_per_chunk
     spec = RoundSpec(run_id="bytes", round_id=0, clients=("a", "b"), dim=dim)
     eps = {c: scheme.client(c) for c in spec.clients}
@@ -215,4 +217,4 @@ def test_upload_is_within_the_byte_target() -> None:
         eps[c].submit(0, np.zeros(dim))
     res = run_round(scheme, spec, eps)
     for c in spec.clients:
-        assert 7.0 <= res.bytes_up[c] / dim <= 7.02  # 56-bit residues, 2 per slot, plus a ~900-byte header
+        assert 7.125 <= res.bytes_up[c] / dim <= 7.15  # 57-bit residues, 2 per slot, plus ~1.5 kB of headers

@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privspk.errors import ConfigError, ProtocolError
-from privspk.secagg import RoundSpec, build_scheme
+from privspk.secagg import RoundSpec
 from privspk.secagg.ckks import CkksCodec, CkksConfig
 from privspk.secagg.simulate import run_round
+
+from secagg_support import build_trusted
 
 ts = pytest.importorskip("tenseal")
 
@@ -43,11 +45,11 @@ def test_bad_parameters_fail_at_construction(options: dict, message: str) -> Non
 
 
 def test_lists_become_tuples_and_wide_sums_get_more_primes() -> None:
-    assert build_scheme("ckks", {"coeff_mod_bit_sizes": [46, 30]}).config.chain == (46, 30)
+    assert build_trusted("ckks", {"coeff_mod_bit_sizes": [46, 30]}).config.chain == (46, 30)
     assert CkksConfig(coeff_mod_bit_sizes=[46, 30]).coeff_mod_bit_sizes == (46, 30)
     assert CkksConfig(clip=100.0, scale_bits=50).chain == (33, 32, 30)  # 65 data bits in two primes
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['scale'\]"):
-        build_scheme("ckks", {"scale": 40})
+        build_trusted("ckks", {"scale": 40})
 
 
 @pytest.mark.parametrize("cfg", [CkksConfig(), CkksConfig(poly_modulus_degree=8192), CkksConfig(clip=4.0),
@@ -87,7 +89,7 @@ def test_decrypt_refuses_what_cannot_be_a_sum() -> None:
 @given(k=st.integers(2, 6), dim=st.integers(1, 5000), seed=st.integers(0, 2**31), bound=st.floats(0.1, 2.0),
        data=st.data())
 def test_sum_within_tolerance_of_numpy(k: int, dim: int, seed: int, bound: float, data) -> None:
-    scheme = build_scheme("ckks", {"max_clients": 10}, seed=seed)
+    scheme = build_trusted("ckks", {"max_clients": 10}, seed=seed)
     clients = tuple(f"c{i}" for i in range(k))
     spec = RoundSpec(run_id="ckks", round_id=0, clients=clients, dim=dim)
     eps = {c: scheme.client(c) for c in clients}
@@ -110,7 +112,7 @@ def test_sum_within_tolerance_of_numpy(k: int, dim: int, seed: int, bound: float
 
 def test_error_at_fifty_clients_is_below_1e6_even_at_the_extremes() -> None:
     k = 50
-    scheme = build_scheme("ckks", seed=3)
+    scheme = build_trusted("ckks", seed=3)
     spec = RoundSpec(run_id="k50", round_id=0, clients=tuple(f"c{i:02d}" for i in range(k)), dim=2048)
     eps = {c: scheme.client(c) for c in spec.clients}
     rng = np.random.default_rng(3)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from privspk.errors import AggregationError, ConfigError, KeyLeakError, PrivspkError, ProtocolError
-from privspk.secagg import KEYHOLDER, AggregateResult, RoundSpec, build_scheme
+from privspk.secagg import KEYHOLDER, AggregateResult, RoundSpec
 from privspk.secagg.he import (
     SERVER,
     HeClient,
@@ -26,11 +26,14 @@ from privspk.secagg.he import (
     _sketch_hex,
     _sketch_rows,
     load_public_context,
+    pledge_digest,
     public_context_bytes,
 )
 from privspk.secagg.he_wire import seal_frame, vector_bytes
 from privspk.secagg.simulate import run_round
 from privspk.secagg.wire import pack
+
+from secagg_support import build_trusted
 
 ts = pytest.importorskip("tenseal")
 
@@ -55,7 +58,7 @@ def repack(blob: bytes, *, changes: dict[str, Any] | None = None, body: bytes | 
 
 def setup(name: str = "bfv", k: int = 3, dim: int = 50, *, options: dict | None = None, round_id: int = 0,
           seed: int = 0):
-    scheme = build_scheme(name, options, seed=seed)
+    scheme = build_trusted(name, options, seed=seed)
     spec = RoundSpec(run_id="he-test", round_id=round_id, clients=tuple(f"c{i}" for i in range(k)), dim=dim)
     clients = {c: scheme.client(c) for c in spec.clients}
     rng = np.random.default_rng(seed)
@@ -133,7 +136,7 @@ def test_round_opens_the_sum_of_all_clients(name: str) -> None:
     scheme, spec, clients, updates = setup(name, k=4, dim=300)
     res = run_round(scheme, spec, clients)
     assert res.included == spec.clients and res.dropped == {}
-    assert res.stages == ("setup", "collect", "commit", "verify", "open")
+    assert res.stages == ("setup", "pledge", "freeze", "collect", "commit", "verify", "open")
     err = np.abs(res.total - expected_total(scheme, updates, spec.clients)).max()
     assert err <= scheme.sum_tolerance(4)
     assert scheme.min_survivors(4) == 2 and scheme.dropout_tolerance(4) == 2
@@ -149,7 +152,7 @@ def test_every_route_of_the_context_leaves_the_secret_key_behind(name: str) -> N
     run = drive(scheme, spec, clients)
     routes = {"public_context_bytes": kh.public_context_bytes()}
     routes.update({f"{stage}/{direction}/{party}": split(blob)[1] for stage, direction, party, blob in run.log
-                   if (stage, direction) in (("setup", "up"), ("collect", "down"))})
+                   if (stage, direction) in (("setup", "up"), ("pledge", "down"))})
     assert len(routes) == 1 + 1 + len(spec.clients)
     for where, blob in routes.items():
         ctx = ts.context_from(blob)
@@ -234,7 +237,7 @@ def test_server_and_clients_refuse_a_context_with_the_secret_key() -> None:
     setup_reply = kh.handle(pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "setup",
                                   "sender": SERVER}))
     h, body = split(setup_reply)
-    request = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "collect", "sender": SERVER,
+    request = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "pledge", "sender": SERVER,
                     "dim": spec.dim, "fingerprint": h["fingerprint"], "context_signature": h["context_signature"]},
                    body)
     with pytest.raises(KeyLeakError, match="holds the secret key"):
@@ -246,7 +249,7 @@ def test_clients_refuse_a_context_the_key_holder_did_not_sign() -> None:
     own_public = public_context_bytes(scheme.codec.make_context())  # the server's own key pair
 
     def substitute(stage: str, dest: str, blob: bytes) -> bytes:
-        if stage == "collect":
+        if stage == "pledge":
             return repack(blob, changes={"fingerprint": hashlib.sha256(own_public).hexdigest()}, body=own_public)
         return blob
 
@@ -315,8 +318,11 @@ def test_key_holder_refuses_one_ciphertext_passed_off_as_the_sum(monkeypatch: py
 def test_key_holder_refuses_unregistered_or_badly_signed_contributors() -> None:
     scheme, spec, clients, _ = setup("bfv")
     commit = drive(scheme, spec, clients).message("commit", "down", KEYHOLDER)
-    fresh = build_scheme("bfv")  # another run: a fresh key holder that has seen no commit yet
+    fresh = build_trusted("bfv")  # another run: a fresh key holder that has seen no commit yet
     kh = fresh.keyholder()
+    with pytest.raises(ProtocolError, match="was not set up"):
+        kh.handle(commit)
+    kh.handle(pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "setup", "sender": SERVER}))
     with pytest.raises(ProtocolError, match="another context"):
         kh.handle(commit)
     forged = repack(commit, changes={"fingerprint": kh.fingerprint})
@@ -377,8 +383,8 @@ def test_silence_or_a_wrong_sketch_at_verify_keeps_the_client_in_the_sum(name: s
 # ---------------------------------------------------------------- what the server refuses
 
 
-def _collect_reply(scheme, spec, clients, who: str = "c0") -> tuple[HeServerRound, bytes]:
-    """A server at stage collect and ``who``'s genuine reply."""
+def _pledge_reply(scheme, spec, clients, who: str = "c0") -> tuple[HeServerRound, bytes]:
+    """A server at stage pledge and ``who``'s genuine pledge."""
     server = scheme.server_round(spec)
     for dest, req in server.outbox().items():
         server.receive(dest, scheme.keyholder().handle(req))
@@ -387,10 +393,21 @@ def _collect_reply(scheme, spec, clients, who: str = "c0") -> tuple[HeServerRoun
     return server, clients[who].handle(req)
 
 
+def _collect_reply(scheme, spec, clients, who: str = "c0") -> tuple[HeServerRound, bytes]:
+    """A server at stage collect (every client pledged) and ``who``'s genuine reveal."""
+    server = scheme.server_round(spec)
+    for _ in range(3):
+        for dest, req in server.outbox().items():
+            server.receive(dest, (scheme.keyholder() if dest == KEYHOLDER else clients[dest]).handle(req))
+        server.advance()
+    req = server.outbox()[who]
+    return server, clients[who].handle(req)
+
+
 def test_a_ciphertext_under_another_context_is_rejected() -> None:
     scheme, spec, clients, updates = setup("bfv")
-    server, genuine = _collect_reply(scheme, spec, clients)
-    other = build_scheme("bfv")  # same parameters, other key pair
+    server, genuine = _pledge_reply(scheme, spec, clients)
+    other = build_trusted("bfv")  # same parameters, other key pair
     other_ctx = load_public_context(other.keyholder().public_context_bytes())
     words = other.codec.encrypt(other_ctx, updates["c0"], rng=np.random.default_rng(0))
     body = other.codec.layout.pack(words)
@@ -398,37 +415,38 @@ def test_a_ciphertext_under_another_context_is_rejected() -> None:
     def signed(fp: str) -> bytes:
         digest = hashlib.sha256(body).hexdigest()
         sig = _sign(clients["c0"]._identity, "collect", spec.run_id, 0, "c0", fp, spec.dim, h["n_chunks"], digest)
-        return repack(genuine, changes={"fingerprint": fp, "digest": digest, "signature": sig}, body=body)
+        return repack(genuine, changes={"fingerprint": fp, "digest": digest, "signature": sig})
 
     with pytest.raises(ProtocolError, match="under another context") as e:
         server.receive("c0", signed(other.keyholder().fingerprint))
     assert e.value.client == "c0"
-    # other parameters: the packed length (or the residue range) gives it away
-    ckks = build_scheme("ckks")
+    server.receive("c0", genuine)  # the genuine message still gets in
+    # other parameters: the packed length (or the residue range) gives it away at collect
+    server, reveal = _collect_reply(*setup("bfv", round_id=1)[:3])
+    ckks = build_trusted("ckks")
     ckks_ctx = load_public_context(ckks.keyholder().public_context_bytes())
     body = ckks.codec.layout.pack(ckks.codec.encrypt(ckks_ctx, updates["c0"], rng=np.random.default_rng(0)))
     with pytest.raises(ProtocolError, match="packed ciphertexts take .* bytes") as e:
-        server.receive("c0", signed(scheme.keyholder().fingerprint))
+        server.receive("c0", repack(reveal, body=body))
     assert e.value.client == "c0"
-    server.receive("c0", genuine)  # the genuine message still gets in
+    server.receive("c0", reveal)
 
 
 def test_same_parameters_other_key_under_a_forged_fingerprint_is_never_opened() -> None:
     """Undetectable by the server (SEAL cannot tell keys apart), but the key holder refuses the garbage."""
     scheme, spec, clients, updates = setup("bfv")
-    other = build_scheme("bfv")
+    other = build_trusted("bfv")
     other_ctx = load_public_context(other.keyholder().public_context_bytes())
-    def replace(stage: str, dest: str, blob: bytes) -> bytes:
-        if (stage, dest) != ("collect", "c0"):
-            return blob
-        h, _ = split(blob)
-        body = other.codec.layout.pack(other.codec.encrypt(other_ctx, updates["c0"], rng=np.random.default_rng(0)))
-        digest = hashlib.sha256(body).hexdigest()
-        sig = _sign(clients["c0"]._identity, "collect", spec.run_id, 0, "c0", h["fingerprint"], spec.dim,
-                    h["n_chunks"], digest)
-        return repack(blob, changes={"digest": digest, "signature": sig}, body=body)
 
-    run = drive(scheme, spec, clients, on_reply=replace)
+    class OtherKey:  # c0's software encrypts under the other key and signs what it sends
+        def __getattr__(self, name: str):
+            return getattr(scheme.codec, name)
+
+        def encrypt(self, ctx, update, *, rng):
+            return other.codec.encrypt(other_ctx, update, rng=rng)
+
+    clients["c0"]._codec = OtherKey()
+    run = drive(scheme, spec, clients)
     assert isinstance(run.error, AggregationError) and "refused to open" in str(run.error)
     assert "not a sum of 3 quantised updates" in str(run.refused[-1][2])
 
@@ -453,27 +471,34 @@ def test_residues_above_the_modulus_and_wrong_chunk_counts_are_rejected() -> Non
     server, genuine = _collect_reply(scheme, spec, clients)
     h, body = split(genuine)
     layout = scheme.codec.layout
-    words = layout.unpack(body, n_chunks=h["n_chunks"])
+    words = layout.unpack(body, n_chunks=1)
     words[0, 0, 0, 5] = np.uint64(layout.moduli[0])  # one residue equal to q
     from privspk.secagg.he_wire import _pack_bits
 
-    bad = _pack_bits(np.ascontiguousarray(words[:, :, 0, :]).ravel(), layout.widths[0])
-    digest = hashlib.sha256(bad).hexdigest()
-    sig = _sign(clients["c0"]._identity, "collect", spec.run_id, 0, "c0", h["fingerprint"], spec.dim,
-                h["n_chunks"], digest)
+    bad = b"".join(_pack_bits(np.ascontiguousarray(words[:, :, l, :]).ravel(), w)
+                   for l, w in enumerate(layout.widths))
     with pytest.raises(ProtocolError, match="not below the modulus") as e:
-        server.receive("c0", repack(genuine, changes={"digest": digest, "signature": sig}, body=bad))
+        server.receive("c0", repack(genuine, body=bad))
     assert e.value.client == "c0"
-    with pytest.raises(ProtocolError, match="ciphertexts sent, the round needs 1"):
-        server.receive("c0", repack(genuine, changes={"n_chunks": 2}))
-    with pytest.raises(ProtocolError, match="bad signature on the ciphertext"):
-        server.receive("c0", repack(genuine, changes={"signature": "00" * 64}))
-    with pytest.raises(ProtocolError, match="field 'n_chunks' must be int, got bool"):
-        server.receive("c0", repack(genuine, changes={"n_chunks": True}))
-    with pytest.raises(ProtocolError, match="does not match its signed digest"):
+    with pytest.raises(ProtocolError, match="does not match its pledged"):
         server.receive("c0", repack(genuine, body=body[:-1] + bytes([body[-1] ^ 1])))
+    with pytest.raises(ProtocolError, match="bad signature on the reveal"):
+        server.receive("c0", repack(genuine, changes={"reveal_signature": "00" * 64}))
     server.receive("c0", genuine)
     assert "c0" in server._packed
+    # what a pledge must carry
+    scheme, spec, clients, _ = setup("bfv", round_id=1)
+    server, pledge = _pledge_reply(scheme, spec, clients)
+    with pytest.raises(ProtocolError, match="ciphertexts sent, the round needs 1"):
+        server.receive("c0", repack(pledge, changes={"n_chunks": 2}))
+    with pytest.raises(ProtocolError, match="bad signature on the ciphertext"):
+        server.receive("c0", repack(pledge, changes={"signature": "00" * 64}))
+    with pytest.raises(ProtocolError, match="field 'n_chunks' must be int, got bool"):
+        server.receive("c0", repack(pledge, changes={"n_chunks": True}))
+    with pytest.raises(ProtocolError, match="a pledge carries no body"):
+        server.receive("c0", repack(pledge, body=b"x"))
+    server.receive("c0", pledge)
+    assert "c0" in server._pledges
 
 
 def test_replayed_and_duplicated_messages_are_rejected() -> None:
@@ -494,8 +519,8 @@ def test_replayed_and_duplicated_messages_are_rejected() -> None:
     with pytest.raises(ProtocolError, match="replayed or stale") as e:
         server1.receive("c0", genuine)
     assert e.value.client == "c0"
-    # a replayed collect request finds nothing to encrypt at the client
-    with pytest.raises(ProtocolError, match="has no update for round 0"):
+    # a replayed collect request gets no second reveal from the client
+    with pytest.raises(ProtocolError, match="already revealed it"):
         clients["c0"].handle(server.outbox()["c0"])
 
 
@@ -515,12 +540,12 @@ def _server_at(scheme, spec, clients, stage: str) -> tuple[HeServerRound, dict[s
 
 def test_stage_transition_table() -> None:
     """At every stage, a message stamped with any other stage is refused as out of order."""
-    stages = [Stage.SETUP, Stage.COLLECT, Stage.COMMIT, Stage.VERIFY, Stage.OPEN]
+    stages = [Stage.SETUP, Stage.PLEDGE, Stage.FREEZE, Stage.COLLECT, Stage.COMMIT, Stage.VERIFY, Stage.OPEN]
     checked = 0
     for at in stages:
         scheme, spec, clients, _ = setup("bfv", k=2)
         server, replies = _server_at(scheme, spec, clients, at)
-        sender = KEYHOLDER if at in (Stage.SETUP, Stage.COMMIT, Stage.OPEN) else "c0"
+        sender = KEYHOLDER if at in (Stage.SETUP, Stage.FREEZE, Stage.COMMIT, Stage.OPEN) else "c0"
         template = replies.get(Stage.SETUP) if at == Stage.SETUP else None
         if template is None:
             template = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": at, "sender": sender})
@@ -532,7 +557,7 @@ def test_stage_transition_table() -> None:
             assert e.value.client == sender
             checked += 1
         for other, label in itertools.product(["c1", KEYHOLDER, "stranger"], [at]):
-            if other == sender or (other == "c1" and at in (Stage.COLLECT, Stage.VERIFY)):
+            if other == sender or (other == "c1" and at in (Stage.PLEDGE, Stage.COLLECT, Stage.VERIFY)):
                 continue
             with pytest.raises(ProtocolError, match="not expected to send at stage"):
                 server.receive(other, repack(template, changes={"sender": other}))
@@ -555,7 +580,7 @@ def test_clients_refuse_out_of_place_requests() -> None:
     for dest, req in server.outbox().items():
         server.receive(dest, kh.handle(req))
     server.advance()
-    collect = server.outbox()["c0"]
+    collect = server.outbox()["c0"]  # the pledge request (it carries the context)
     verify = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "verify", "sender": SERVER,
                    "challenge": "00" * 32, "digest": "ab"})
     with pytest.raises(ProtocolError, match="sent no ciphertext in round 0"):
@@ -570,6 +595,21 @@ def test_clients_refuse_out_of_place_requests() -> None:
         clients["c0"].handle(repack(collect, changes={"stage": "commit"}))
     reply = clients["c0"].handle(collect)
     digest = split(reply)[0]["digest"]
+    listed = {"c0": [digest, split(reply)[0]["signature"]]}
+    frozen = _sign(kh._identity, "frozen", spec.run_id, 0, kh.fingerprint, pledge_digest(listed))  # test-only
+    reveal = pack({"scheme": "bfv", "run": spec.run_id, "round": 0, "stage": "collect", "sender": SERVER,
+                   "pledges": listed, "freeze_signature": frozen})
+    with pytest.raises(ProtocolError, match="not the one the key holder froze"):
+        clients["c0"].handle(repack(reveal, changes={"freeze_signature": "00" * 64}))
+    with pytest.raises(ProtocolError, match="sent no ciphertext in round 0"):
+        clients["c0"].handle(repack(verify, changes={"digest": digest}))  # pledged, not yet revealed
+    other = {"c0": ["cd" * 32, "00"]}
+    with pytest.raises(ProtocolError, match="does not hold this client's pledge"):
+        clients["c0"].handle(repack(reveal, changes={"pledges": other, "freeze_signature": _sign(
+            kh._identity, "frozen", spec.run_id, 0, kh.fingerprint, pledge_digest(other))}))
+    clients["c0"].handle(reveal)
+    with pytest.raises(ProtocolError, match="already revealed"):
+        clients["c0"].handle(reveal)
     with pytest.raises(ProtocolError, match="names a ciphertext this client did not send"):
         clients["c0"].handle(repack(verify, changes={"digest": "cd" * 32}))
     with pytest.raises(ProtocolError, match="challenge must be 64 hex"):
@@ -580,7 +620,7 @@ def test_clients_refuse_out_of_place_requests() -> None:
 
 
 def test_key_holder_refuses_what_it_does_not_serve() -> None:
-    scheme = build_scheme("bfv")
+    scheme = build_trusted("bfv")
     kh = scheme.keyholder()
     base = {"scheme": "bfv", "run": "r", "round": 0, "sender": SERVER}
     with pytest.raises(ProtocolError, match="does not answer stage 'collect'"):
@@ -594,7 +634,7 @@ def test_key_holder_refuses_what_it_does_not_serve() -> None:
 
 
 def test_round_size_is_bounded_by_max_clients() -> None:
-    scheme = build_scheme("bfv", {"max_clients": 3})
+    scheme = build_trusted("bfv", {"max_clients": 3})
     spec = RoundSpec(run_id="r", round_id=0, clients=("a", "b", "c", "d"), dim=4)
     with pytest.raises(ConfigError, match="4 clients exceed max_clients = 3"):
         scheme.server_round(spec)

@@ -5,8 +5,9 @@ Each coordinate is clipped and quantised to a signed ``bits``-bit code in ``[-L,
 ``u = code + L`` in ``[0, 2L]``, and ``pack`` offsets share one slot as digits in base
 ``B = max_clients * 2L + 1``: a sum of up to ``max_clients`` such digits never reaches
 ``B``, so digits never borrow or carry into each other. The plain modulus ``t`` is the
-smallest batching prime above ``B**pack - 1``; the data modulus ``q`` is the smallest
-that decrypts a sum of ``max_clients`` ciphertexts:
+smallest batching prime above ``2 B**pack - 1`` (one spare check bit, :data:`CHECK_BITS`:
+an honest sum's slots stay below ``B**pack``, so a decrypted value above it is refused);
+the data modulus ``q`` is the smallest that decrypts a sum of ``max_clients`` ciphertexts:
 
     log2(q / t) >= 7.5 + 0.5 log2(K) + 2 bits of safety.
 
@@ -17,13 +18,14 @@ the largest seen. The special prime's size made no difference (20 or 40 bits).
 
 Bytes per parameter are ``2 * bits(q) / 8 / pack`` (residues packed exactly,
 :mod:`privspk.secagg.he_wire`). With K = 50: 16-bit codes pack 2 per slot
-(t = 44 bits, q = 56) for 7.0 bytes/param; 12-bit codes pack 3 per slot (t = 53 bits,
-q = 33 + 33) for 5.5. ``pack=None`` picks the fewest bytes.
+(t = 45 bits, q = 57) for 7.125 bytes/param; 12-bit codes pack 3 per slot (t = 54 bits,
+q = 34 + 33) for 5.58 (the check bit costs 0.125 and 0.083 bytes/param: 7.0 and 5.5
+without it). ``pack=None`` picks the fewest bytes.
 
 >>> cfg = BfvConfig()
 >>> plan = cfg.plan
 >>> plan.pack, plan.plain_modulus.bit_length(), plan.chain, plan.bytes_per_param
-(2, 44, (56, 30), 7.0)
+(2, 45, (57, 30), 7.125)
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ NOISE_BITS_BASE = 7.5
 """log2(q/t) a single fresh ciphertext needs (measured, N = 4096)."""
 NOISE_SAFETY_BITS = 2.0
 """Margin above the measured failure edge."""
+CHECK_BITS = 1
+"""Spare bits of the plain modulus above the packed digits: ``t >= 2**CHECK_BITS * radix**pack``.
+
+Every honest slot value is below ``radix**pack`` (its top remainder is 0), so a sum whose
+slots are spread over ``[0, t)`` - what a chosen ciphertext such as ``(0, floor(q/t))``
+decrypts to - passes with probability below ``2**-CHECK_BITS`` per slot, ``2**-N`` for
+a whole ciphertext. Without them the digit check bounds nothing at ``max_clients``
+summands (tests/secagg/test_secagg_he_collusion.py)."""
 
 
 def noise_bits(n_clients: int, *, poly_degree: int = 4096) -> float:
@@ -78,8 +88,8 @@ def noise_bits(n_clients: int, *, poly_degree: int = 4096) -> float:
 class BfvPlan:
     """The numbers a :class:`BfvConfig` resolves to.
 
-    >>> BfvConfig(bits=12).plan.bytes_per_param
-    5.5
+    >>> round(BfvConfig(bits=12).plan.bytes_per_param, 3)
+    5.583
     """
 
     pack: int
@@ -96,7 +106,7 @@ class BfvPlan:
 
 def _plan_for(pack: int, radix: int, degree: int, max_clients: int) -> BfvPlan | str:
     """The smallest parameters for ``pack`` digits per slot, or why there are none."""
-    t = batching_prime(radix**pack - 1, degree)
+    t = batching_prime((radix**pack << CHECK_BITS) - 1, degree)
     if t.bit_length() > MAX_PRIME_BITS:
         return f"pack={pack} needs a {t.bit_length()}-bit plain modulus (SEAL allows {MAX_PRIME_BITS})"
     # SEAL's b-bit primes lie just below 2**b, so their product falls short of 2**sum(b) by a
@@ -122,11 +132,13 @@ class BfvConfig:
         pack: codes per slot; ``None`` picks the fewest bytes per parameter.
         coeff_mod_bit_sizes: explicit prime sizes (data primes, then special); ``None`` picks
             the smallest that decrypts. An explicit chain too small to decrypt is refused.
+        he_trust: must be ``"no-client-colludes-with-server"`` for the scheme to start
+            (:func:`privspk.secagg.he.trust_problem` says why).
 
     >>> BfvConfig(bits=16, pack=3)
     Traceback (most recent call last):
     ...
-    privspk.errors.ConfigError: bad bfv options: pack=3 needs a 65-bit plain modulus (SEAL allows 60)
+    privspk.errors.ConfigError: bad bfv options: pack=3 needs a 66-bit plain modulus (SEAL allows 60)
     """
 
     clip: float = 1.0
@@ -136,6 +148,7 @@ class BfvConfig:
     poly_modulus_degree: int = 4096
     pack: int | None = None
     coeff_mod_bit_sizes: tuple[int, ...] | None = None
+    he_trust: str | None = None
 
     def __post_init__(self) -> None:
         problems = option_problems(self.clip, self.max_clients, self.min_clients, self.poly_modulus_degree)
@@ -150,7 +163,8 @@ class BfvConfig:
         if self.pack is not None:
             tries = [self.pack]
         else:  # every pack whose digits fit a 60-bit plain modulus
-            tries = [p for p in range(1, MAX_PRIME_BITS + 1) if p == 1 or radix**p <= 1 << MAX_PRIME_BITS]
+            tries = [p for p in range(1, MAX_PRIME_BITS + 1)
+                     if p == 1 or radix**p << CHECK_BITS <= 1 << MAX_PRIME_BITS]
         plans = [_plan_for(p, radix, self.poly_modulus_degree, self.max_clients) for p in tries]
         good = [p for p in plans if isinstance(p, BfvPlan)]
         if not good:
@@ -210,13 +224,23 @@ def pack_digits(offsets: np.ndarray, *, pack: int, radix: int, slots: int) -> np
 def unpack_digits(values: np.ndarray, *, pack: int, radix: int, dim: int) -> np.ndarray:
     """Inverse of :func:`pack_digits` for sums (digits may reach ``radix - 1``).
 
+    A value of ``radix**pack`` or more is no sum of digits: refused (its top remainder
+    would otherwise be dropped unseen).
+
     >>> unpack_digits(np.array([31, 2]), pack=2, radix=10, dim=3).tolist()
     [1, 2, 3]
+    >>> unpack_digits(np.array([131, 2]), pack=2, radix=10, dim=3)
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ProtocolError: 1 slot values are radix**pack = 100 or more: not a sum of packed digits
     """
     rest = np.asarray(values, dtype=np.int64).copy()
     planes = np.empty((pack, rest.size), dtype=np.int64)
     for j in range(pack):
         rest, planes[j] = np.divmod(rest, radix)
+    if np.any(rest != 0):
+        raise ProtocolError(f"{int(np.count_nonzero(rest))} slot values are radix**pack = {radix**pack} or more: "
+                            "not a sum of packed digits")
     return planes.reshape(-1)[:dim]
 
 
@@ -294,11 +318,22 @@ class BfvCodec(HeCodec):
         """
         q = self.config.quantiser
         t = self.plan.plain_modulus
-        sums = unpack_digits(np.mod(values, t), pack=self.plan.pack, radix=self.plan.radix, dim=dim)
+        try:  # every slot is checked, padding included: padding digits of a sum are 0
+            digits = unpack_digits(np.mod(values, t), pack=self.plan.pack, radix=self.plan.radix, dim=values.size
+                                   * self.plan.pack)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc}; not a sum of {n_summands} quantised updates (wrong key, wrong members, "
+                                "or a chosen ciphertext)") from None
+        planes = digits.reshape(self.plan.pack, -1)
+        m = planes.shape[1]
+        sums = planes.reshape(-1)[:dim]
+        pad = np.ones(planes.size, dtype=bool)
+        pad[:dim] = False
         top = n_summands * 2 * q.levels
-        if sums.size != dim or sums.min() < 0 or sums.max() > top:
-            raise ProtocolError(f"decrypted digits exceed {n_summands} x {2 * q.levels}: not a sum of {n_summands} "
-                                "quantised updates (wrong key, wrong members, or corrupted ciphertext)")
+        if sums.size != dim or sums.min() < 0 or sums.max() > top or np.any(digits[pad] != 0) or m % self.slots:
+            raise ProtocolError(f"decrypted digits exceed {n_summands} x {2 * q.levels} (or padding digits are not 0): "
+                                f"not a sum of {n_summands} quantised updates (wrong key, wrong members, or corrupted "
+                                "ciphertext)")
         return (sums - n_summands * q.levels).astype(np.float64) / q.scale
 
     def decrypt(self, ctx: Any, words: np.ndarray, frame: SealFrame, *, dim: int, n_summands: int) -> np.ndarray:
@@ -323,7 +358,7 @@ class BfvScheme(HeScheme):
     """BFV aggregation with a separate key holder (see :mod:`privspk.secagg.he`).
 
     >>> from privspk.secagg import build_scheme
-    >>> type(build_scheme("bfv")).__name__
+    >>> type(build_scheme("bfv", {"he_trust": "no-client-colludes-with-server"})).__name__
     'BfvScheme'
     """
 

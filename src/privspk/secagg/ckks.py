@@ -27,7 +27,7 @@ measured alike). Coordinates are clipped to ``[-clip, clip]`` so the sum of
 >>> import numpy as np
 >>> from privspk.secagg import build_scheme, RoundSpec
 >>> from privspk.secagg.simulate import run_round
->>> s = build_scheme("ckks")
+>>> s = build_scheme("ckks", {"he_trust": "no-client-colludes-with-server"})
 >>> spec = RoundSpec(run_id="doc", round_id=0, clients=("a", "b", "c"), dim=4)
 >>> eps = {c: s.client(c) for c in spec.clients}
 >>> for i, c in enumerate(spec.clients):
@@ -72,6 +72,8 @@ class CkksConfig:
         coeff_mod_bit_sizes: prime sizes, data primes then the special prime; ``None`` picks
             ``scale_bits + ceil(log2(max_clients * clip)) + 2`` data bits (split into primes
             of at most 60 bits) and a 30-bit special prime.
+        he_trust: must be ``"no-client-colludes-with-server"`` for the scheme to start
+            (:func:`privspk.secagg.he.trust_problem` says why).
 
     >>> CkksConfig().chain
     (45, 30)
@@ -88,6 +90,7 @@ class CkksConfig:
     poly_modulus_degree: int = 4096
     scale_bits: int = 37
     coeff_mod_bit_sizes: tuple[int, ...] | None = None
+    he_trust: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.coeff_mod_bit_sizes, list):
@@ -242,7 +245,7 @@ class CkksScheme(HeScheme):
     """CKKS aggregation with a separate key holder (see :mod:`privspk.secagg.he`).
 
     >>> from privspk.secagg import build_scheme
-    >>> type(build_scheme("ckks")).__name__
+    >>> type(build_scheme("ckks", {"he_trust": "no-client-colludes-with-server"})).__name__
     'CkksScheme'
     """
 

@@ -2,10 +2,11 @@
 
 Three roles, each seeing only what it must:
 
-* the **key holder** creates the TenSEAL context and is the only party with its secret
-  key. It hands out the context *without* the secret key (checked by reloading it),
-  signed with its Ed25519 identity, and decrypts one sum per round - only a sum of at
-  least ``min_clients`` registered clients' ciphertexts, checked as described below;
+* the **key holder** creates the TenSEAL context - a fresh key pair for every round -
+  and is the only party with its secret key. It hands out the context *without* the
+  secret key (checked by reloading it), signed with its Ed25519 identity for that run
+  and round, and decrypts one sum per round - only a sum of at least ``min_clients``
+  registered clients' ciphertexts, checked as described below;
 * each **client** checks the key holder's signature on the context (so a server cannot
   slip in a context whose key it holds), encrypts its update, signs a digest of the
   ciphertext with its own Ed25519 identity, and later answers a challenge about it;
@@ -23,9 +24,17 @@ passes with probability <= 2**-64. It costs one small message per client instead
 shipping every ciphertext to the key holder. A contributor that does not answer has its
 ciphertext forwarded (its signed digest binds it), so nothing already added is lost.
 
-Stages: ``setup`` (key holder -> public context) -> ``collect`` (clients -> ciphertexts)
--> ``commit`` (sum + signed digests -> challenge) -> ``verify`` (clients -> sketches)
--> ``open`` (sketches -> decrypted sum) -> ``done``.
+Commit before reveal. Each client encrypts at ``pledge`` and sends only the signed digest
+of its ciphertext; at ``freeze`` the key holder signs the round's pledge list, once per
+round; at ``collect`` each client checks that signature on the list it is shown and only
+then reveals its ciphertext, signing that list too. The key holder opens only a sum whose
+contributors all pledged in, and revealed against, the frozen list, so no ciphertext in a
+sum can have been chosen after any ciphertext of the round (under the round's key) was seen.
+
+Stages: ``setup`` (key holder -> public context) -> ``pledge`` (clients -> signed digests)
+-> ``freeze`` (key holder signs the pledge list) -> ``collect`` (pledge list -> ciphertexts) -> ``commit`` (sum + signed digests and
+reveals -> challenge) -> ``verify`` (clients -> sketches) -> ``open`` (sketches ->
+decrypted sum) -> ``done``.
 
 What a release gives away. A BFV sum decrypts exactly (the noise is rounded off, with a
 2-bit margin). A CKKS decryption would reveal ``c0 + c1*s`` almost exactly for a sum
@@ -34,21 +43,26 @@ release with fresh Gaussian noise (:attr:`privspk.secagg.ckks.CkksCodec.flood_st
 
 Trust assumptions (for ``threat_model/``): the key holder does not collude with the
 server; client identities and the key holder's public key come from a registry the
-server cannot change (a PKI stand-in); a client colluding with the server can still
-cancel another client's contribution (for example by submitting the negation of that
-client's ciphertext), which no check on ciphertexts alone can detect - ``min_clients``
-bounds how many contributions a sum holds, not how many of them are honest.
+server cannot change (a PKI stand-in); **no client colludes with the server**. Nothing
+proves that a ciphertext is a well-formed encryption (TenSEAL has no such proof), so a
+colluding client can submit a chosen ciphertext and the key holder decrypts a value of
+the server's choosing: without commit-before-reveal, ``(-c0, a - c1)`` built from an
+honest ciphertext ``(c0, c1)`` made the release ``a*s``, the whole secret key, and a
+ciphertext that needs no honest one, such as ``(0, a)``, still adds ``a*s`` to the
+released sum (tests/secagg/test_secagg_he_collusion.py). The schemes therefore refuse
+to start unless the ``he_trust`` option accepts :data:`HE_TRUST`; ``mask`` needs no
+such assumption.
 
 >>> import numpy as np
 >>> from privspk.secagg import build_scheme, RoundSpec
 >>> from privspk.secagg.simulate import run_round
->>> s = build_scheme("bfv", seed=0)
+>>> s = build_scheme("bfv", {"he_trust": "no-client-colludes-with-server"}, seed=0)
 >>> spec = RoundSpec(run_id="doc", round_id=0, clients=("a", "b"), dim=3)
 >>> eps = {c: s.client(c) for c in spec.clients}
 >>> eps["a"].submit(0, np.array([0.5, -0.25, 1.0])); eps["b"].submit(0, np.array([0.25, 0.25, -1.0]))
 >>> res = run_round(s, spec, eps)
 >>> np.round(res.total, 3).tolist(), res.stages
-([0.75, 0.0, 0.0], ('setup', 'collect', 'commit', 'verify', 'open'))
+([0.75, 0.0, 0.0], ('setup', 'pledge', 'freeze', 'collect', 'commit', 'verify', 'open'))
 """
 
 from __future__ import annotations
@@ -85,6 +99,15 @@ SECURITY_CAP_BITS: Mapping[int, int] = MappingProxyType(
 MAX_PRIME_BITS = 60
 """SEAL's largest coefficient (and plain) modulus prime."""
 
+HE_TRUST = "no-client-colludes-with-server"
+"""The value of the ``he_trust`` option by which an operator accepts the HE schemes' trust assumption.
+
+No TenSEAL ciphertext comes with a proof that it is a well-formed encryption, so a registered
+client that colludes with the server can submit a ciphertext chosen from what the server has
+seen; the key holder then decrypts a value of the server's choosing, which can be the secret key
+itself (tests/secagg/test_secagg_he_collusion.py). ``ckks`` and ``bfv`` therefore refuse to
+start unless the operator states that no client colludes with the server."""
+
 SPECIAL_PRIME_BITS = 30
 """Bits of the key-switching prime in automatic chains (its size did not change CKKS error or BFV
 decryption failures: 20, 30, 40 and 60 bits measured alike)."""
@@ -98,12 +121,14 @@ class Stage:
     """
 
     SETUP = "setup"
+    PLEDGE = "pledge"
+    FREEZE = "freeze"
     COLLECT = "collect"
     COMMIT = "commit"
     VERIFY = "verify"
     OPEN = "open"
     DONE = "done"
-    ORDER = (SETUP, COLLECT, COMMIT, VERIFY, OPEN, DONE)
+    ORDER = (SETUP, PLEDGE, FREEZE, COLLECT, COMMIT, VERIFY, OPEN, DONE)
 
 
 # --------------------------------------------------------------------------- contexts
@@ -214,6 +239,25 @@ def option_problems(clip: Any, max_clients: Any, min_clients: Any, degree: Any) 
     if type(degree) is not int or degree not in SECURITY_CAP_BITS:
         problems.append(f"poly_modulus_degree must be one of {sorted(SECURITY_CAP_BITS)}, got {degree!r}")
     return problems
+
+
+def trust_problem(kind: str, he_trust: Any) -> str | None:
+    """Why an HE scheme refuses to start with this ``he_trust`` value (None when it may start).
+
+    >>> trust_problem("bfv", HE_TRUST) is None
+    True
+    >>> print(trust_problem("bfv", None)[:60])
+    bfv needs the operator to accept that no client colludes wit
+    """
+    if he_trust == HE_TRUST:
+        return None
+    got = "" if he_trust is None else f" (got he_trust = {he_trust!r})"
+    return (f"{kind} needs the operator to accept that no client colludes with the server{got}: a single "
+            "registered client colluding with the server can submit a chosen ciphertext that makes the key holder "
+            "release the secret key, and with it every update encrypted under that key (the round's updates; "
+            "keys are fresh per round). TenSEAL has no proof of well-formed ciphertexts to stop this. Use "
+            f"scheme = \"mask\" (pairwise masking, no key holder), or, if you accept the assumption, set "
+            f"he_trust = \"{HE_TRUST}\" in [secagg.options]")
 
 
 def chain_problems(chain: Any, degree: int) -> list[str]:
@@ -382,11 +426,28 @@ class _Opening:
     challenge: bytes
     dim: int
     n_chunks: int
+    context: Any = None
+    frame: SealFrame | None = None
+    fingerprint: str = ""
     opened: bool = False
+
+
+def pledge_digest(pledges: Mapping[str, Any]) -> str:
+    """Digest of a round's pledge list ``{client: [ciphertext digest, signature]}`` (what a reveal signs).
+
+    >>> pledge_digest({"b": ["01", "02"], "a": ["03", "04"]}) == pledge_digest({"a": ["03", "04"], "b": ["01", "02"]})
+    True
+    """
+    return _digest(json.dumps({c: list(v) for c, v in pledges.items()}, separators=(",", ":"),
+                              sort_keys=True).encode())
 
 
 class KeyHolder(ClientEndpoint):
     """The only holder of the secret key; decrypts one verified sum per round.
+
+    A fresh key pair is made for every round (at its ``setup``): a key that leaks opens
+    the ciphertexts of one round only. The key made at construction serves the first
+    round set up.
 
     Args:
         codec: the scheme's codec (parameters, encoding).
@@ -395,7 +456,7 @@ class KeyHolder(ClientEndpoint):
         max_clients: most contributions a sum may hold (the modulus is sized for it).
 
     >>> from privspk.secagg import build_scheme
-    >>> kh = build_scheme("bfv").keyholder()
+    >>> kh = build_scheme("bfv", {"he_trust": "no-client-colludes-with-server"}).keyholder()
     >>> kh.client_id, len(kh.verify_key)
     ('keyholder', 32)
     """
@@ -404,18 +465,23 @@ class KeyHolder(ClientEndpoint):
 
     def __init__(self, codec: HeCodec, *, registry: Mapping[str, bytes], min_clients: int, max_clients: int) -> None:
         self._codec = codec
-        try:
-            self._context = codec.make_context()
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise ConfigError(f"TenSEAL refused the {codec.kind} parameters: {exc}") from None
-        self._public = public_context_bytes(self._context)
-        self.fingerprint = _digest(self._public)
-        self._frame = codec.frame(self._context)
+        self._new_key()
         self._identity, self.verify_key = _new_identity()
         self._registry = registry
         self._min = min_clients
         self._max = max_clients
         self._rounds: dict[tuple[str, int], _Opening] = {}
+        self._keyed: tuple[str, int] | None = None  # the round the current key was handed out for
+        self._frozen: dict[tuple[str, int], str] = {}  # round -> digest of its one frozen pledge list
+
+    def _new_key(self) -> None:
+        try:
+            self._context = self._codec.make_context()
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise ConfigError(f"TenSEAL refused the {self._codec.kind} parameters: {exc}") from None
+        self._public = public_context_bytes(self._context)
+        self.fingerprint = _digest(self._public)
+        self._frame = self._codec.frame(self._context)
 
     def public_context_bytes(self) -> bytes:
         """The context as the server and clients get it: public key only (checked)."""
@@ -434,6 +500,8 @@ class KeyHolder(ClientEndpoint):
         stage = header["stage"]
         if stage == Stage.SETUP:
             return self._setup(header)
+        if stage == Stage.FREEZE:
+            return self._freeze(header, body)
         if stage == Stage.COMMIT:
             return self._commit(header, body)
         if stage == Stage.OPEN:
@@ -445,17 +513,60 @@ class KeyHolder(ClientEndpoint):
                      "stage": header["stage"], "sender": KEYHOLDER, **extra}, body)
 
     def _setup(self, header: Mapping[str, Any]) -> bytes:
-        sig = _sign(self._identity, "context", header["run"], self.fingerprint)
+        key = (header["run"], header["round"])
+        if key in self._rounds:
+            raise ProtocolError(f"round {key[1]} of run {key[0]!r} was already committed; it gets no new key",
+                                client=SERVER)
+        if self._keyed is not None and self._keyed != key:
+            self._new_key()  # a fresh key per round: the previous round's key is dropped here
+        self._keyed = key
+        sig = _sign(self._identity, "context", header["run"], header["round"], self.fingerprint)
         return self._reply(header, {"fingerprint": self.fingerprint, "context_signature": sig}, self._public)
+
+    def _freeze(self, header: Mapping[str, Any], body: bytes) -> bytes:
+        """Sign the round's pledge list, once: clients reveal only against this list."""
+        check_fields(header, {"pledges": dict, "dim": int, "n_chunks": int, "fingerprint": str}, client=SERVER)
+        run, rnd = header["run"], header["round"]
+        key = (run, rnd)
+        if body:
+            raise ProtocolError("a freeze request carries no body", client=SERVER)
+        if key in self._frozen:
+            raise ProtocolError(f"the pledge list of round {rnd} of run {run!r} is already frozen; one list per round",
+                                client=SERVER)
+        if self._keyed != key or header["fingerprint"] != self.fingerprint:
+            raise ProtocolError(f"round {rnd} of run {run!r} is not the round set up under this key", client=SERVER)
+        pledges, dim, n_chunks = header["pledges"], header["dim"], header["n_chunks"]
+        if dim < 1 or n_chunks != self._codec.n_chunks(dim):
+            raise ProtocolError(f"{n_chunks} chunks do not fit an update of dim {dim}", client=SERVER)
+        if not self._min <= len(pledges) <= self._max:
+            raise ProtocolError(f"{len(pledges)} pledges; a round needs {self._min} to {self._max}", client=SERVER)
+        self._check_pledge_signatures(pledges, run, rnd, dim, n_chunks)
+        listed = pledge_digest(pledges)
+        self._frozen[key] = listed
+        sig = _sign(self._identity, "frozen", run, rnd, self.fingerprint, listed)
+        return self._reply(header, {"freeze_signature": sig})
+
+    def _check_pledge_signatures(self, pledges: Mapping[str, Any], run: str, rnd: int, dim: int,
+                                 n_chunks: int) -> None:
+        for c, entry in pledges.items():
+            if c not in self._registry:
+                raise ProtocolError(f"pledge of {c!r}, not a registered client", client=SERVER)
+            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
+                raise ProtocolError(f"pledge of {c} must be [digest, signature]", client=SERVER)
+            _verify(self._registry[c], entry[1], "collect", run, rnd, c, self.fingerprint, dim, n_chunks, entry[0],
+                    what=f"the pledge of {c}", client=SERVER)
 
     def _commit(self, header: Mapping[str, Any], body: bytes) -> bytes:
         check_fields(header, {"contributors": list, "digests": dict, "signatures": dict, "n_chunks": int,
-                              "dim": int, "fingerprint": str}, client=SERVER)
+                              "dim": int, "fingerprint": str, "pledges": dict, "reveals": dict}, client=SERVER)
         run, rnd = header["run"], header["round"]
         key = (run, rnd)
         if key in self._rounds:
             raise ProtocolError(f"round {rnd} of run {run!r} was already committed; one sum is opened per round",
                                 client=SERVER)
+        if self._keyed != key:
+            raise ProtocolError(f"round {rnd} of run {run!r} was not set up (or another round was set up since); "
+                                "its key is gone", client=SERVER)
         if header["fingerprint"] != self.fingerprint:
             raise ProtocolError("the sum is announced under another context", client=SERVER)
         who = header["contributors"]
@@ -481,12 +592,35 @@ class KeyHolder(ClientEndpoint):
                 raise ProtocolError(f"digest and signature of {c} must be strings", client=SERVER)
             _verify(self._registry[c], sigs[c], "collect", run, rnd, c, self.fingerprint, dim, n_chunks,
                     digests[c], what=f"the ciphertext digest of {c}", client=SERVER)
+        self._check_pledges(header, who, run, rnd, dim, n_chunks)
         words = self._codec.layout.unpack(body, n_chunks=n_chunks, client=SERVER)
         challenge = secrets.token_bytes(32)
         for stale in self._rounds.values():  # one round is open at a time: older commits can no longer open
-            stale.words, stale.opened = None, True
-        self._rounds[key] = _Opening(tuple(who), dict(digests), words, challenge, dim, n_chunks)
+            stale.words, stale.opened, stale.context = None, True, None
+        self._rounds[key] = _Opening(tuple(who), dict(digests), words, challenge, dim, n_chunks,
+                                     context=self._context, frame=self._frame, fingerprint=self.fingerprint)
         return self._reply(header, {"challenge": challenge.hex(), "sum_digest": _digest(body)})
+
+    def _check_pledges(self, header: Mapping[str, Any], who: list[str], run: str, rnd: int, dim: int,
+                       n_chunks: int) -> None:
+        """Commit-before-reveal: every contributor pledged its digest in the one list this key holder
+        froze for the round, and revealed against that list (so no pledged ciphertext was chosen
+        after any ciphertext of the round had been shown)."""
+        pledges, reveals = header["pledges"], header["reveals"]
+        if set(reveals) != set(who):
+            raise ProtocolError("reveal signatures must cover exactly the contributors", client=SERVER)
+        self._check_pledge_signatures(pledges, run, rnd, dim, n_chunks)
+        listed = pledge_digest(pledges)
+        if self._frozen.get((run, rnd)) != listed:
+            raise ProtocolError("the pledges are not the list this key holder froze for the round", client=SERVER)
+        for c in who:
+            if c not in pledges or pledges[c][0] != header["digests"][c]:
+                raise ProtocolError(f"{c} contributes a ciphertext it did not pledge before the reveal",
+                                    client=SERVER)
+            if not isinstance(reveals[c], str):
+                raise ProtocolError(f"reveal signature of {c} must be a string", client=SERVER)
+            _verify(self._registry[c], reveals[c], "reveal", run, rnd, c, self.fingerprint, listed,
+                    what=f"the reveal of {c} (it revealed after seeing another pledge list)", client=SERVER)
 
     def _open(self, header: Mapping[str, Any], body: bytes) -> bytes:
         check_fields(header, {"sketches": dict, "sketch_signatures": dict, "forwarded": list}, client=SERVER)
@@ -514,7 +648,7 @@ class KeyHolder(ClientEndpoint):
             rows = _sketch_rows(sketches[c], layout, client=SERVER)
             if not isinstance(sigs[c], str):
                 raise ProtocolError(f"sketch signature of {c} must be a string", client=SERVER)
-            _verify(self._registry[c], sigs[c], "sketch", run, rnd, c, self.fingerprint, state.digests[c], ch_hex,
+            _verify(self._registry[c], sigs[c], "sketch", run, rnd, c, state.fingerprint, state.digests[c], ch_hex,
                     sketches[c], what=f"the sketch of {c}", client=SERVER)
             parts.append(rows)
         for i, c in enumerate(forwarded):
@@ -526,7 +660,8 @@ class KeyHolder(ClientEndpoint):
         if _sum_rows(parts, layout) != layout.sketch(words, state.challenge):
             raise ProtocolError("the sum is not the sum of the contributors' ciphertexts; refusing to decrypt",
                                 client=SERVER)
-        total = self._codec.decrypt(self._context, words, self._frame, dim=state.dim,
+        context, state.context = state.context, None
+        total = self._codec.decrypt(context, words, state.frame, dim=state.dim,
                                     n_summands=len(state.contributors))
         log.info("key holder opened run %s round %s: %d contributions", run, rnd, len(state.contributors))
         return self._reply(header, {"included": list(state.contributors)},
@@ -544,13 +679,14 @@ class _Sent:
     digest: str
     fingerprint: str
     n_chunks: int
+    revealed: bool = False
 
 
 class HeClient(ClientEndpoint):
     """A client of an HE scheme: encrypts under the key holder's signed public context.
 
     >>> from privspk.secagg import build_scheme
-    >>> c = build_scheme("bfv").client("c0")
+    >>> c = build_scheme("bfv", {"he_trust": "no-client-colludes-with-server"}).client("c0")
     >>> c.client_id, len(c.public_key)
     ('c0', 32)
 
@@ -575,7 +711,7 @@ class HeClient(ClientEndpoint):
         """Store the float update to encrypt in ``round_id``.
 
         >>> from privspk.secagg import build_scheme
-        >>> build_scheme("ckks").client("c0").submit(0, np.array([np.nan]))
+        >>> build_scheme("ckks", {"he_trust": "no-client-colludes-with-server"}).client("c0").submit(0, np.array([np.nan]))
         Traceback (most recent call last):
         ...
         privspk.errors.ConfigError: client c0: update must be a finite 1-D vector
@@ -588,13 +724,15 @@ class HeClient(ClientEndpoint):
         self._updates[round_id] = u.copy()
 
     def handle(self, request: bytes) -> bytes | None:
-        """Answer ``collect`` (ciphertext) or ``verify`` (sketch); refuse anything else."""
+        """Answer ``pledge`` (signed digest), ``collect`` (ciphertext) or ``verify`` (sketch); refuse anything else."""
         header, body = unpack(request, client=SERVER)
         expect(header, scheme=self._codec.kind, run=header["run"], round_id=header["round"],
                stage=header["stage"], client=SERVER)
         self.check_run(header["run"], who=SERVER)  # a bound client serves its own run only
+        if header["stage"] == Stage.PLEDGE:
+            return self._pledge(header, body)
         if header["stage"] == Stage.COLLECT:
-            return self._collect(header, body)
+            return self._reveal(header, body)
         if header["stage"] == Stage.VERIFY:
             return self._verify_request(header)
         raise ProtocolError(f"client {self.client_id} does not answer stage {header['stage']!r}", client=SERVER)
@@ -606,7 +744,8 @@ class HeClient(ClientEndpoint):
             self._context = (fingerprint, ctx)
         return self._context[1]
 
-    def _collect(self, header: Mapping[str, Any], body: bytes) -> bytes:
+    def _pledge(self, header: Mapping[str, Any], body: bytes) -> bytes:
+        """Encrypt now, send only the signed digest: the ciphertext is fixed before any is shown."""
         check_fields(header, {"dim": int, "fingerprint": str, "context_signature": str}, client=SERVER)
         run, rnd, fp = header["run"], header["round"], header["fingerprint"]
         update = self._updates.get(rnd)
@@ -617,8 +756,8 @@ class HeClient(ClientEndpoint):
                                 client=SERVER)
         if _digest(body) != fp:
             raise ProtocolError("the context does not match its fingerprint", client=SERVER)
-        _verify(self._kh_key, header["context_signature"], "context", run, fp,
-                what="the public context (not signed by the key holder)", client=SERVER)
+        _verify(self._kh_key, header["context_signature"], "context", run, rnd, fp,
+                what="the public context (not signed by the key holder for this round)", client=SERVER)
         ctx = self._load(body, fp)
         # the key holder of this context opens one sum per round: the ciphertext fixes the sum to it
         context = json.dumps({"scheme": self._codec.kind, "fingerprint": fp}, sort_keys=True, separators=(",", ":"))
@@ -630,15 +769,35 @@ class HeClient(ClientEndpoint):
         sig = _sign(self._identity, "collect", run, rnd, self.client_id, fp, header["dim"], n_chunks, digest)
         del self._updates[rnd]  # one ciphertext per round: a replayed request finds nothing to send
         self._sent = _Sent(run, rnd, packed, digest, fp, n_chunks)
-        return pack({"scheme": self._codec.kind, "run": run, "round": rnd, "stage": Stage.COLLECT,
+        return pack({"scheme": self._codec.kind, "run": run, "round": rnd, "stage": Stage.PLEDGE,
                      "sender": self.client_id, "n_chunks": n_chunks, "fingerprint": fp, "digest": digest,
-                     "signature": sig}, packed)
+                     "signature": sig})
+
+    def _reveal(self, header: Mapping[str, Any], body: bytes) -> bytes:
+        """Send the pledged ciphertext, signing the pledge list it was revealed against."""
+        check_fields(header, {"pledges": dict, "freeze_signature": str}, client=SERVER)
+        if body:
+            raise ProtocolError("a reveal request carries no body", client=SERVER)
+        run, rnd, pledges = header["run"], header["round"], header["pledges"]
+        sent = self._sent
+        if sent is None or (sent.run, sent.round_id) != (run, rnd) or sent.revealed:
+            raise ProtocolError(f"client {self.client_id} pledged no ciphertext in round {rnd} (or already revealed "
+                                "it)", client=SERVER)
+        _verify(self._kh_key, header["freeze_signature"], "frozen", run, rnd, sent.fingerprint, pledge_digest(pledges),
+                what="the pledge list (not the one the key holder froze for this round)", client=SERVER)
+        mine = pledges.get(self.client_id)
+        if not (isinstance(mine, list) and len(mine) == 2 and mine[0] == sent.digest):
+            raise ProtocolError("the pledge list does not hold this client's pledge", client=SERVER)
+        sent.revealed = True  # revealed once, against one pledge list
+        sig = _sign(self._identity, "reveal", run, rnd, self.client_id, sent.fingerprint, pledge_digest(pledges))
+        return pack({"scheme": self._codec.kind, "run": run, "round": rnd, "stage": Stage.COLLECT,
+                     "sender": self.client_id, "reveal_signature": sig}, sent.packed)
 
     def _verify_request(self, header: Mapping[str, Any]) -> bytes:
         check_fields(header, {"challenge": str, "digest": str}, client=SERVER)
         run, rnd = header["run"], header["round"]
         sent = self._sent
-        if sent is None or (sent.run, sent.round_id) != (run, rnd):
+        if sent is None or (sent.run, sent.round_id) != (run, rnd) or not sent.revealed:
             raise ProtocolError(f"client {self.client_id} sent no ciphertext in round {rnd} "
                                 "(or already answered its challenge)", client=SERVER)
         if header["digest"] != sent.digest:
@@ -661,7 +820,7 @@ class HeServerRound(ServerRound):
     """The server's side of one HE round; it holds the public context and ciphertexts only.
 
     >>> from privspk.secagg import build_scheme, KEYHOLDER
-    >>> s = build_scheme("ckks")
+    >>> s = build_scheme("ckks", {"he_trust": "no-client-colludes-with-server"})
     >>> server = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a", "b"), dim=5))
     >>> server.stage, list(server.outbox()) == [KEYHOLDER]
     ('setup', True)
@@ -692,11 +851,14 @@ class HeServerRound(ServerRound):
         self._sum = layout.zeros(n_chunks)
         self._lazy = 0  # additions since the sum was last reduced
         self._packed: dict[str, bytes] = {}
+        self._pledges: dict[str, list[str]] = {}
+        self._reveals: dict[str, str] = {}
         self._digests: dict[str, str] = {}
         self._signatures: dict[str, str] = {}
         self._rejected: dict[str, str] = {}
         self._replied: set[str] = set()
         self._challenge: bytes | None = None
+        self._freeze_sig: str | None = None
         self._sketches: dict[str, list[list[int]]] = {}
         self._sketch_text: dict[str, str] = {}
         self._sketch_sigs: dict[str, str] = {}
@@ -717,15 +879,22 @@ class HeServerRound(ServerRound):
         st = self._stage
         if st == Stage.SETUP:
             return {KEYHOLDER: pack(self._header(st))}
-        if st == Stage.COLLECT and self._public is not None:
+        if st == Stage.PLEDGE and self._public is not None:
             req = pack(self._header(st, dim=self.spec.dim, fingerprint=self._fingerprint,
                                     context_signature=self._context_sig), self._public)
             return {c: req for c in self.spec.clients}
+        if st == Stage.FREEZE:
+            return {KEYHOLDER: pack(self._header(st, pledges=self._pledges, dim=self.spec.dim,
+                                                 n_chunks=self._n_chunks, fingerprint=self._fingerprint))}
+        if st == Stage.COLLECT and self._freeze_sig is not None:
+            req = pack(self._header(st, pledges=self._pledges, freeze_signature=self._freeze_sig))
+            return {c: req for c in sorted(self._pledges)}
         if st == Stage.COMMIT:
             who = sorted(self._packed)
             return {KEYHOLDER: pack(self._header(st, contributors=who, digests=self._digests,
                                                  signatures=self._signatures, n_chunks=self._n_chunks,
-                                                 dim=self.spec.dim, fingerprint=self._fingerprint),
+                                                 dim=self.spec.dim, fingerprint=self._fingerprint,
+                                                 pledges=self._pledges, reveals=self._reveals),
                                     self._layout.pack(self._sum))}
         if st == Stage.VERIFY and self._challenge is not None:
             return {c: pack(self._header(st, challenge=self._challenge.hex(), digest=self._digests[c]))
@@ -740,8 +909,9 @@ class HeServerRound(ServerRound):
         """Take one reply; a bad one raises ProtocolError naming its sender (dropped at ``collect``)."""
         try:
             st = self._stage
-            expected = {KEYHOLDER} if st in (Stage.SETUP, Stage.COMMIT, Stage.OPEN) else (
-                set(self.spec.clients) if st == Stage.COLLECT else set(self._packed) if st == Stage.VERIFY else set())
+            expected = {KEYHOLDER} if st in (Stage.SETUP, Stage.FREEZE, Stage.COMMIT, Stage.OPEN) else (
+                set(self.spec.clients) if st == Stage.PLEDGE else set(self._pledges) if st == Stage.COLLECT
+                else set(self._packed) if st == Stage.VERIFY else set())
             if sender not in expected:
                 raise ProtocolError(f"not expected to send at stage {st}", client=sender)
             if sender in self._replied:
@@ -751,6 +921,14 @@ class HeServerRound(ServerRound):
                    client=sender)
             if st == Stage.SETUP:
                 self._on_context(header, body)
+            elif st == Stage.PLEDGE:
+                self._on_pledge(sender, header, body)
+            elif st == Stage.FREEZE:
+                check_fields(header, {"freeze_signature": str}, client=sender)
+                _verify(self._kh_key, header["freeze_signature"], "frozen", self.spec.run_id, self.spec.round_id,
+                        self._fingerprint, pledge_digest(self._pledges), what="the frozen pledge list",
+                        client=KEYHOLDER)
+                self._freeze_sig = header["freeze_signature"]
             elif st == Stage.COLLECT:
                 self._on_ciphertext(sender, header, body)
             elif st == Stage.COMMIT:
@@ -764,7 +942,8 @@ class HeServerRound(ServerRound):
                 self._on_sum(header, body)
             self._replied.add(sender)
         except ProtocolError as exc:
-            if self._stage == Stage.COLLECT and sender in self.spec.clients and sender not in self._packed:
+            if self._stage in (Stage.PLEDGE, Stage.COLLECT) and sender in self.spec.clients \
+                    and sender not in self._packed:
                 self._rejected.setdefault(sender, exc.reason)
             raise
 
@@ -772,16 +951,18 @@ class HeServerRound(ServerRound):
         check_fields(header, {"fingerprint": str, "context_signature": str}, client=KEYHOLDER)
         if _digest(body) != header["fingerprint"]:
             raise ProtocolError("public context does not match its fingerprint", client=KEYHOLDER)
-        _verify(self._kh_key, header["context_signature"], "context", self.spec.run_id, header["fingerprint"],
-                what="the public context", client=KEYHOLDER)
+        _verify(self._kh_key, header["context_signature"], "context", self.spec.run_id, self.spec.round_id,
+                header["fingerprint"], what="the public context", client=KEYHOLDER)
         ctx = load_public_context(body, who=KEYHOLDER)  # KeyLeakError aborts the round
         if ctx.is_private():
             raise KeyLeakError("the server was handed a private context; refusing it")
         check_context_moduli(ctx, self._layout, who=KEYHOLDER)
         self._public, self._fingerprint, self._context_sig = body, header["fingerprint"], header["context_signature"]
 
-    def _on_ciphertext(self, sender: str, header: Mapping[str, Any], body: bytes) -> None:
+    def _on_pledge(self, sender: str, header: Mapping[str, Any], body: bytes) -> None:
         check_fields(header, {"n_chunks": int, "fingerprint": str, "digest": str, "signature": str}, client=sender)
+        if body:
+            raise ProtocolError("a pledge carries no body (the ciphertext comes at collect)", client=sender)
         if header["fingerprint"] != self._fingerprint:
             raise ProtocolError("ciphertext is under another context (fingerprint differs)", client=sender)
         if header["n_chunks"] != self._n_chunks:
@@ -789,17 +970,25 @@ class HeServerRound(ServerRound):
                                 client=sender)
         if sender not in self._registry:
             raise ProtocolError("not a registered client", client=sender)
+        _hex32(header["digest"], "digest", sender)
+        _verify(self._registry[sender], header["signature"], "collect", self.spec.run_id, self.spec.round_id,
+                sender, self._fingerprint, self.spec.dim, self._n_chunks, header["digest"], what="the ciphertext",
+                client=sender)
+        self._pledges[sender] = [header["digest"], header["signature"]]
+
+    def _on_ciphertext(self, sender: str, header: Mapping[str, Any], body: bytes) -> None:
+        check_fields(header, {"reveal_signature": str}, client=sender)
         want = self._layout.packed_bytes(self._n_chunks)
         if len(body) != want:
             raise ProtocolError(f"{self._n_chunks} packed ciphertexts take {want} bytes, got {len(body)} "
                                 f"({'truncated' if len(body) < want else 'oversized'})", client=sender)
-        digest = header["body_sha256"]  # wire.unpack checked it against the body
-        if header["digest"] != digest:
-            raise ProtocolError("ciphertext does not match its signed digest", client=sender)
-        _verify(self._registry[sender], header["signature"], "collect", self.spec.run_id, self.spec.round_id,
-                sender, self._fingerprint, self.spec.dim, self._n_chunks, digest, what="the ciphertext",
-                client=sender)
         words = self._layout.unpack(body, n_chunks=self._n_chunks, client=sender)
+        digest = header["body_sha256"]  # wire.unpack checked it against the body
+        pledged, signature = self._pledges[sender]
+        if pledged != digest:
+            raise ProtocolError("ciphertext does not match its pledged (signed) digest", client=sender)
+        _verify(self._registry[sender], header["reveal_signature"], "reveal", self.spec.run_id, self.spec.round_id,
+                sender, self._fingerprint, pledge_digest(self._pledges), what="the reveal", client=sender)
         if self._lazy + 1 >= self._layout.lazy_adds:
             self._layout.reduce(self._sum)
             self._lazy = 0
@@ -807,7 +996,8 @@ class HeServerRound(ServerRound):
         self._lazy += 1
         self._packed[sender] = body
         self._digests[sender] = digest
-        self._signatures[sender] = header["signature"]
+        self._signatures[sender] = signature
+        self._reveals[sender] = header["reveal_signature"]
 
     def _on_sketch(self, sender: str, header: Mapping[str, Any], body: bytes) -> None:
         check_fields(header, {"sketch": str, "signature": str}, client=sender)
@@ -859,6 +1049,15 @@ class HeServerRound(ServerRound):
         if st == Stage.SETUP:
             if self._public is None:
                 raise AggregationError("the key holder sent no valid public context; nothing can be encrypted")
+            self._stage = Stage.PLEDGE
+        elif st == Stage.PLEDGE:
+            if len(self._pledges) < self._min:
+                raise AggregationError(f"only {len(self._pledges)} of {len(self.spec.clients)} clients pledged a "
+                                       f"ciphertext; the key holder opens sums of at least {self._min}")
+            self._stage = Stage.FREEZE
+        elif st == Stage.FREEZE:
+            if self._freeze_sig is None:
+                raise AggregationError("the key holder refused to freeze the pledge list; nothing is revealed")
             self._stage = Stage.COLLECT
         elif st == Stage.COLLECT:
             if len(self._packed) < self._min:
@@ -887,7 +1086,8 @@ class HeServerRound(ServerRound):
         """The opened sum and who is in it."""
         if self._stage != Stage.DONE or self._total is None:
             raise AggregationError(f"round not finished (stage {self._stage})")
-        dropped = {c: self._rejected.get(c, "no reply at stage collect") for c in self.spec.clients
+        dropped = {c: self._rejected.get(c, "no reply at stage collect" if c in self._pledges
+                                         else "no reply at stage pledge") for c in self.spec.clients
                    if c not in self._packed}
         return AggregateResult(total=self._total.copy(), included=tuple(sorted(self._packed)), dropped=dropped)
 
@@ -912,14 +1112,20 @@ class HeScheme(Scheme):
     The key holder is created on first use (``keyholder()``); clients get its public
     key, the server rounds get the registry and that key, never the key holder itself.
 
+    ``ckks`` and ``bfv`` refuse to start unless the ``he_trust`` option accepts that no
+    client colludes with the server (:data:`HE_TRUST`, :func:`trust_problem`).
+
     >>> from privspk.secagg import build_scheme
-    >>> s = build_scheme("bfv", {"min_clients": 3})
+    >>> s = build_scheme("bfv", {"min_clients": 3, "he_trust": HE_TRUST})
     >>> isinstance(s, HeScheme), s.min_survivors(10), s.dropout_tolerance(10)
     (True, 3, 7)
     """
 
     def __init__(self, config: Any, *, seed: int | None = None) -> None:
         super().__init__(config, seed=seed)
+        problem = trust_problem(self.name, getattr(config, "he_trust", None))
+        if problem is not None:
+            raise ConfigError(problem)
         self.codec = self._make_codec(config)
         self._registry: dict[str, bytes] = {}
         self._clients: dict[str, HeClient] = {}
