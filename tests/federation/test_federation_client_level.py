@@ -26,6 +26,8 @@ from privspk.secagg.simulate import run_round
 from privspk.training.local import DPSettings, sample_rate_for
 from federation_support import synthetic_clients, tiny_encoder
 
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
 K = 10  # the clients the victim's noise share was planned for
 
 
@@ -103,3 +105,54 @@ def test_a_server_announcing_a_two_client_round_opens_nothing(tmp_path):
             run_round(scheme, spec, {"client0": victim.endpoint, "client9": colluder})
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("announced", [2, 5, 9, 10, 12])
+def test_a_round_is_taken_exactly_when_its_threshold_guarantees_the_counted_noise(tmp_path, announced):
+    """The victim takes a round iff the fewest survivors its sum can open with (the threshold of the
+    announced size) reach the honest shares its ledger counts plus the tolerated colluders."""
+    victim, scheme, ledger, dim = _victim(tmp_path)
+    try:
+        need = victim.client_dp.required_survivors
+        assert need == scheme.min_survivors(K)  # counted = t(K) - colluders, plus the colluders
+        clients = tuple(f"client{i}" for i in range(announced))
+        advertise = scheme.server_round(RoundSpec(run_id="clientlevel", round_id=1, clients=clients,
+                                                  dim=dim)).outbox()["client0"]
+        if scheme.min_survivors(announced) >= need:
+            assert victim.endpoint.handle(advertise)  # an advert: the round goes on
+        else:
+            with pytest.raises(ProtocolError, match=f"counted on {need}"):
+                victim.endpoint.handle(advertise)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("colluders", [0, 1, 2])
+def test_the_ledger_counts_the_guaranteed_honest_shares(tmp_path, colluders):
+    """plan_client_level counts t(K) - colluders shares; the ledger row of the round records that
+    mechanism and its epsilon recomputes from it."""
+    from privspk.privacy.distributed import ClientLevelRound, client_level_epsilon
+
+    cfg = _config().replace(secagg=SecAggSection(scheme="mask", colluders=colluders))
+    client_dp, options = plan_client_level(cfg, dim=300)
+    t = build_scheme("mask", options).min_survivors(K)
+    assert client_dp.mechanism().shares == t - colluders
+    assert client_dp.required_survivors == t
+    victim, _, ledger, _ = _victim(tmp_path)
+    try:
+        row = ledger.row("client0", 1)
+        counted = victim.client_dp.mechanism()
+        assert row.client_level.mechanism == counted and counted.shares == t - 1  # _victim: default 1 colluder
+        want = client_level_epsilon([ClientLevelRound(round=1, mechanism=counted, sample_rate=1.0)], delta=1e-5)
+        assert row.client_level.epsilon_after == pytest.approx(want, rel=1e-9)
+    finally:
+        ledger.close()
+
+
+def test_no_honest_share_left_is_refused_at_planning():
+    from privspk.errors import ConfigError
+
+    cfg = _config().replace(federation=FederationSection(n_clients=2, rounds=2),
+                            secagg=SecAggSection(scheme="mask", colluders=2))
+    with pytest.raises(ConfigError, match="no honest noise share is guaranteed"):
+        plan_client_level(cfg, dim=300)
