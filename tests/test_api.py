@@ -61,8 +61,10 @@ def shared_data_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "tiny", dp: bool = True, scheme: str = "mask",
-                rounds: int = 2, epsilon: float = 3.0) -> RunConfig:
-    """A run that takes seconds: 8 eSpeak speakers x 4 utterances, 20 fbank bins, a tiny encoder."""
+                rounds: int = 2, epsilon: float = 3.0, randomness: str = "simulation") -> RunConfig:
+    """A run that takes seconds: 8 eSpeak speakers x 4 utterances, 20 fbank bins, a tiny encoder.
+
+    ``simulation`` randomness by default: the crash tests compare runs bit for bit."""
     ensure_tiny_encoder()
     return RunConfig(
         name=name, threads=1, data_dir=str(data_dir), out_dir=str(out_dir),
@@ -71,7 +73,8 @@ def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "tiny", dp: bool =
         pretrain=PretrainSection(steps=3, batch_size=8, crop_frames=40),
         train=TrainSection(recipe="last", local_steps=2, batch_size=1, physical_batch=1, crop_frames=40,
                            speaker_batch=2),
-        privacy=PrivacySection(enabled=dp, epsilon=epsilon), secagg=SecAggSection(scheme=scheme),
+        privacy=PrivacySection(enabled=dp, epsilon=epsilon, randomness=randomness),
+        secagg=SecAggSection(scheme=scheme),
         federation=FederationSection(n_clients=3, rounds=rounds),
         eval=EvalSection(max_frames=200, target_per_utt=1, nontarget_per_utt=2),
     )
@@ -79,8 +82,8 @@ def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "tiny", dp: bool =
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished 2-round DP run with pairwise masks (and its config)."""
-    cfg = tiny_config(shared_data_dir(tmp_path_factory), tmp_path_factory.mktemp("runs"))
+    """A finished 2-round DP run with pairwise masks and the deployment's secret randomness (and its config)."""
+    cfg = tiny_config(shared_data_dir(tmp_path_factory), tmp_path_factory.mktemp("runs"), randomness="secret")
     return cfg, privspk.train(cfg, progress=False)
 
 
@@ -91,7 +94,7 @@ def test_result_and_report_fields(finished):
     assert [r["round"] for r in res.rounds] == [1, 2]
     for row in res.rounds:
         assert row["included"] == ["client0", "client1", "client2"] and row["skipped"] == ""
-        assert row["unit"] == "utterance" and row["delta"] == 1e-5
+        assert row["unit"] == "utterance" and row["delta"] == 1e-5 and row["randomness"] == "secret"
         assert 0.0 <= row["eval"]["eer"] <= 1.0
         assert set(row["epsilon"]) == {"client0", "client1", "client2"}
     for ev in (res.pretrain_eval, res.final_eval):
@@ -102,6 +105,7 @@ def test_result_and_report_fields(finished):
     assert rep["corpus"]["utterances"] == 32 and len(rep["corpus"]["clients"]) == 3
     priv = rep["privacy"]
     assert priv["epsilon_budget"] == 3.0 and priv["unit"] == "utterance" and priv["accountant"] == "rdp"
+    assert priv["randomness"] == "secret" and priv["randomness_warning"] is None
     assert set(priv["noise_multiplier"]) == set(priv["sample_rate"]) == {"client0", "client1", "client2"}
     assert priv["epsilon_spent"] == res.epsilon
     for c, e in res.epsilon.items():
@@ -127,10 +131,11 @@ def test_ledger_rows_of_the_run(finished):
             assert (r.unit, r.delta, r.scheme, r.accountant, r.steps, r.clip) == ("utterance", 1e-5, "mask", "rdp",
                                                                                     2, cfg.privacy.clip)
             assert r.noise_multiplier == res.report["privacy"]["noise_multiplier"][r.client]
-            assert r.update_digest is not None
+            assert r.update_digest is not None and r.randomness == "secret"
         assert all(c.ok for c in led.recompute())
         assert {c: led.epsilon(c) for c in led.clients()} == res.epsilon
         assert led.settings["epsilon"] == 3.0 and led.settings["rounds"] == 2
+        assert led.settings["randomness"] == "secret"
     assert not list(res.run_dir.glob("clients/*/update_r*.npy")), "staged updates are dropped once aggregated"
 
 
@@ -166,6 +171,13 @@ def test_resume_with_other_privacy_settings_is_refused_and_leaves_the_run_alone(
     with pytest.raises(LedgerError, match=r"privacy settings differ .*keys: epsilon"):
         privspk.train(other, progress=False, resume=True)
     assert (res.run_dir / "config.toml").read_text() == before, "a refused resume must not rewrite the config"
+
+
+def test_resume_cannot_switch_the_randomness_silently(finished):
+    cfg, res = finished
+    other = tiny_config(Path(cfg.data_dir), Path(cfg.out_dir), name=cfg.name, randomness="simulation")
+    with pytest.raises(LedgerError, match=r"privacy settings differ .*keys: randomness"):
+        privspk.train(other, progress=False, resume=True)
 
 
 def test_resuming_a_private_run_without_privacy_is_refused(finished):

@@ -24,7 +24,7 @@ from privspk.evaluation.trials import Trial, write_scores, write_trials
 from privspk.federation.guard import LedgerGuard, open_run_ledger
 from privspk.models import build_encoder, save_encoder
 from privspk.privacy import Ledger, PrivacyBudget, epsilon
-from privspk.privacy.ledger import Spend
+from privspk.privacy.ledger import SIMULATION_WARNING, Spend
 from privspk.training.local import DPSettings
 from test_api import shared_data_dir, tiny_config
 
@@ -245,6 +245,9 @@ def test_train_eval_ledger_enroll_verify_on_a_trained_run(tmp_path_factory, caps
     assert main(["train", "--config", str(cfg_path), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "round 1/2" in text and "round 2/2" in text and "final: EER" in text
+    # tiny_config runs on simulation randomness: every epsilon line says what it is worth
+    eps_lines = [line for line in text.splitlines() if "eps per" in line]
+    assert len(eps_lines) == 2 and all(SIMULATION_WARNING in line for line in eps_lines)
     run = out / "cli_run"
     assert main(["train", "--config", str(cfg_path), "--quiet"]) == 2  # exists: needs --resume or --overwrite
     assert "pass resume=True" in capsys.readouterr().err
@@ -253,7 +256,9 @@ def test_train_eval_ledger_enroll_verify_on_a_trained_run(tmp_path_factory, caps
     assert main(["eval", "--run", str(run), "--quiet"]) == 0
     assert "cli_run on" in capsys.readouterr().out
     assert main(["ledger", str(run), "--check"]) == 0
-    assert "all 6 rows recompute" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "all 6 rows recompute" in text
+    assert sum(SIMULATION_WARNING in line for line in text.splitlines()) == 12  # 6 table rows, 6 checks
     corpus = build_builtin_corpus(data_dir / "builtin_8x4_seed0", n_speakers=8, utts_per_speaker=4, progress=False)
     by_spk = corpus.by_speaker()
     spk_a, spk_b = sorted(by_spk)[:2]

@@ -233,13 +233,24 @@ def test_replace_and_feature_config():
     assert (fc.kind, fc.n_mels, fc.n_mfcc, fc.cmn) == ("mfcc", 40, 20, False)
 
 
-def test_noise_seed_is_run_or_secret():
+def test_randomness_is_secret_by_default_and_the_old_noise_seed_key_is_refused():
     from privspk.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"noise_seed must be run\|secret, got 'fixed'"):
-        RunConfig.from_toml('[privacy]\nnoise_seed = "fixed"\n')
-    cfg = RunConfig.from_toml('[privacy]\nnoise_seed = "secret"\n')
-    assert cfg.privacy.noise_seed == "secret" and RunConfig().privacy.noise_seed == "run"
+    assert RunConfig().privacy.randomness == "secret"
+    with pytest.raises(ConfigError, match=r"randomness must be secret\|simulation, got 'run'"):
+        RunConfig.from_toml('[privacy]\nrandomness = "run"\n')
+    assert RunConfig.from_toml('[privacy]\nrandomness = "simulation"\n').privacy.randomness == "simulation"
+    with pytest.raises(ConfigError, match=r"\[privacy\] noise_seed was replaced by randomness"):
+        RunConfig.from_toml('[privacy]\nnoise_seed = "secret"\n')
+
+
+def test_secagg_colluders_defaults_to_one_and_is_checked():
+    from privspk.errors import ConfigError
+
+    assert RunConfig().secagg.colluders == 1
+    assert RunConfig.from_toml('[secagg]\ncolluders = 2\n').secagg.colluders == 2
+    with pytest.raises(ConfigError, match="colluders must be >= 0"):
+        RunConfig.from_toml('[secagg]\ncolluders = -1\n')
 
 
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])

@@ -180,10 +180,13 @@ def plan_client_level(cfg: RunConfig, *, dim: int):
 
     Codes use the mask quantiser's units (16-bit values over ``[-client_clip, client_clip]``);
     the noise multiplier is planned for the run's rounds at the client-level budget, counting
-    only the noise shares of the fewest clients a round can open with.
+    only the honest noise shares guaranteed in an opened sum: the fewest clients a round can
+    open with, minus ``[secagg] colluders`` (whose shares the server knows). Each client
+    refuses a round that cannot guarantee that many survivors
+    (``DistributedDP.required_survivors``).
     """
     from privspk.privacy import PrivacyBudget
-    from privspk.privacy.distributed import DistributedDP, plan_client_noise_multiplier
+    from privspk.privacy.distributed import DistributedDP, guaranteed_noise_shares, plan_client_noise_multiplier
     from privspk.secagg import build_scheme, headroom_for
 
     p = cfg.privacy
@@ -196,11 +199,12 @@ def plan_client_level(cfg: RunConfig, *, dim: int):
     bits = 16
     options = {**_scheme_options(cfg), "bits": bits, "clip": p.client_clip}
     probe = build_scheme("mask", options)
+    colluders = cfg.secagg.colluders
+    counted = guaranteed_noise_shares(min_survivors=probe.min_survivors(k), colluders=colluders)
     template = DistributedDP(clip=p.client_clip, scale=probe.quantiser(k).scale, noise_multiplier=1.0,
-                             n_clients=k, dim=dim, noise=p.client_noise)
+                             n_clients=k, dim=dim, noise=p.client_noise, counted_shares=counted, colluders=colluders)
     dp = plan_client_noise_multiplier(budget=PrivacyBudget(epsilon=p.client_epsilon, delta=p.delta, unit="client"),
-                                      rounds=cfg.federation.rounds, sample_rate=1.0, template=template,
-                                      counted_shares=probe.min_survivors(k))
+                                      rounds=cfg.federation.rounds, sample_rate=1.0, template=template)
     options["noise_headroom_bits"] = max(0, dp.modulus_bits() - bits - headroom_for(k))
     return dp, options
 
@@ -235,6 +239,7 @@ def train(
     from privspk.secagg import build_scheme
     from privspk.training.data import ClientData
     from privspk.training.local import DPSettings, sample_rate_for
+    from privspk.training.randomness import randomness_note
 
     if budget is not None:
         if not isinstance(budget, PrivacyBudget):
@@ -290,7 +295,7 @@ def train(
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
                       crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
                       margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema,
-                      secret_noise=cfg.privacy.noise_seed == "secret")
+                      randomness=cfg.privacy.randomness)
     clients = {}
     for i, (cid, cdata) in enumerate(clients_data.items()):
         dp = guard = None
@@ -309,10 +314,11 @@ def train(
                 guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
                                     client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
                                                                 unit="client"),
-                                    client_mechanism=client_dp.mechanism(
-                                        counted_shares=scheme.min_survivors(len(clients_data))))
+                                    client_mechanism=client_dp.mechanism(),  # the guaranteed honest shares
+                                    randomness=privacy.randomness)
             else:
-                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip)
+                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
+                                    randomness=privacy.randomness)
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
             guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
@@ -339,6 +345,7 @@ def train(
             row["client_epsilon"] = {cid: c.guard.client_epsilon() for cid, c in clients.items()}
         row["delta"] = privacy.delta if privacy.enabled else None
         row["unit"] = privacy.unit if privacy.enabled else None
+        row["randomness"] = privacy.randomness
         last = r == cfg.federation.rounds
         if eval_every and (r % eval_every == 0 or last):
             row["eval"] = evaluator.evaluate(server.encoder)
@@ -365,10 +372,15 @@ def train(
         "trainable_parameters": n_trainable,
         "privacy": ({"epsilon_budget": privacy.epsilon, "delta": privacy.delta, "unit": privacy.unit,
                      "accountant": privacy.accountant, "clip": privacy.clip,
+                     "randomness": privacy.randomness,
+                     "randomness_warning": randomness_note(privacy.randomness) or None,
                      "noise_multiplier": {c: p.noise_multiplier for c, p in plans.items()},
                      "sample_rate": {c: p.sample_rate for c, p in plans.items()},
                      "epsilon_spent": eps,
                      "client_level": ({"noise": client_dp.noise, "noise_multiplier": client_dp.noise_multiplier,
+                                       "counted_shares": client_dp.mechanism().shares,
+                                       "colluders": client_dp.colluders,
+                                       "required_survivors": client_dp.required_survivors,
                                        "clip": client_dp.clip, "epsilon_budget": privacy.client_epsilon,
                                        "epsilon_spent": {c: cl.guard.client_epsilon() for c, cl in clients.items()}}
                                       if client_dp is not None else None)}

@@ -59,12 +59,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
+def _eps_note(randomness: str | None) -> str:
+    """What to print right after an epsilon: the simulation warning, or nothing."""
+    from privspk.training.randomness import randomness_note
+
+    note = randomness_note(randomness)
+    return f" [{note}]" if note else ""
+
+
 def _round_line(row: dict, total: int) -> str:
     parts = [f"round {row['round']}/{total}", f"loss {row['loss']:.3f}"]
     eps = row.get("epsilon") or {}
     if row.get("unit"):
         spent = " ".join(f"{c}={e:.2f}" for c, e in eps.items())
-        parts.append(f"eps per {row['unit']} (delta {row['delta']:g}): {spent}")
+        parts.append(f"eps per {row['unit']} (delta {row['delta']:g}): {spent}{_eps_note(row.get('randomness'))}")
     else:
         parts.append("non-private")
     if "eval" in row:
@@ -152,8 +160,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     torch.set_num_threads(cfg.threads)
     data = prepare_data(cfg, progress=not args.quiet)
     p = cfg.privacy
-    dp = (f"DP-SGD per {p.unit}, budget eps={p.epsilon:g} delta={p.delta:g} per client" if p.enabled
-          else "non-private")
+    dp = (f"DP-SGD per {p.unit}, budget eps={p.epsilon:g} delta={p.delta:g} per client{_eps_note(p.randomness)}"
+          if p.enabled else "non-private")
     print(f"privspk demo: {cfg.federation.n_clients} clients x {cfg.federation.rounds} rounds, {dp}, "
           f"secure aggregation: {cfg.secagg.scheme}, fine-tuning recipe: {cfg.train.recipe}", flush=True)
     s = data.split
@@ -181,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(led.table(), flush=True)
             eps = {c: led.epsilon(c) for c in led.clients()}
         print(f"epsilon spent per client (from the ledger, per {p.unit}, delta {p.delta:g}): "
-              + ", ".join(f"{c} {e:.2f}" for c, e in eps.items()), flush=True)
+              + ", ".join(f"{c} {e:.2f}" for c, e in eps.items()) + _eps_note(p.randomness), flush=True)
         out["epsilon"] = eps
     if args.reference and p.enabled:
         ref_cfg = cfg.replace(name=cfg.name + "_nonprivate",
@@ -324,8 +332,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             checks = led.recompute()
             bad = [c for c in checks if not c.ok]
             for c in checks:
+                note = _eps_note(led.row(c.client, c.round).randomness)
                 print(f"{c.client} round {c.round}: recorded {c.recorded:.6f} recomputed {c.recomputed:.6f} "
-                      f"{'ok' if c.ok else 'MISMATCH'}")
+                      f"{'ok' if c.ok else 'MISMATCH'}{note}")
             if bad:
                 print(f"{len(bad)} of {len(checks)} rows do not recompute to their recorded epsilon")
                 return 1

@@ -14,7 +14,7 @@ True
 >>> RunConfig.from_dict({"privacy": {"epsilonn": 3}})
 Traceback (most recent call last):
 ...
-privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, client_clip, client_epsilon, client_level, client_noise, clip, delta, enabled, epsilon, noise_seed, unit)
+privspk.errors.ConfigError: invalid run config: [privacy] unknown key 'epsilonn' (known: accountant, client_clip, client_epsilon, client_level, client_noise, clip, delta, enabled, epsilon, randomness, unit)
 """
 
 from __future__ import annotations
@@ -211,10 +211,14 @@ class PrivacySection:
     (needs the ``mask`` scheme): each client clips its update to ``client_clip`` in L2
     and adds its share of integer ``client_noise`` before masking, so the opened sum
     carries central noise for a ``client_epsilon`` (at ``delta``) per client.
-    ``noise_seed`` says where DP-SGD's Gaussian noise generator gets its seed: ``run``
-    derives it from the run's seed (a simulation repeats exactly; anyone who knows the
-    config can regenerate the noise), ``secret`` draws it from the operating system's
-    CSPRNG each round on the client (a deployment: the noise cannot be regenerated).
+    ``randomness`` says where every random choice the accountant assumes hidden comes
+    from (DP noise, Poisson batch membership, speaker sample, crops): ``secret`` (the
+    default, a deployment) seeds one generator per use from the operating system's CSPRNG
+    each round on the client, so nobody can replay them; ``simulation`` derives them from
+    the run's seed (a run repeats bit for bit, and anyone who knows the config can replay
+    the noise and the batches: the epsilon then assumes nothing and is printed with
+    "simulation randomness: ε assumes nothing, not valid for a deployment"). The former
+    ``noise_seed`` key is refused (it hid the noise only, never the sampling).
     """
 
     enabled: bool = True
@@ -227,12 +231,12 @@ class PrivacySection:
     client_epsilon: float = 8.0
     client_clip: float = 0.05
     client_noise: str = "dgauss"
-    noise_seed: str = "run"
+    randomness: str = "secret"
 
     def check(self) -> list[str]:
         errs = []
-        if self.noise_seed not in ("run", "secret"):
-            errs.append(f"noise_seed must be run|secret, got {self.noise_seed!r}")
+        if self.randomness not in ("secret", "simulation"):
+            errs.append(f"randomness must be secret|simulation, got {self.randomness!r}")
         if self.client_level and not self.enabled:
             errs.append("client_level DP needs enabled = true (sample-level DP-SGD is recorded beside it)")
         if not (math.isfinite(self.client_epsilon) and self.client_epsilon > 0):
@@ -261,21 +265,30 @@ HE_TRUST = "no-client-colludes-with-server"
 
 @dataclass(frozen=True)
 class SecAggSection:
-    """Aggregation scheme by name, with its own options (see each scheme's ``Config``)."""
+    """Aggregation scheme by name, with its own options (see each scheme's ``Config``).
+
+    ``colluders`` is the number of clients that may collude with the server (n_C): their
+    distributed-DP noise shares are known to it, so client-level DP counts only the noise
+    of the guaranteed survivors minus ``colluders``.
+    """
 
     scheme: str = "plain"
     options: dict = field(default_factory=dict)
+    colluders: int = 1
 
     def check(self) -> list[str]:
+        errs = []
         if self.scheme not in ("plain", "mask", "ckks", "bfv"):
-            return [f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}"]
+            errs.append(f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}")
         if self.scheme in ("ckks", "bfv") and isinstance(self.options, dict) \
                 and self.options.get("he_trust") != HE_TRUST:
-            return [f"scheme {self.scheme!r} refuses to start unless the operator accepts that no client colludes "
-                    "with the server: one colluding client can make the key holder release the round's secret key, "
-                    "hence every update of that round (threat_model/README.md, A2). Use scheme = \"mask\", or set "
-                    f"he_trust = \"{HE_TRUST}\" in [secagg.options]"]
-        return []
+            errs.append(f"scheme {self.scheme!r} refuses to start unless the operator accepts that no client colludes "
+                        "with the server: one colluding client can make the key holder release the round's secret "
+                        "key, hence every update of that round (threat_model/README.md, A2). Use scheme = \"mask\", "
+                        f"or set he_trust = \"{HE_TRUST}\" in [secagg.options]")
+        if self.colluders < 0:
+            errs.append(f"colluders must be >= 0, got {self.colluders}")
+        return errs
 
 
 @dataclass(frozen=True)
@@ -447,12 +460,22 @@ def _resolve(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
+_RETIRED = {
+    ("privacy", "noise_seed"): (
+        'noise_seed was replaced by randomness = "secret" | "simulation": "secret" (the default) now hides the '
+        'noise and also the batch sampling, speaker sample and crops; "simulation" is the old "run" (reproducible, '
+        "epsilon not valid for a deployment). Remove noise_seed and set randomness if needed"
+    ),
+}
+
+
 def _build_section(name: str, cls: type, value: Any) -> tuple[Any, list[str]]:
     if not isinstance(value, dict):
         return cls(), [f"[{name}] must be a table, got {type(value).__name__}"]
     known = {f.name for f in dataclasses.fields(cls)}
     errs = [
-        f"[{name}] unknown key {k!r} (known: {', '.join(sorted(known))})" for k in value if k not in known
+        f"[{name}] {_RETIRED[name, k]}" if (name, k) in _RETIRED
+        else f"[{name}] unknown key {k!r} (known: {', '.join(sorted(known))})" for k in value if k not in known
     ]
     kwargs = {}
     for k, v in value.items():

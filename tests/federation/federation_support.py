@@ -64,7 +64,7 @@ def job_config(*, scheme: str = "plain", rounds: int = 3, epsilon: float = 50.0,
     """The run config whose privacy settings go in the ledger (as ``api.train`` stores them)."""
     return RunConfig(
         name=RUN_ID,
-        privacy=PrivacySection(enabled=dp, epsilon=epsilon),
+        privacy=PrivacySection(enabled=dp, epsilon=epsilon, randomness="simulation"),  # runs compared bit for bit
         train=TrainSection(recipe="last", local_steps=local_steps, batch_size=4, physical_batch=4, lr=1e-2,
                            crop_frames=20, speaker_batch=2),
         secagg=SecAggSection(scheme=scheme, options={"clip": 1.0} if scheme == "mask" else
@@ -167,7 +167,7 @@ def build_job(
     t = cfg.train
     train_args = dict(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, optimizer=t.optimizer,
                       momentum=t.momentum, crop_frames=t.crop_frames, speaker_batch=t.speaker_batch,
-                      margin=cfg.model.margin, scale=cfg.model.scale)
+                      margin=cfg.model.margin, scale=cfg.model.scale, randomness=cfg.privacy.randomness)
     clients = {}
     for i, (cid, cdata) in enumerate(data.items()):
         dps = guard = None
@@ -175,7 +175,7 @@ def build_job(
             q = sample_rate_for(cdata, unit="utterance", batch_size=t.batch_size, speaker_batch=t.speaker_batch)
             dps = DPSettings(unit="utterance", noise_multiplier=SIGMA, clip=cfg.privacy.clip, sample_rate=q)
             guard = LedgerGuard(ledger, cid, PrivacyBudget(epsilon=epsilon, delta=cfg.privacy.delta),
-                                accountant="rdp", clip=cfg.privacy.clip)
+                                accountant="rdp", clip=cfg.privacy.clip, randomness=cfg.privacy.randomness)
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=sch.client(cid), guard=guard,
             dp=dps, store=workdir / "clients" / cid, train_args=train_args, local_steps=t.local_steps,

@@ -76,15 +76,15 @@ class RecordingGuard:
         return 0.5 * len(self.spends)
 
 
-def make_client(tmp_path, events, *, guard=None, dp=DP, weight=0.25, store="store", seed=3):
+def make_client(tmp_path, events, *, guard=None, dp=DP, weight=0.25, store="store", seed=3, randomness=None):
     data = synthetic_clients()["client0"]
     enc = tiny_encoder()
     apply_recipe(enc, "last")
     names = [n for n, p in enc.named_parameters() if p.requires_grad]
     endpoint = RecordingEndpoint(events)
     client = FederatedClient("c", data, copy.deepcopy(enc), names, weight=weight, endpoint=endpoint, guard=guard,
-                             dp=dp, store=tmp_path / store, train_args=TRAIN_ARGS, local_steps=2, scheme="mask",
-                             seed=seed)
+                             dp=dp, store=tmp_path / store, local_steps=2, scheme="mask", seed=seed,
+                             train_args=TRAIN_ARGS if randomness is None else {**TRAIN_ARGS, "randomness": randomness})
     return client, endpoint, flatten(trainable_state(enc), names)
 
 
@@ -208,8 +208,12 @@ def test_head_persists_in_the_store_and_a_corrupt_one_is_refused(tmp_path):
 
 
 def test_rounds_are_deterministic_for_a_seed(tmp_path):
-    a, ea, g = make_client(tmp_path, [], guard=None, dp=DP, store="a")
-    b, eb, _ = make_client(tmp_path, [], guard=None, dp=DP, store="b")
+    """With simulation randomness a seed fixes the round; by default (secret) it does not."""
+    a, ea, g = make_client(tmp_path, [], guard=None, dp=DP, store="a", randomness="simulation")
+    b, eb, _ = make_client(tmp_path, [], guard=None, dp=DP, store="b", randomness="simulation")
     a.run_round(1, g)
     b.run_round(1, g)
     np.testing.assert_array_equal(ea.sent[1], eb.sent[1])
+    c, ec, _ = make_client(tmp_path, [], guard=None, dp=DP, store="c")
+    c.run_round(1, g)
+    assert not np.array_equal(ec.sent[1], ea.sent[1])

@@ -91,7 +91,8 @@ def test_ledger_settings_name_what_a_resume_must_keep():
     assert s["epsilon"] == cfg.privacy.epsilon and s["unit"] == cfg.privacy.unit
     assert s["rounds"] == cfg.federation.rounds and s["scheme"] == cfg.secagg.scheme
     assert set(s) >= {"epsilon", "delta", "unit", "clip", "accountant", "rounds", "local_steps", "batch_size",
-                      "speaker_batch", "scheme", "recipe"}
+                      "speaker_batch", "scheme", "recipe", "randomness", "colluders"}
+    assert s["randomness"] == "secret" and s["colluders"] == 1
     assert ledger_settings(cfg.replace(name="other", threads=1, seed=5)) == s  # not privacy settings
 
 

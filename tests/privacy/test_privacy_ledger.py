@@ -60,7 +60,7 @@ def test_new_ledger_is_wal_and_reopens(tmp_path: Path) -> None:
         assert led.run_id == "r1" and led.settings == SETTINGS and led.path == path
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert dict(raw.execute("SELECT key, value FROM meta")) == {"format": "privspk-ledger", "schema_version": "1"}
+        assert dict(raw.execute("SELECT key, value FROM meta")) == {"format": "privspk-ledger", "schema_version": "2"}
     with Ledger(path, run_id="r1", settings=SETTINGS) as again:
         assert [r.round for r in again.rows()] == [1]
     with Ledger(path, readonly=True) as ro:  # read-only inspection needs neither run id nor settings
@@ -306,7 +306,7 @@ def _wrong_columns(path: Path) -> None:
         (_foreign_sqlite, "an SQLite file but not a privspk ledger (no 'meta' table; tables: notes)"),
         (_truncated_ledger, "not a readable privspk ledger (database disk image is malformed)"),
         (_scribbled_ledger, "not a readable privspk ledger (database disk image is malformed)"),
-        (_wrong_version, "ledger schema version '99', this privspk reads 1"),
+        (_wrong_version, "ledger schema version '99', this privspk reads 2"),
         (_wrong_columns, "table spends has columns"),
     ],
 )
@@ -506,3 +506,30 @@ def test_bad_spend_values(overrides: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         spend(**overrides)
     assert needle in str(info.value)
+
+
+# --------------------------------------------------------------------------- randomness (issue 19, finding 2)
+def test_every_row_records_its_randomness_and_a_client_cannot_switch_it(ledger: Ledger, tmp_path: Path) -> None:
+    from privspk.privacy.ledger import SIMULATION_WARNING
+
+    ledger.record_spend(spend(randomness="simulation"))
+    ledger.record_spend(spend("c1"))
+    assert ledger.row("c0", 1).randomness == "simulation" and ledger.row("c1", 1).randomness == "secret"
+    with pytest.raises(LedgerError, match="randomness differ from the client's earlier rounds"):
+        ledger.record_spend(spend(rnd=2, randomness="secret"))
+    with pytest.raises(ConfigError, match="randomness must be one of secret, simulation"):
+        spend(randomness="run")
+    with open(ledger.export_csv(tmp_path / "l.csv"), newline="") as fh:
+        assert [r["randomness"] for r in csv.DictReader(fh)] == ["simulation", "secret"]
+    lines = ledger.table().splitlines()
+    assert SIMULATION_WARNING in lines[2] and SIMULATION_WARNING not in lines[3]
+
+
+def test_a_schema_1_ledger_without_randomness_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    Ledger(path, run_id="r1", settings=SETTINGS).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    for kwargs in ({"run_id": "r1", "settings": SETTINGS}, {"readonly": True}):
+        with pytest.raises(LedgerError, match="schema version 1 was written before each row recorded its randomness"):
+            Ledger(path, **kwargs)

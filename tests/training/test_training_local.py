@@ -20,6 +20,7 @@ from privspk.features.crops import CropDataset
 from privspk.models.heads import aam_softmax_loss
 from privspk.training.data import ClientData
 from privspk.training.local import DPSettings, sample_rate_for, train_local
+from privspk.training.randomness import RoundSeeds
 from training_support import client_data, state, tiny_net
 
 MODES = ("plain", "utterance", "speaker")
@@ -46,12 +47,12 @@ def _dp(mode: str, data: ClientData, *, batch_size: int, speaker_batch: int, sig
 
 
 def _run(mode, data, *, seed=0, steps=2, batch_size=4, physical_batch=2, speaker_batch=2, freeze_front=True,
-         sigma=1.0, clip=1.0, lr=1e-2, optimizer="adam", momentum=0.9, net=None, secret_noise=False):
+         sigma=1.0, clip=1.0, lr=1e-2, optimizer="adam", momentum=0.9, net=None, randomness="simulation"):
     net = net if net is not None else tiny_net(data.n_speakers, freeze_front=freeze_front)
     dp = _dp(mode, data, batch_size=batch_size, speaker_batch=speaker_batch, sigma=sigma, clip=clip)
     res = train_local(net, data, steps=steps, batch_size=batch_size, physical_batch=physical_batch, lr=lr,
                       optimizer=optimizer, momentum=momentum, crop_frames=20, speaker_batch=speaker_batch,
-                      dp=dp, seed=seed, secret_noise=secret_noise)
+                      dp=dp, seed=seed, randomness=randomness)
     return net, res
 
 
@@ -85,14 +86,24 @@ def test_each_mode_trains_only_the_trainable_parameters_and_is_deterministic(mod
 
 @pytest.mark.parametrize("mode", ["utterance", "speaker"])
 def test_secret_noise_cannot_be_replayed_from_the_seed(mode, data):
-    """With ``secret_noise`` the same seed (same batches) gives another noise draw each time;
-    without it, the noise is the seed's. Only the noise differs: at sigma 0 the runs agree."""
-    a, b = (state(_run(mode, data, seed=5, secret_noise=True)[0]) for _ in range(2))
+    """With ``secret`` randomness the same seed gives other draws each time; with ``simulation``
+    the draws are the seed's. At sigma 0 on a single full batch (every item, one possible crop)
+    only the noise could differ, and the secret and simulated runs agree."""
+    a, b = (state(_run(mode, data, seed=5, randomness="secret")[0]) for _ in range(2))
     seeded = state(_run(mode, data, seed=5)[0])
     trainable = [n for n, p in tiny_net(data.n_speakers, freeze_front=True).named_parameters() if p.requires_grad]
     assert any(not torch.equal(a[n], b[n]) for n in trainable), "two secret draws gave the same noise"
     assert any(not torch.equal(a[n], seeded[n]) for n in trainable), "the secret draw equals the seeded one"
-    quiet = [state(_run(mode, data, seed=5, sigma=0.0, secret_noise=flag)[0]) for flag in (True, False)]
+    one = client_data(4, 1, frames=30, seed=1)  # one utterance per speaker, 23..37 frames: one possible pick
+    fixed = ClientData.from_pairs(lambda u: one.getter(u)[:20], zip(one.utt_ids, (one.speakers[i] for i in
+                                                                                  one.labels)))
+    quiet = []
+    for flag in ("secret", "simulation"):
+        net = tiny_net(fixed.n_speakers, freeze_front=True)
+        dp = DPSettings(unit=mode, noise_multiplier=0.0, clip=1.0, sample_rate=1.0)
+        train_local(net, fixed, steps=2, batch_size=4, physical_batch=64, lr=1e-2, crop_frames=20,
+                    speaker_batch=1, dp=dp, seed=5, randomness=flag)
+        quiet.append(state(net))
     assert all(torch.equal(quiet[0][n], quiet[1][n]) for n in trainable)
 
 
@@ -178,7 +189,9 @@ def test_speaker_rate_gives_the_expected_batch(n_spk, batch, speaker_batch):
 
 # --------------------------------------------------------------------------- exact DP steps
 def _crops(data, *, epoch=0, seed=0, n_frames=20):
-    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=n_frames, seed=seed)
+    """The crops a simulated round with run seed ``seed`` takes in ``epoch``."""
+    crop_seed = RoundSeeds.draw("simulation", seed=seed).crops
+    ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=n_frames, seed=crop_seed)
     ds.set_epoch(epoch)
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     return torch.stack(xs), torch.tensor(ys)

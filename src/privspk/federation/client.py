@@ -179,9 +179,13 @@ class FederatedClient:
         from privspk.training.trunk import embedding_only, pooled_crops
 
         if trunk_crops and embedding_only(encoder):
-            # the trunk is frozen for the whole run: its pooled statistics are computed once, here
+            from privspk.training.randomness import RoundSeeds
+
+            # the trunk is frozen for the whole run: its pooled statistics are computed once, here, from
+            # crops drawn like the rounds' (secret unless train_args say randomness = "simulation")
+            crop_seed = RoundSeeds.draw(self.train_args.get("randomness", "secret"), seed=self.seed).crops
             data = data.with_pooled(pooled_crops(encoder, data.getter, data.utt_ids, crops=trunk_crops,
-                                                 crop_frames=crop_frames, seed=self.seed))
+                                                 crop_frames=crop_frames, seed=crop_seed))
             self.data = data
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
         if fixed_head:
@@ -273,7 +277,9 @@ class FederatedClient:
 
     def _submit(self, round_id: int, vector: np.ndarray) -> None:
         if vector.dtype.kind in "iu":  # distributed-DP integer codes go in as they are
-            self.endpoint.submit_integers(round_id, vector)
+            # the endpoint refuses a round that cannot guarantee the survivors whose noise the ledger counts
+            need = self.client_dp.required_survivors if self.client_dp is not None else None
+            self.endpoint.submit_integers(round_id, vector, min_survivors=need)
         else:
             self.endpoint.submit(round_id, vector)
 

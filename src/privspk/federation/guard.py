@@ -39,6 +39,7 @@ def ledger_settings(cfg: RunConfig) -> dict:
         "scheme": cfg.secagg.scheme, "recipe": cfg.train.recipe,
         "client_level": p.client_level, "client_epsilon": p.client_epsilon, "client_clip": p.client_clip,
         "client_noise": p.client_noise,
+        "randomness": p.randomness, "colluders": cfg.secagg.colluders,
     }
 
 
@@ -51,8 +52,10 @@ class LedgerGuard:
     """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger."""
 
     def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str, clip: float,
-                 client_budget: PrivacyBudget | None = None, client_mechanism=None) -> None:
+                 client_budget: PrivacyBudget | None = None, client_mechanism=None,
+                 randomness: str = "secret") -> None:
         self.ledger = ledger
+        self.randomness = randomness  # recorded in every row: "secret" or "simulation"
         self.client = client
         self.clip = clip
         self.client_mechanism = client_mechanism
@@ -73,7 +76,7 @@ class LedgerGuard:
         """Record the spend (with the update's digest) in one committed transaction."""
         row = self.guard.commit_spend(round_id, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
                                       steps=steps, clip=dp.clip, scheme=scheme, update_digest=_digest(update),
-                                      **self._client_level())
+                                      randomness=self.randomness, **self._client_level())
         return row.epsilon_after
 
     def client_epsilon(self) -> float | None:

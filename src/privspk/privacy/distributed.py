@@ -31,9 +31,11 @@ Accounting (client level, add/remove one client's update)
     to the current one counts (rounds the client sat out included), as in
     DP-FedAvg accounting; with ``sample_rate = 1`` only rounds taken part in count.
 
-    Only the noise of ``shares`` clients counts: choose the number of clients
-    whose noise is guaranteed to be in the sum and honest (e.g. the secure
-    aggregation threshold minus the clients that may collude).
+    Only the noise of ``shares`` clients counts: the number of clients whose
+    noise is guaranteed to be in the sum and honest, the secure aggregation
+    threshold minus the clients that may collude (:func:`guaranteed_noise_shares`);
+    each client refuses a round that cannot guarantee that many survivors
+    (:attr:`DistributedDP.required_survivors`).
 
 >>> rng = make_rng(7)
 >>> dp = DistributedDP(clip=1.0, scale=256.0, noise_multiplier=1.0, n_clients=4, dim=8)
@@ -73,6 +75,7 @@ __all__ = [
     "clip_update_l2",
     "conditional_round",
     "discrete_gaussian_pmf",
+    "guaranteed_noise_shares",
     "headroom_bits",
     "make_rng",
     "modulus_bits",
@@ -562,12 +565,20 @@ class DistributedDP:
         dim: update length.
         noise: ``"dgauss"`` or ``"skellam"``.
         beta: conditional-rounding failure probability per attempt (KLS21).
+        counted_shares: shares the accountant counts (default: all ``n_clients``); see
+            :func:`guaranteed_noise_shares`.
+        colluders: clients that may collude with the server (their shares are known to it).
+            With ``counted_shares`` they give :attr:`required_survivors`, the fewest surviving
+            clients a round must be guaranteed to open with for the count to hold.
 
     >>> dp = DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10)
     >>> round(dp.share_sigma, 3)
     50.0
     >>> dp.mechanism().shares
     4
+    >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10, counted_shares=2,
+    ...               colluders=1).required_survivors
+    3
     """
 
     clip: float
@@ -577,6 +588,8 @@ class DistributedDP:
     dim: int
     noise: str = "dgauss"
     beta: float = DEFAULT_BETA
+    counted_shares: int | None = None
+    colluders: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip", positive_float("clip", self.clip))
@@ -589,6 +602,13 @@ class DistributedDP:
         if not 0.0 <= beta < 1.0:
             raise ConfigError(f"beta must be in [0, 1), got {self.beta!r}")
         object.__setattr__(self, "beta", beta)
+        if type(self.colluders) is not int or self.colluders < 0:
+            raise ConfigError(f"colluders must be an int >= 0, got {self.colluders!r}")
+        if self.counted_shares is not None:
+            counted = positive_int("counted_shares", self.counted_shares)
+            if counted + self.colluders > self.n_clients:
+                raise ConfigError(f"counted_shares={counted} plus colluders={self.colluders} exceed "
+                                  f"n_clients={self.n_clients}")
         if self.noise == "dgauss" and self.share_sigma < 0.5:
             raise ConfigError(
                 f"each client's discrete Gaussian share would have sigma {self.share_sigma:.3g} < 0.5; "
@@ -611,8 +631,21 @@ class DistributedDP:
         l2 = self.l2_sensitivity
         return l2 * min(math.sqrt(self.dim), l2)
 
+    @property
+    def required_survivors(self) -> int:
+        """Surviving clients a round must be guaranteed to open with: counted shares + colluders.
+
+        A client refuses a round whose fewest possible survivors are below this
+        (``MaskClient.submit_integers(..., min_survivors=...)``).
+        """
+        counted = self.n_clients if self.counted_shares is None else self.counted_shares
+        return counted + self.colluders
+
     def mechanism(self, *, counted_shares: int | None = None) -> ClientLevelMechanism:
-        """The mechanism to account for, counting ``counted_shares`` shares (default: all)."""
+        """The mechanism to account for, counting ``counted_shares`` shares (default: the encoder's
+        ``counted_shares``, else all)."""
+        if counted_shares is None:
+            counted_shares = self.counted_shares
         shares = self.n_clients if counted_shares is None else positive_int("counted_shares", counted_shares)
         if shares > self.n_clients:
             raise ConfigError(f"counted_shares={shares} exceeds n_clients={self.n_clients}")
@@ -652,6 +685,31 @@ class DistributedDP:
             dim=self.dim,
             failure_prob=failure_prob,
         )
+
+
+def guaranteed_noise_shares(*, min_survivors: int, colluders: int) -> int:
+    """Honest noise shares an opened sum is guaranteed to hold.
+
+    A round opens with at least ``min_survivors`` clients (the secure aggregation
+    threshold); up to ``colluders`` of them may collude with the server, which then knows
+    and subtracts their shares. ConfigError when nothing is left.
+
+    >>> guaranteed_noise_shares(min_survivors=6, colluders=1)
+    5
+    >>> guaranteed_noise_shares(min_survivors=2, colluders=2)
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: a round can open with 2 survivors of which 2 may collude with the server: no honest noise share is guaranteed in the sum; use more clients or tolerate fewer colluders
+    """
+    min_survivors = positive_int("min_survivors", min_survivors)
+    if type(colluders) is not int or colluders < 0:
+        raise ConfigError(f"colluders must be an int >= 0, got {colluders!r}")
+    left = min_survivors - colluders
+    if left < 1:
+        raise ConfigError(f"a round can open with {min_survivors} survivors of which {colluders} may collude with "
+                          "the server: no honest noise share is guaranteed in the sum; use more clients or tolerate "
+                          "fewer colluders")
+    return left
 
 
 def plan_client_noise_multiplier(

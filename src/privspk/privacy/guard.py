@@ -352,8 +352,12 @@ class BudgetGuard:
         client_mechanism: ClientLevelMechanism | None = None,
         client_sample_rate: float | None = None,
         update_digest: str | None = None,
+        randomness: str = "secret",
     ) -> SpendRow:
         """Authorize the round again and record its spend (committed before the update may leave).
+
+        ``randomness`` is recorded with the row: ``secret`` or ``simulation`` (see
+        :mod:`privspk.training.randomness`).
 
         >>> g = _example_guard()
         >>> row = g.commit_spend(1, noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, scheme="bfv")
@@ -390,6 +394,7 @@ class BudgetGuard:
             clip=clip,
             scheme=scheme,
             speakers=tuple(speakers),
+            randomness=randomness,
             client_level=client_level,
             update_digest=update_digest,
         )

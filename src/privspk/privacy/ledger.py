@@ -3,7 +3,9 @@
 A row per (run, client, round) holds everything needed to recompute its epsilon
 later - accountant, noise multiplier, sampling rate, steps, delta, clipping
 bound, scheme, the privacy unit it protects, the client-level (distributed DP)
-mechanism when there is one - plus the epsilon after the round and the row's
+mechanism when there is one - plus the epsilon after the round, the row's
+randomness (``secret``: the round's noise and sampling came from the OS CSPRNG;
+``simulation``: from the run's seed, the epsilon then assumes nothing) and the row's
 status:
 
 ``spent`` -> ``released`` -> ``aggregated``, or -> ``abandoned``.
@@ -61,8 +63,16 @@ from privspk.privacy.accounting import (
 from privspk.privacy.budget import PRIVACY_UNITS
 from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound, client_level_epsilon
 
+RANDOMNESS_MODES: tuple[str, ...] = ("secret", "simulation")
+"""Where a round's noise and sampling came from: the OS CSPRNG, or the run's seed (reproducible)."""
+
+SIMULATION_WARNING = "simulation randomness: ε assumes nothing, not valid for a deployment"
+"""Printed beside every epsilon of a run whose random choices derive from its seed."""
+
 __all__ = [
     "LEDGER_FORMAT",
+    "RANDOMNESS_MODES",
+    "SIMULATION_WARNING",
     "SCHEMA_VERSION",
     "STATUSES",
     "EXPORT_COLUMNS",
@@ -77,7 +87,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LEDGER_FORMAT = "privspk-ledger"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES: tuple[str, ...] = ("spent", "released", "aggregated", "abandoned")
 
 _NEXT_STATUS: dict[str, tuple[str, ...]] = {
@@ -113,6 +123,7 @@ _SCHEMA: dict[str, str] = {
         note TEXT,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
+        randomness TEXT NOT NULL CHECK (randomness IN ('secret', 'simulation')),
         UNIQUE (run_id, client, round)
     )""",
     "spend_speakers": """CREATE TABLE spend_speakers (
@@ -132,6 +143,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
         "run_id", "client", "round", "unit", "accountant", "noise_multiplier", "sample_rate", "steps", "delta",
         "epsilon_after", "client_noise_multiplier", "client_sample_rate", "client_delta", "client_epsilon_after",
         "client_mechanism", "clip", "scheme", "update_digest", "status", "note", "created_at", "updated_at",
+        "randomness",
     ),
     "spend_speakers": ("run_id", "client", "round", "speaker"),
 }
@@ -252,6 +264,8 @@ class Spend:
         speakers: speakers eligible in this round (empty: all of the client's).
         client_level: the distributed-DP part, if any.
         update_digest: :func:`digest_update` of the exact bytes to be released.
+        randomness: ``"secret"`` (noise and sampling from the OS CSPRNG) or ``"simulation"``
+            (from the run's seed: the epsilon assumes nothing).
 
     >>> Spend(client="c0", round=0, unit="utterance", accountant="rdp", noise_multiplier=1.0,
     ...       sample_rate=0.1, steps=5, delta=1e-5, epsilon_after=1.0, clip=1.0, scheme="mask")
@@ -274,9 +288,12 @@ class Spend:
     speakers: tuple[str, ...] = ()
     client_level: ClientLevelSpend | None = None
     update_digest: str | None = None
+    randomness: str = "secret"
 
     def __post_init__(self) -> None:
         nonempty_str("client", self.client)
+        if self.randomness not in RANDOMNESS_MODES:
+            raise ConfigError(f"randomness must be one of {', '.join(RANDOMNESS_MODES)}, got {self.randomness!r}")
         object.__setattr__(self, "round", positive_int("round", self.round))
         if self.unit not in PRIVACY_UNITS:
             raise ConfigError(f"unit must be one of {', '.join(PRIVACY_UNITS)}, got {self.unit!r}")
@@ -360,6 +377,7 @@ class SpendRow(Spend):
             "note": self.note,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "randomness": self.randomness,
         }
         return {k: out[k] for k in EXPORT_COLUMNS}
 
@@ -483,6 +501,13 @@ class Ledger:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != LEDGER_FORMAT:
             raise LedgerError(f"{self._path}: not a privspk ledger (format {meta.get('format')!r}); left untouched")
+        if meta.get("schema_version") == "1":
+            raise LedgerError(
+                f"{self._path}: ledger schema version 1 was written before each row recorded its randomness, so "
+                "its rows cannot say whether their epsilon assumed secret noise and sampling (privspk's default "
+                "then replayed both from the run's seed); read it with the privspk version that wrote it, and start "
+                "a new run (new ledger) to train on"
+            )
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise LedgerError(
                 f"{self._path}: ledger schema version {meta.get('schema_version')!r}, this privspk reads "
@@ -651,6 +676,7 @@ class Ledger:
                 speakers=speakers,
                 client_level=client_level,
                 update_digest=d["update_digest"],
+                randomness=d["randomness"],
                 status=d["status"],
                 note=d["note"],
                 created_at=d["created_at"],
@@ -781,7 +807,7 @@ class Ledger:
             now = _now()
             cl = spend.client_level
             conn.execute(
-                f"INSERT INTO spends ({', '.join(_COLUMNS['spends'])}) VALUES ({', '.join('?' * 22)})",
+                f"INSERT INTO spends ({', '.join(_COLUMNS['spends'])}) VALUES ({', '.join('?' * len(_COLUMNS['spends']))})",
                 (
                     self.run_id, spend.client, spend.round, spend.unit, spend.accountant, spend.noise_multiplier,
                     spend.sample_rate, spend.steps, spend.delta, spend.epsilon_after,
@@ -790,7 +816,7 @@ class Ledger:
                     None if cl is None else cl.delta,
                     None if cl is None else cl.epsilon_after,
                     None if cl is None else json.dumps(cl.mechanism.to_dict(), sort_keys=True),
-                    spend.clip, spend.scheme, spend.update_digest, "spent", None, now, now,
+                    spend.clip, spend.scheme, spend.update_digest, "spent", None, now, now, spend.randomness,
                 ),
             )
             conn.executemany(
@@ -819,7 +845,7 @@ class Ledger:
             raise LedgerError(f"{where}: rounds must increase, the client's last recorded round is {last.round}")
         changed = [
             name
-            for name in ("unit", "accountant", "delta")
+            for name in ("unit", "accountant", "delta", "randomness")
             if getattr(spend, name) != getattr(last, name)
         ]
         if changed:
@@ -1043,12 +1069,14 @@ class Ledger:
         >>> _ = led.record_spend(_example_spend())
         >>> print(led.table())
         run demo: epsilon per row's unit at its delta; client_eps per client
-        client  round  unit       acct  sigma  q     steps  delta  epsilon  client_eps  clip  scheme  status
-        c0      1      utterance  rdp   1.1    0.05  20     1e-05  0.5000   -           1     mask    spent
+        client  round  unit       acct  sigma  q     steps  delta  epsilon  client_eps  clip  scheme  status  randomness
+        c0      1      utterance  rdp   1.1    0.05  20     1e-05  0.5000   -           1     mask    spent   secret
+
+        Rows with ``simulation`` randomness carry :data:`SIMULATION_WARNING` beside their epsilon.
         """
         rows = self.rows(client)
         header = ("client", "round", "unit", "acct", "sigma", "q", "steps", "delta", "epsilon", "client_eps",
-                  "clip", "scheme", "status")
+                  "clip", "scheme", "status", "randomness")
         lines = [header]
         for r in rows:
             cl = r.client_level
@@ -1056,6 +1084,7 @@ class Ledger:
                 r.client, str(r.round), r.unit, r.accountant, f"{r.noise_multiplier:.4g}", f"{r.sample_rate:.4g}",
                 str(r.steps), f"{r.delta:.0e}", f"{r.epsilon_after:.4f}",
                 "-" if cl is None else f"{cl.epsilon_after:.4f}", f"{r.clip:g}", r.scheme, r.status,
+                r.randomness if r.randomness == "secret" else f"{r.randomness} ({SIMULATION_WARNING})",
             ))
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         out = [f"run {self.run_id}: epsilon per row's unit at its delta; client_eps per client"]

@@ -120,6 +120,7 @@ class MaskClient(ClientEndpoint):
         self._rng = rng
         self._updates: dict[int, np.ndarray] = {}
         self._codes: dict[int, np.ndarray] = {}
+        self._min_survivors: dict[int, int] = {}
         self._rounds: dict[tuple[str, int], _RoundState] = {}
         self._closed: set[tuple[str, int]] = set()
 
@@ -140,11 +141,14 @@ class MaskClient(ClientEndpoint):
         self._codes.pop(round_id, None)
         self._updates[round_id] = u.copy()
 
-    def submit_integers(self, round_id: int, codes: np.ndarray) -> None:
+    def submit_integers(self, round_id: int, codes: np.ndarray, *, min_survivors: int | None = None) -> None:
         """Store already-quantised signed integer codes (e.g. with distributed-DP noise added).
 
         Codes are in units of ``scheme.quantiser(K).scale``; with ``noise_headroom_bits = h``
         each must satisfy ``|code| < 2**(bits - 1 + h)`` (checked when masked).
+        ``min_survivors``: the codes carry a noise share counted on an opened sum of at least
+        this many clients; a round announced with a threshold below it (a sum could open with
+        fewer) is refused at its first message, before anything is sent.
 
         >>> from privspk.secagg import build_scheme
         >>> build_scheme("mask").client("a").submit_integers(0, np.array([0.5]))
@@ -156,8 +160,13 @@ class MaskClient(ClientEndpoint):
         if c.ndim != 1 or c.size == 0 or c.dtype.kind not in "iu":
             raise ConfigError(f"client {self.client_id}: integer codes must be a non-empty 1-D integer array, "
                               f"got {c.dtype}")
+        if min_survivors is not None and (type(min_survivors) is not int or min_survivors < 1):
+            raise ConfigError(f"client {self.client_id}: min_survivors must be a positive int, got {min_survivors!r}")
         self._updates.pop(round_id, None)
         self._codes[round_id] = c.astype(np.int64)
+        self._min_survivors.pop(round_id, None)
+        if min_survivors is not None:
+            self._min_survivors[round_id] = min_survivors
 
     # -- the state machine --------------------------------------------------------------------
 
@@ -215,6 +224,12 @@ class MaskClient(ClientEndpoint):
             raise ProtocolError(f"client {self.client_id} has no update for round {p.round_id}", client=SERVER)
         if have.shape[0] != p.dim:
             raise ProtocolError(f"server asks for dim {p.dim}, the update has {have.shape[0]}", client=SERVER)
+        need = self._min_survivors.get(p.round_id) if p.round_id in self._codes else None
+        if need is not None and p.threshold < need:
+            raise ProtocolError(f"the announced round of {len(clients)} clients can open its sum with {p.threshold} "
+                                f"survivors, but this client's distributed-DP noise share was counted on {need} "
+                                "(honest noise shares plus colluders): refusing the round, nothing sent",
+                                client=SERVER)
         state = _RoundState(params=p, stage=Stage.ADVERTISE, c_key=RoundKeyPair.generate(),
                             s_key=RoundKeyPair.generate(), seed=secrets.token_bytes(SEED_BYTES))
         c_pk, s_pk = state.c_key.public_bytes(), state.s_key.public_bytes()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from privspk.errors import ConfigError
 from privspk.features.crops import CropDataset
 from privspk.models.heads import aam_softmax_loss
 from privspk.training.data import ClientData
+from privspk.training.randomness import RoundSeeds
 from privspk.training.speaker_dp import clip_group_sum
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def train_local(
     scale: float = 30.0,
     seed: int = 0,
     ema: float = 0.0,
-    secret_noise: bool = False,
+    randomness: str = "secret",
 ) -> LocalResult:
     """Train ``net`` in place for ``steps`` optimizer steps on ``data``.
 
@@ -188,8 +188,11 @@ def train_local(
     DP-SGD step of the given mechanism; ``steps`` is the number of noisy releases the
     accountant must charge. ``ema`` > 0 returns the exponential moving average (that
     decay) of the trainable parameters over this round's steps instead of the last iterate.
-    The DP noise generator is seeded from ``seed`` (a repeatable simulation) or, with
-    ``secret_noise``, from the operating system's CSPRNG (nobody can regenerate the noise).
+    ``randomness`` (see :mod:`privspk.training.randomness`): ``secret`` (default) draws the
+    round's noise, Poisson batch membership, speaker sample and crops from generators seeded
+    by the operating system's CSPRNG, one per use (nobody can replay them, ``seed`` only
+    seeds the global torch generator); ``simulation`` derives them from ``seed`` (a run
+    repeats bit for bit; its epsilon assumes nothing).
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
@@ -201,21 +204,21 @@ def train_local(
     net.train()
     start = time.perf_counter()
     averager = ParamEMA(params, decay=ema) if ema else None
-    noise_seed = secrets.randbits(63) if secret_noise else seed
+    draws = RoundSeeds.draw(randomness, seed=seed)
     if dp is None:
         losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
                                     optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                    margin=margin, scale=scale, seed=seed, ema=averager)
+                                    margin=margin, scale=scale, draws=draws, ema=averager)
     elif dp.unit == "utterance":
         losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                            lr=lr, optimizer=optimizer, momentum=momentum,
-                                           crop_frames=crop_frames, margin=margin, scale=scale, seed=seed,
-                                           noise_seed=noise_seed, ema=averager)
+                                           crop_frames=crop_frames, margin=margin, scale=scale, draws=draws,
+                                           ema=averager)
     else:
         losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
                                          lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                         speaker_batch=speaker_batch, margin=margin, scale=scale, seed=seed,
-                                         noise_seed=noise_seed, ema=averager)
+                                         speaker_batch=speaker_batch, margin=margin, scale=scale, draws=draws,
+                                         ema=averager)
     if averager is not None:
         averager.apply()
     seconds = time.perf_counter() - start
@@ -224,11 +227,11 @@ def train_local(
                        step_seconds=seconds / steps, examples=n_ex, dp=dp)
 
 
-def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, seed,
+def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, draws,
                  ema=None):
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
-    ds = _dataset(data, crop_frames=crop_frames, seed=seed)
-    rng = np.random.default_rng(seed)
+    ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
+    rng = draws.numpy("sampling")
     losses, n_ex = [], 0
     order = np.array([], dtype=np.int64)
     epoch = 0
@@ -254,20 +257,22 @@ def _batch(ds: CropDataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                        margin, scale, seed, noise_seed, ema=None):
-    """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode."""
+                        margin, scale, draws, ema=None):
+    """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode.
+
+    Opacus' Poisson sampler takes the loader's own generator (else torch's global one)."""
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader
 
     from privspk.models.heads import AAMSoftmaxLoss
 
-    ds = _dataset(data, crop_frames=crop_frames, seed=seed)
+    ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
     n_batches = round(1.0 / dp.sample_rate)
-    loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches))
+    loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches), generator=draws.torch("sampling"))
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     engine = PrivacyEngine(accountant="rdp")
-    gen = torch.Generator().manual_seed(noise_seed)
+    gen = draws.torch("noise")
     # Fast gradient clipping ("ghost": per-sample norms without per-sample gradients) needs
     # non-empty batches; below an expected batch of 32 an empty Poisson batch is plausible,
     # so small batches use per-sample-gradient hooks, which handle it.
@@ -284,6 +289,8 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
         model_p, opt_p, criterion, loader_p = made
     else:
         model_p, opt_p, loader_p = made
+    if getattr(loader_p.batch_sampler, "generator", None) is not loader.generator:  # pragma: no cover - Opacus API
+        raise ConfigError("Opacus' Poisson sampler does not use the round's sampling generator")
     if abs(loader_p.sample_rate - dp.sample_rate) > 1e-9:
         raise ConfigError(f"Opacus sampled at q={loader_p.sample_rate}, the plan says {dp.sample_rate}")
     losses, n_ex, done, epoch = [], 0, 0, 0
@@ -317,14 +324,14 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
 
 
 def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                      speaker_batch, margin, scale, seed, noise_seed, ema=None):
+                      speaker_batch, margin, scale, draws, ema=None):
     """Speaker-level DP-SGD: Poisson over speakers, per-speaker clipping of summed gradients."""
     from opacus.grad_sample import GradSampleModule
 
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
-    ds = _dataset(data, crop_frames=crop_frames, seed=seed)
-    rng = np.random.default_rng([seed, 1])
-    gen = torch.Generator().manual_seed(noise_seed)
+    ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
+    rng = draws.numpy("sampling")
+    gen = draws.torch("noise")
     expected_speakers = dp.sample_rate * data.n_speakers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
