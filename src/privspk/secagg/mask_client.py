@@ -38,7 +38,6 @@ from privspk.secagg.keys import (
     KeyRegistry,
     RoundKeyPair,
     advert_message,
-    confirm_message,
     open_sealed,
     seal,
 )
@@ -53,6 +52,7 @@ from privspk.secagg.mask_protocol import (
     RoundParams,
     Stage,
     check_transition,
+    confirm_statement,
     id_list,
     message,
     parse,
@@ -290,7 +290,7 @@ class MaskClient(ClientEndpoint):
         if body:
             raise ProtocolError(f"a confirm request has no body, got {len(body)} bytes", client=SERVER)
         state.confirmed = survivors
-        return self._reply(p, Stage.CONFIRM, body=self._identity.sign(confirm_message(p.digest, survivors)))
+        return self._reply(p, Stage.CONFIRM, body=self._identity.sign(confirm_statement(p.digest, header)))
 
     def _unmask(self, state: _RoundState, header: dict, body: bytes) -> bytes:
         p, me = state.params, self.client_id
@@ -324,7 +324,7 @@ class MaskClient(ClientEndpoint):
         if len(signers) < p.threshold:
             raise ProtocolError(f"only {len(signers)} neighbours confirmed the survivor set, threshold "
                                 f"{p.threshold}: refusing to reveal shares", client=SERVER)
-        msg = confirm_message(p.digest, survivors)
+        msg = confirm_statement(p.digest, header)
         for i, w in enumerate(signers):
             self._registry.verify(w, body[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES], msg)
         b_of = [w for w in survivors if w in state.held]

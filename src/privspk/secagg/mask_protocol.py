@@ -42,7 +42,7 @@ from typing import Any
 
 from privspk.errors import ConfigError, ProtocolError
 from privspk.secagg.graph import Graph, default_degree, neighbourhood_graph, threshold_for
-from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, encode_ids, sealed_size
+from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, confirm_message, encode_ids, sealed_size
 from privspk.secagg.quantise import Quantiser, headroom_for
 from privspk.secagg.wire import ENVELOPE_FIELDS, check_fields, expect, pack
 
@@ -305,6 +305,15 @@ REPLY_FIELDS: dict[str, dict[str, type]] = {
     Stage.UNMASK: {"b_of": list, "s_of": list},
 }
 _WIRE_FIELDS = {**ENVELOPE_FIELDS, "body_len": int, "body_sha256": str}
+
+
+def confirm_statement(digest: bytes, view: Mapping[str, Any]) -> bytes:
+    """The bytes a client signs at ``confirm`` for the view in a confirm or unmask request.
+
+    >>> confirm_statement(bytes(32), {"survivors": ["a", "b"]}) == confirm_statement(bytes(32), {"survivors": ["a"]})
+    False
+    """
+    return confirm_message(digest, view["survivors"])
 
 
 def check_stage_fields(header: Mapping[str, Any], fields: Mapping[str, type], *, client: str | None) -> None:
