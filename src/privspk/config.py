@@ -256,15 +256,28 @@ class PrivacySection:
 
 @dataclass(frozen=True)
 class SecAggSection:
-    """Aggregation scheme by name, with its own options (see each scheme's ``Config``)."""
+    """Aggregation scheme by name, with its own options (see each scheme's ``Config``).
+
+    ``colluders`` is how many clients may collude with the server without letting it
+    open any one honest update (``mask``: the Shamir threshold is raised to
+    ``2t - n > colluders`` and smaller rounds are refused; default 1, so one client
+    run by the server operator is covered). Client-level DP noise accounting does not
+    count these clients' noise shares.
+    """
 
     scheme: str = "plain"
     options: dict = field(default_factory=dict)
+    colluders: int = 1
 
     def check(self) -> list[str]:
+        errs = []
         if self.scheme not in ("plain", "mask", "ckks", "bfv"):
-            return [f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}"]
-        return []
+            errs.append(f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}")
+        if type(self.colluders) is not int or self.colluders < 0:
+            errs.append(f"colluders must be an int >= 0, got {self.colluders!r}")
+        if "colluders" in self.options:
+            errs.append("set the number of colluders as [secagg] colluders, not in [secagg.options]")
+        return errs
 
 
 @dataclass(frozen=True)

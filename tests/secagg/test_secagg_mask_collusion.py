@@ -10,12 +10,23 @@ result means missing keys, not a broken attack.
 from __future__ import annotations
 
 import hashlib
+import re
+from pathlib import Path
 
+import numpy as np
+import pytest
 from mask_attack import Attack
+from secagg_support import client_ids
 
-from privspk.secagg.graph import _ring_order
+from privspk.api import _scheme_options
+from privspk.config import RunConfig
+from privspk.errors import ConfigError, ProtocolError
+from privspk.secagg import RoundSpec, build_scheme
+from privspk.secagg.graph import _ring_order, threshold_for, tolerated_colluders
 from privspk.secagg.keys import RoundKeyPair
-from privspk.secagg.mask_protocol import Stage
+from privspk.secagg.mask import MaskScheme
+from privspk.secagg.mask_protocol import MaskConfig, Stage, message
+from privspk.secagg.simulate import run_round
 
 
 def test_the_attack_opens_an_update_exactly_given_its_keys() -> None:
@@ -41,7 +52,8 @@ def test_split_view_with_a_colluder_k3() -> None:
     attack.confirm(views)
     attack.unmask(views)
     assert attack.recover() == {}
-    assert set(attack.refused) == {"c00", "c01"}
+    assert {c: st for c, (st, _) in attack.refused.items()} == {"c00": Stage.UNMASK, "c01": Stage.UNMASK}
+    assert not attack.revealed
 
 
 def test_split_view_with_a_colluder_k5() -> None:
@@ -78,6 +90,7 @@ def test_sender_list_attack_k5() -> None:
     attack.confirm(views)
     attack.unmask(views)
     assert attack.recover() == {}
+    assert {c: st for c, (st, _) in attack.refused.items()} == {h: Stage.COLLECT for h in attack.honest}
 
 
 def test_sender_list_attack_at_a_threshold_the_old_code_also_had() -> None:
@@ -97,6 +110,9 @@ def test_sender_list_attack_at_a_threshold_the_old_code_also_had() -> None:
         attack.confirm(views)
         attack.unmask(views)
         assert attack.recover() == {}, f"victim {victim}"
+        stage, reason = attack.refused[victim]
+        assert stage == Stage.CONFIRM and "refusing to sign" in reason  # the sender list is bound
+        assert not attack.revealed  # 3 signers (kept + colluders) < t: nobody reveals anything
 
 
 def test_sparse_graph_split_view_passes_the_signature_check_but_not_the_share_count() -> None:
@@ -125,3 +141,62 @@ def test_sparse_graph_split_view_passes_the_signature_check_but_not_the_share_co
     assert set(ring[-5:]) | set(ring[2:6]) <= attack.revealed  # v's other holders revealed: the views passed
     assert attack.recover() == {}
     assert len(attack.s[v]) < attack.t and len(attack.b[v]) < attack.t
+
+
+def test_rounds_too_small_for_the_colluders_are_refused() -> None:
+    """K = 2 with one colluder tolerated: refused by the server and, if announced, by the client.
+    With colluders = 0 (no client colludes, stated explicitly) a 2-client round still runs."""
+    scheme = build_scheme("mask")
+    spec = RoundSpec(run_id="r", round_id=0, clients=("a", "b"), dim=2)
+    with pytest.raises(ConfigError, match=r"cannot tolerate 1 colluding client\(s\).*lower \[secagg\] colluders"):
+        scheme.server_round(spec)
+    with pytest.raises(ConfigError, match="cannot tolerate 2"):
+        build_scheme("mask", {"colluders": 2}).min_survivors(3)
+    client = scheme.client("a")
+    client.submit_integers(0, np.array([1, 2]))
+    advertise = message(run="r", round_id=0, stage=Stage.ADVERTISE, sender="server",
+                        fields={"clients": ["a", "b"], "dim": 2})
+    with pytest.raises(ProtocolError, match="cannot be masked: secrets held by 2 clients cannot tolerate"):
+        client.handle(advertise)
+    open_two = build_scheme("mask", {"colluders": 0, "bits": 12})
+    eps = {c: open_two.client(c) for c in spec.clients}
+    for i, c in enumerate(spec.clients):
+        eps[c].submit_integers(0, np.array([10 * i + 1, -3]))
+    res = run_round(open_two, spec, eps)
+    assert np.rint(res.total * open_two.quantiser(2).scale).tolist() == [12.0, -6.0]
+
+
+def test_colluders_is_a_secagg_config_key_passed_to_the_mask_scheme() -> None:
+    cfg = RunConfig.from_dict({"secagg": {"scheme": "mask", "colluders": 2}, "federation": {"n_clients": 5}})
+    assert cfg.secagg.colluders == 2 and RunConfig().secagg.colluders == 1
+    scheme = build_scheme("mask", _scheme_options(cfg))
+    assert scheme.config.colluders == 2 and scheme.min_survivors(5) == 4
+    for bad, match in (({"colluders": -1}, "colluders must be an int >= 0"),
+                       ({"colluders": 1.5}, "colluders"),
+                       ({"options": {"colluders": 0}}, r"\[secagg\] colluders, not in \[secagg.options\]")):
+        with pytest.raises(ConfigError, match=match):
+            RunConfig.from_dict({"secagg": {"scheme": "mask", **bad}})
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_threat_model_threshold_table_matches_the_code() -> None:
+    """Every row of the threat model's "Collusion thresholds of `mask`" table, recomputed."""
+    text = (ROOT / "threat_model" / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Collusion thresholds of `mask`", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if re.match(r"\| \d+ \|", r)]
+    assert [int(r.split("|")[1]) for r in rows] == [3, 5, 10, 16, 17, 32, 50, 1000]
+    cfg = MaskConfig()
+    assert cfg.colluders == 1  # the table is for the default
+    for row in rows:
+        k, graph, n, t, tol, surv, drop, old = (c.strip() for c in row.strip("|").split("|"))
+        k = int(k)
+        holders, need = cfg.holders(k), cfg.shares_needed(k)
+        params = MaskScheme(cfg).round_params(RoundSpec(run_id="r", round_id=0, clients=client_ids(k), dim=1))
+        assert (int(n), int(t)) == (holders, need) == (params.graph.degree + 1, params.threshold), row
+        assert graph == ("complete" if holders == k else f"SecAgg+, degree {holders - 1}"), row
+        assert int(tol) == cfg.tolerated_colluders(k) == tolerated_colluders(holders, need), row
+        assert int(surv.split()[0]) == MaskScheme(cfg).min_survivors(k) == need, row
+        assert int(drop.split()[0]) == MaskScheme(cfg).dropout_tolerance(k) == holders - need, row
+        assert int(old) == threshold_for(holders, 0.5), row  # the strict majority used before

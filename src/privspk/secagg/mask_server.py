@@ -61,9 +61,9 @@ class MaskServerRound(ServerRound):
     """The server state machine of one masked round (create it with ``MaskScheme.server_round``).
 
     >>> from privspk.secagg.mask import MaskScheme
-    >>> srv = MaskScheme(MaskConfig()).server_round(RoundSpec(run_id="r", round_id=0, clients=("a", "b"), dim=8))
+    >>> srv = MaskScheme(MaskConfig()).server_round(RoundSpec(run_id="r", round_id=0, clients=("a", "b", "c"), dim=8))
     >>> srv.stage, sorted(srv.outbox())
-    ('advertise', ['a', 'b'])
+    ('advertise', ['a', 'b', 'c'])
     >>> srv.receive("a", b"junk")
     Traceback (most recent call last):
     ...
@@ -196,7 +196,7 @@ class MaskServerRound(ServerRound):
 
     def _view(self) -> dict[str, list[str]]:
         """The round's view that clients confirm (and see again at unmask)."""
-        return {"survivors": sorted(self._survivors)}
+        return {"survivors": sorted(self._survivors), "shared": sorted(self._u2)}
 
     def _dropped_of(self, c: str) -> list[str]:
         return sorted(set(self.params.graph.neighbours(c)) & self._dropped_needed)
