@@ -143,6 +143,29 @@ def test_sparse_graph_split_view_passes_the_signature_check_but_not_the_share_co
     assert len(attack.s[v]) < attack.t and len(attack.b[v]) < attack.t
 
 
+def test_sparse_graph_split_view_on_the_neighbours_keys_opens_nothing() -> None:
+    """Finding 6b, the other route: open w's vector through its neighbours' mask keys rather than its
+    own. K = 32, degree 10, colluder c next to w. The left half of the ring (and w) is shown w's right
+    neighbours dropped, the right half is shown w's left neighbours dropped, so w's seed is revealed by
+    everyone and each neighbour's key by the other side. Every neighbour's key stays below t: the
+    holders that could call it dropped are split between the two views (this attack family also fails
+    at the old t = 6; it is a check of the claim, not of the fix)."""
+    probe = Attack(32, colluders=set(), seed=17)
+    ring = _ring_order(probe.p.clients, hashlib.sha256(b"privspk/mask/graph" + probe.p.digest).digest())
+    w, c = ring[0], ring[1]
+    attack = Attack(32, colluders={c}, seed=17)
+    everyone = attack.spec.clients
+    lefts, rights = ring[-5:], ring[2:6]  # w's honest neighbours
+    attack.collect()
+    views = {**{u: ([x for x in everyone if x not in rights], everyone) for u in [w, *ring[17:]]},
+             **{u: ([x for x in everyone if x not in lefts], everyone) for u in ring[2:17]}}
+    attack.confirm(views)
+    attack.unmask(views)
+    assert w in attack.revealed and len(attack.b[w]) >= attack.t  # w's seed is out ...
+    assert max(len(attack.s[v]) for v in [*lefts, *rights]) < attack.t  # ... but no neighbour's key
+    assert attack.recover() == {}
+
+
 def test_rounds_too_small_for_the_colluders_are_refused() -> None:
     """K = 2 with one colluder tolerated: refused by the server and, if announced, by the client.
     With colluders = 0 (no client colludes, stated explicitly) a 2-client round still runs."""
