@@ -62,6 +62,7 @@ except ModuleNotFoundError:  # a source checkout run without installing the pack
 from privspk.errors import ConfigError, PrivspkError, ProtocolError
 from privspk.secagg import KEYHOLDER, RoundSpec, build_scheme
 from privspk.secagg.graph import default_degree, threshold_for
+from privspk.secagg.mask_protocol import MaskConfig
 
 log = logging.getLogger("secagg_cost")
 
@@ -113,7 +114,7 @@ class Variant:
 
     >>> v = resolve("mask", 50)
     >>> v.options["degree"], v.holders, v.threshold
-    (None, 13, 7)
+    (None, 13, 8)
     >>> resolve("flower_sparse", 50).holders, resolve("flower_complete", 50).holders
     (13, 50)
     """
@@ -139,10 +140,11 @@ def resolve(name: str, n_clients: int) -> Variant:
     SecAgg+); ``mask16``: 16-bit values; ``mask_complete`` / ``mask_sparse``: the graph
     forced complete / to degree ``2 ceil(log2 K)``; ``flower_complete`` /
     ``flower_sparse``: Flower with ``num_shares`` equal to the holders of those two
-    and privspk's threshold (a strict majority of the holders).
+    and privspk's threshold (the library's: ``2t - n > colluders`` for the default
+    ``colluders``, and a strict majority), capped at ``num_shares - 1`` as Flower requires.
 
     >>> resolve("mask_sparse", 10).holders, resolve("mask_sparse", 10).threshold
-    (9, 5)
+    (9, 6)
     >>> resolve("nope", 10)
     Traceback (most recent call last):
     ...
@@ -164,12 +166,13 @@ mask_sparse, ckks, bfv, flower_complete, flower_sparse
         bits: int | str = 16 if name == "mask16" else "auto"
         opts = {"clip": CLIP, "bits": bits, "degree": degree}
         holders = min(default_degree(k) if degree is None else degree, k - 1) + 1
-        t = threshold_for(holders, 0.5)
         cfg = build_scheme("mask", opts).config
+        t = cfg.shares_needed(k)
         key = ("mask", cfg.value_bits(k), holders)
         return Variant(name, "privspk", "mask", opts, holders, t, key)
     holders = k if name == "flower_complete" else sparse_degree(k) + 1
-    t = threshold_for(holders, 0.5)
+    # Flower needs t < num_shares: where privspk's t is all holders (K = 3), Flower runs with one fewer.
+    t = min(holders - 1, threshold_for(holders, 0.5, colluders=MaskConfig().colluders))
     return Variant(name, "flower", "flower", {"num_shares": holders, "reconstruction_threshold": t},
                    holders, t, ("flower", holders, t))
 
@@ -671,7 +674,7 @@ def dropout_tolerance(variant: Variant, n_clients: int) -> int:
     """Dropouts a round of ``variant`` always survives (holders minus threshold; K - 1 without sharing).
 
     >>> dropout_tolerance(resolve("mask", 10), 10), dropout_tolerance(resolve("flower_sparse", 50), 50)
-    (4, 6)
+    (4, 5)
     """
     if variant.holders is None:
         return n_clients - 2

@@ -114,7 +114,8 @@ def test_result_and_report_fields(finished):
                        delta=1e-5)
         assert e == pytest.approx(want, rel=1e-9)
         assert e >= 3.0 - 0.011  # the plan uses the budget (within the planner's tolerance)
-    assert rep["secagg"] == {"scheme": "mask", "options": {"clip": cfg.federation.update_clip}}
+    assert rep["secagg"] == {"scheme": "mask", "options": {"clip": cfg.federation.update_clip,
+                                                           "colluders": cfg.secagg.colluders}}
     assert rep["trainable_parameters"] > 0
     assert json.loads((res.run_dir / "report.json").read_text()) == json.loads(json.dumps(rep, default=str))
     assert RunConfig.load(res.run_dir / "config.toml") == cfg

@@ -249,7 +249,7 @@ def test_secagg_colluders_defaults_to_one_and_is_checked():
 
     assert RunConfig().secagg.colluders == 1
     assert RunConfig.from_toml('[secagg]\ncolluders = 2\n').secagg.colluders == 2
-    with pytest.raises(ConfigError, match="colluders must be >= 0"):
+    with pytest.raises(ConfigError, match="colluders must be an int >= 0"):
         RunConfig.from_toml('[secagg]\ncolluders = -1\n')
 
 

@@ -172,6 +172,8 @@ def _scheme_options(cfg: RunConfig) -> dict:
     opts = dict(cfg.secagg.options)
     if cfg.secagg.scheme in ("mask", "bfv", "ckks") and "clip" not in opts:
         opts["clip"] = cfg.federation.update_clip
+    if cfg.secagg.scheme == "mask":
+        opts["colluders"] = cfg.secagg.colluders
     return opts
 
 

@@ -267,9 +267,11 @@ HE_TRUST = "no-client-colludes-with-server"
 class SecAggSection:
     """Aggregation scheme by name, with its own options (see each scheme's ``Config``).
 
-    ``colluders`` is the number of clients that may collude with the server (n_C): their
-    distributed-DP noise shares are known to it, so client-level DP counts only the noise
-    of the guaranteed survivors minus ``colluders``.
+    ``colluders`` is how many clients may collude with the server without letting it
+    open any one honest update (``mask``: the Shamir threshold is raised to
+    ``2t - n > colluders`` and smaller rounds are refused; default 1, so one client
+    run by the server operator is covered). Client-level DP noise accounting does not
+    count these clients' noise shares.
     """
 
     scheme: str = "plain"
@@ -286,8 +288,10 @@ class SecAggSection:
                         "with the server: one colluding client can make the key holder release the round's secret "
                         "key, hence every update of that round (threat_model/README.md, A2). Use scheme = \"mask\", "
                         f"or set he_trust = \"{HE_TRUST}\" in [secagg.options]")
-        if self.colluders < 0:
-            errs.append(f"colluders must be >= 0, got {self.colluders}")
+        if type(self.colluders) is not int or self.colluders < 0:
+            errs.append(f"colluders must be an int >= 0, got {self.colluders!r}")
+        if "colluders" in self.options:
+            errs.append("set the number of colluders as [secagg] colluders, not in [secagg.options]")
         return errs
 
 

@@ -61,7 +61,7 @@ def test_resolved_graphs_match_the_library_and_flower_gets_the_same(k):
     complete, sparse = sc.resolve("mask_complete", k), sc.resolve("mask_sparse", k)
     assert complete.holders == k == sc.resolve("flower_complete", k).holders
     assert sparse.holders == MaskConfig(degree=sc.sparse_degree(k)).holders(k) == sc.resolve("flower_sparse", k).holders
-    assert sc.resolve("flower_sparse", k).threshold == sparse.threshold
+    assert sc.resolve("flower_sparse", k).threshold == min(sparse.threshold, sparse.holders - 1)  # Flower: t < n
     assert complete.threshold == MaskConfig(degree=k - 1).shares_needed(k)
     # Same configuration <=> same key: measured once.
     assert (mask.key == complete.key) == (mask.holders == k)
@@ -156,7 +156,8 @@ def test_flower_round_runs_flowers_own_code_and_restores_it():
 
 def test_benchmark_rows_ratios_and_outputs(tmp_path):
     plan = sc.Plan(repeats=2, dropout_params=(40,), max_drop=1, late_drop=1, drop_budget_s=0.0)
-    rows = sc.run_benchmark(["plain", "mask", "mask_complete", "flower_complete"], (3,), (40,), plan)
+    # K = 4: the smallest complete-graph round that survives a dropout with one colluder tolerated (t = 3)
+    rows = sc.run_benchmark(["plain", "mask", "mask_complete", "flower_complete"], (4,), (40,), plan)
     by = {r["scheme"]: r for r in rows}
     assert set(by) == {"plain", "mask", "mask_complete", "flower_complete"}
     for r in rows:
@@ -175,8 +176,8 @@ def test_benchmark_rows_ratios_and_outputs(tmp_path):
     payload = {"metadata": {"date": "d", "machine": "m", "flower_method": "f", "target_params": 40},
                "rows": rows, "targets": [t.as_dict() for t in sc.targets(rows, target_params=40)]}
     tgt = {t["target"]: t for t in payload["targets"]}
-    assert tgt["mask bytes/param, K=3"]["value"] == pytest.approx(by["mask"]["bytes_per_param"])
-    assert tgt["bfv bytes/param, K=3"]["status"] == "not measured"
+    assert tgt["mask bytes/param, K=4"]["value"] == pytest.approx(by["mask"]["bytes_per_param"])
+    assert tgt["bfv bytes/param, K=4"]["status"] == "not measured"
     md = sc.markdown(payload)
     assert "| mask_complete (= mask) |" in md and "## Targets (P = 40" in md
     png = tmp_path / "x.png"

@@ -67,8 +67,10 @@ def job_config(*, scheme: str = "plain", rounds: int = 3, epsilon: float = 50.0,
         privacy=PrivacySection(enabled=dp, epsilon=epsilon, randomness="simulation"),  # runs compared bit for bit
         train=TrainSection(recipe="last", local_steps=local_steps, batch_size=4, physical_batch=4, lr=1e-2,
                            crop_frames=20, speaker_batch=2),
+        # colluders = 0: these federation tests need 2-client mask sums at K = 3 (a dropout, a replayed
+        # round); with one colluder tolerated such rounds are refused (tests/secagg/test_secagg_mask_collusion.py)
         secagg=SecAggSection(scheme=scheme, options={"clip": 1.0} if scheme == "mask" else
-                             ({"he_trust": HE_TRUST} if scheme in ("ckks", "bfv") else {})),
+                             ({"he_trust": HE_TRUST} if scheme in ("ckks", "bfv") else {}), colluders=0),
         federation=FederationSection(n_clients=len(SPEAKERS), rounds=rounds),
     )
 
@@ -161,7 +163,10 @@ def build_job(
     data = synthetic_clients(seed)
     total = sum(len(d) for d in data.values())
     weights = {cid: len(d) / total for cid, d in data.items()}
-    sch = build_scheme(scheme, dict(cfg.secagg.options), seed=seed)
+    options = dict(cfg.secagg.options)
+    if scheme == "mask":  # as api._scheme_options does
+        options["colluders"] = cfg.secagg.colluders
+    sch = build_scheme(scheme, options, seed=seed)
     server = CrashingServer(encoder, names, run_id=cfg.name, weights=weights, crash=crash)
     ledger = open_run_ledger(workdir / "ledger.sqlite", cfg, resume=True) if dp else None
     t = cfg.train

@@ -10,13 +10,14 @@ before anything derived from its update leaves it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 
 from privspk.api import plan_client_level
 from privspk.config import FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
-from privspk.errors import AggregationError, ProtocolError
+from privspk.errors import AggregationError, ConfigError, ProtocolError
 from privspk.federation import FederatedClient
 from privspk.federation.guard import LedgerGuard, open_run_ledger
 from privspk.models.finetune import apply_recipe
@@ -31,21 +32,21 @@ pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 K = 10  # the clients the victim's noise share was planned for
 
 
-def _config() -> RunConfig:
+def _config(colluders: int = 1) -> RunConfig:
     return RunConfig(
         name="clientlevel",
         privacy=PrivacySection(enabled=True, epsilon=50.0, client_level=True, client_epsilon=8.0),
         train=TrainSection(recipe="last", local_steps=1, batch_size=4, physical_batch=4, lr=1e-2, crop_frames=20,
                            speaker_batch=2),
-        secagg=SecAggSection(scheme="mask"),
+        secagg=SecAggSection(scheme="mask", colluders=colluders),
         federation=FederationSection(n_clients=K, rounds=2),
     )
 
 
-def _victim(tmp_path):
+def _victim(tmp_path, colluders: int = 1):
     """A client built as ``api.train`` builds one in a K-client client-level run, its round trained and
     handed to its mask endpoint; returns (client, scheme, ledger, update length)."""
-    cfg = _config()
+    cfg = _config(colluders)
     encoder = tiny_encoder(0)
     dim = apply_recipe(encoder, cfg.train.recipe)
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
@@ -76,6 +77,22 @@ def _global(encoder, names):
     return flatten(trainable_state(encoder), names)
 
 
+class _AttackingServer:
+    """The scheme as the attacking server drives it: its own round check (which refuses a 2-client
+    round when colluders are tolerated) is skipped, since the attacker is the server."""
+
+    def __init__(self, scheme) -> None:
+        self._scheme = scheme
+
+    def server_round(self, spec):
+        from privspk.secagg.mask_server import MaskServerRound
+
+        return MaskServerRound(spec, dataclasses.replace(self._scheme.config, colluders=0), self._scheme.registry)
+
+    def __getattr__(self, name):
+        return getattr(self._scheme, name)
+
+
 def _two_client_round(scheme, dim):
     """The attacking server's round 1: the victim and one colluding client, whose share is known (zero)."""
     colluder = scheme.client("client9")
@@ -83,26 +100,30 @@ def _two_client_round(scheme, dim):
     return RoundSpec(run_id="clientlevel", round_id=1, clients=("client0", "client9"), dim=dim), colluder
 
 
-def test_a_two_client_round_announced_to_a_client_planned_for_ten_is_refused(tmp_path):
+# colluders = 0: the noise check is what refuses (t(2) = 2 < the 6 counted); colluders = 1 (the
+# default): the round's threshold cannot tolerate a colluder at all, which refuses it first
+@pytest.mark.parametrize(("colluders", "reason"), [(0, "noise"), (1, "cannot be masked")])
+def test_a_two_client_round_announced_to_a_client_planned_for_ten_is_refused(tmp_path, colluders, reason):
     """At the round's first message the victim refuses (no masked input leaves it), naming the reason."""
-    victim, scheme, ledger, dim = _victim(tmp_path)
+    victim, scheme, ledger, dim = _victim(tmp_path, colluders)
     spec, _ = _two_client_round(scheme, dim)
-    advertise = scheme.server_round(spec).outbox()["client0"]
+    advertise = _AttackingServer(scheme).server_round(spec).outbox()["client0"]
     try:
-        with pytest.raises(ProtocolError, match="noise"):
+        with pytest.raises(ProtocolError, match=reason):
             victim.endpoint.handle(advertise)
     finally:
         ledger.close()
 
 
-def test_a_server_announcing_a_two_client_round_opens_nothing(tmp_path):
-    """Driven to the end by that server, the round opens no sum (today it opens the victim's update
-    plus the colluder's known codes: the victim's update with one noise share of the six counted)."""
-    victim, scheme, ledger, dim = _victim(tmp_path)
+@pytest.mark.parametrize("colluders", [0, 1])
+def test_a_server_announcing_a_two_client_round_opens_nothing(tmp_path, colluders):
+    """Driven to the end by that server, the round opens no sum (before issue 19 it opened the victim's
+    update plus the colluder's known codes: the victim's update with one noise share of the six counted)."""
+    victim, scheme, ledger, dim = _victim(tmp_path, colluders)
     spec, colluder = _two_client_round(scheme, dim)
     try:
         with pytest.raises(AggregationError):
-            run_round(scheme, spec, {"client0": victim.endpoint, "client9": colluder})
+            run_round(_AttackingServer(scheme), spec, {"client0": victim.endpoint, "client9": colluder})
     finally:
         ledger.close()
 
@@ -116,9 +137,16 @@ def test_a_round_is_taken_exactly_when_its_threshold_guarantees_the_counted_nois
         need = victim.client_dp.required_survivors
         assert need == scheme.min_survivors(K)  # counted = t(K) - colluders, plus the colluders
         clients = tuple(f"client{i}" for i in range(announced))
-        advertise = scheme.server_round(RoundSpec(run_id="clientlevel", round_id=1, clients=clients,
-                                                  dim=dim)).outbox()["client0"]
-        if scheme.min_survivors(announced) >= need:
+        advertise = _AttackingServer(scheme).server_round(RoundSpec(run_id="clientlevel", round_id=1, clients=clients,
+                                                                    dim=dim)).outbox()["client0"]
+        try:
+            t_announced = scheme.min_survivors(announced)
+        except ConfigError:  # too small to tolerate the configured colluder at all (announced = 2)
+            t_announced = None
+        if t_announced is None:
+            with pytest.raises(ProtocolError, match="cannot be masked"):
+                victim.endpoint.handle(advertise)
+        elif t_announced >= need:
             assert victim.endpoint.handle(advertise)  # an advert: the round goes on
         else:
             with pytest.raises(ProtocolError, match=f"counted on {need}"):
@@ -138,11 +166,12 @@ def test_the_ledger_counts_the_guaranteed_honest_shares(tmp_path, colluders):
     t = build_scheme("mask", options).min_survivors(K)
     assert client_dp.mechanism().shares == t - colluders
     assert client_dp.required_survivors == t
-    victim, _, ledger, _ = _victim(tmp_path)
+    victim, victim_scheme, ledger, _ = _victim(tmp_path)
     try:
         row = ledger.row("client0", 1)
         counted = victim.client_dp.mechanism()
-        assert row.client_level.mechanism == counted and counted.shares == t - 1  # _victim: default 1 colluder
+        # _victim: the default 1 colluder
+        assert row.client_level.mechanism == counted and counted.shares == victim_scheme.min_survivors(K) - 1
         want = client_level_epsilon([ClientLevelRound(round=1, mechanism=counted, sample_rate=1.0)], delta=1e-5)
         assert row.client_level.epsilon_after == pytest.approx(want, rel=1e-9)
     finally:
@@ -154,5 +183,6 @@ def test_no_honest_share_left_is_refused_at_planning():
 
     cfg = _config().replace(federation=FederationSection(n_clients=2, rounds=2),
                             secagg=SecAggSection(scheme="mask", colluders=2))
-    with pytest.raises(ConfigError, match="no honest noise share is guaranteed"):
+    # refused at planning: the mask threshold cannot tolerate 2 colluders among 2 holders
+    with pytest.raises(ConfigError, match="cannot tolerate 2 colluding"):
         plan_client_level(cfg, dim=300)

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privspk.errors import ConfigError
-from privspk.secagg.graph import COMPLETE_UP_TO, Graph, default_degree, neighbourhood_graph, threshold_for
+from privspk.secagg.graph import (
+    COMPLETE_UP_TO,
+    Graph,
+    default_degree,
+    neighbourhood_graph,
+    threshold_for,
+    tolerated_colluders,
+)
 
 
 def names(k: int) -> tuple[str, ...]:
@@ -117,3 +124,18 @@ def test_threshold_is_a_strict_majority(n: int, frac: float) -> None:
 def test_threshold_needs_two_holders() -> None:
     with pytest.raises(ConfigError, match="at least 2 holders"):
         threshold_for(1, 0.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 200), colluders=st.integers(0, 20), frac=st.floats(0.5, 0.999))
+def test_threshold_tolerates_the_stated_colluders(n: int, colluders: int, frac: float) -> None:
+    """t is the least value with 2t - n > colluders (no client's two secrets both rebuilt) and
+    t > frac * n; at least two honest updates in any opened sum; too few holders are refused."""
+    if n < colluders + 2:
+        with pytest.raises(ConfigError, match="cannot tolerate"):
+            threshold_for(n, frac, colluders=colluders)
+        return
+    t = threshold_for(n, frac, colluders=colluders)
+    assert t <= n and 2 * t - n > colluders and t - colluders >= 2
+    assert t == n or t - 1 < 2 or 2 * (t - 1) - n <= colluders or t - 1 <= frac * n  # t is the least such
+    assert tolerated_colluders(n, t) >= colluders

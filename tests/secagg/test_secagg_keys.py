@@ -30,9 +30,13 @@ def test_id_encoding_is_injective(a: list[str], b: list[str]) -> None:
 
 def test_confirm_message_binds_the_set_and_round() -> None:
     d1, d2 = bytes(32), b"\x01" * 32
-    assert confirm_message(d1, ["a", "b"]) != confirm_message(d1, ["a", "bb"])
-    assert confirm_message(d1, ["ab"]) != confirm_message(d1, ["a", "b"])
-    assert confirm_message(d1, ["a"]) != confirm_message(d2, ["a"])
+    u = ["a", "b", "c"]
+    assert confirm_message(d1, ["a", "b"], u) != confirm_message(d1, ["a", "bb"], u)
+    assert confirm_message(d1, ["ab"], u) != confirm_message(d1, ["a", "b"], u)
+    assert confirm_message(d1, ["a"], u) != confirm_message(d2, ["a"], u)
+    # the set of clients that shared is bound too, and cannot be traded against the survivor set
+    assert confirm_message(d1, ["a", "b"], u) != confirm_message(d1, ["a", "b"], ["a", "b"])
+    assert confirm_message(d1, ["a", "b"], ["c"]) != confirm_message(d1, ["a"], ["b", "c"])
 
 
 def test_registry_verifies_and_names_the_culprit() -> None:

@@ -132,15 +132,54 @@ def neighbourhood_graph(clients: tuple[str, ...], *, degree: int | None, seed: b
     return Graph(clients=clients, degree=d, adjacency=adj)
 
 
-def threshold_for(n_holders: int, fraction: float) -> int:
-    """Shares needed to rebuild a secret held by ``n_holders``: more than ``fraction`` of them, at least 2.
+def threshold_for(n_holders: int, fraction: float, *, colluders: int = 0) -> int:
+    """Shares needed to rebuild a secret held by ``n_holders``, tolerating ``colluders`` colluding holders.
 
-    With ``fraction >= 0.5`` this is a strict majority, so two disjoint groups of
-    honest holders can never both reach it (the basis of the consistency check).
+    ``t`` is the least integer with ``t > fraction * n``, ``2t - n > colluders`` and ``t >= 2``.
+    Each honest holder reveals at most one of a client's two secrets (its self-mask
+    seed or its mask key), so a server holding both would need ``2t`` shares from
+    ``n`` holders of whom only the colluders gave both: ``2t <= n + colluders``. With
+    ``2t - n > colluders`` that never happens, whatever survivor sets the server shows.
+    Rounds with fewer than ``colluders + 2`` holders are refused: the opened sum would
+    then hold a single honest update next to the colluders' own.
 
     >>> [threshold_for(n, 0.5) for n in (2, 3, 10, 13)]
     [2, 2, 6, 7]
+    >>> [threshold_for(n, 0.5, colluders=1) for n in (3, 5, 10, 11, 13)]
+    [3, 4, 6, 7, 8]
+    >>> threshold_for(2, 0.5, colluders=1)
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: secrets held by 2 clients cannot tolerate 1 colluding client(s): that needs at \
+least 3 holders (a complete-graph round of at least 3 clients, or a larger degree); add clients or lower \
+[secagg] colluders
     """
     if type(n_holders) is not int or n_holders < 2:
         raise ConfigError(f"secrets need at least 2 holders, got {n_holders!r}")
-    return min(n_holders, max(2, math.floor(fraction * n_holders) + 1))
+    if type(colluders) is not int or colluders < 0:
+        raise ConfigError(f"colluders must be an int >= 0, got {colluders!r}")
+    if n_holders < colluders + 2:
+        raise ConfigError(
+            f"secrets held by {n_holders} clients cannot tolerate {colluders} colluding client(s): that needs at "
+            f"least {colluders + 2} holders (a complete-graph round of at least {colluders + 2} clients, or a "
+            "larger degree); add clients or lower [secagg] colluders"
+        )
+    t = max(2, math.floor(fraction * n_holders) + 1, (n_holders + colluders) // 2 + 1)
+    return min(n_holders, t)
+
+
+def tolerated_colluders(n_holders: int, threshold: int) -> int:
+    """Colluding clients (with the server) that a ``threshold``-of-``n_holders`` sharing tolerates.
+
+    Two bounds, the smaller one counts: ``2t - n - 1`` (no client's seed *and* mask key can
+    both be rebuilt, see :func:`threshold_for`) and ``t - 2`` (an opened sum holds at least
+    ``t`` updates, so at least two honest ones besides the colluders').
+
+    >>> [tolerated_colluders(n, threshold_for(n, 0.5, colluders=1)) for n in (3, 5, 10, 11, 13)]
+    [1, 2, 1, 2, 2]
+    >>> tolerated_colluders(3, 2), tolerated_colluders(10, 6)
+    (0, 1)
+    """
+    if type(n_holders) is not int or type(threshold) is not int or not 2 <= threshold <= n_holders:
+        raise ConfigError(f"need 2 <= threshold <= n_holders, got {threshold!r} of {n_holders!r}")
+    return max(0, min(2 * threshold - n_holders - 1, threshold - 2))

@@ -148,14 +148,16 @@ def advert_message(digest: bytes, client_id: str, c_pk: bytes, s_pk: bytes, comm
     return b"privspk/mask/advert/v1" + digest + encode_ids(client_id) + c_pk + s_pk + commitment
 
 
-def confirm_message(digest: bytes, survivors: Iterable[str]) -> bytes:
-    """What a client signs to confirm the survivor set it was shown (consistency check).
+def confirm_message(digest: bytes, survivors: Iterable[str], shared: Iterable[str]) -> bytes:
+    """What a client signs to confirm the view it was shown: the survivor set and the set of
+    clients whose shares were forwarded at ``collect`` (consistency check; both length-prefixed).
 
-    >>> confirm_message(bytes(32), ["a", "b"]) == confirm_message(bytes(32), ["a", "b"])
-    True
+    >>> confirm_message(bytes(32), ["a", "b"], ["a", "b"]) == confirm_message(bytes(32), ["a", "b"], ["a", "b", "c"])
+    False
     """
-    ids = list(survivors)
-    return b"privspk/mask/confirm/v1" + digest + struct.pack(">I", len(ids)) + encode_ids(*ids)
+    ids, sent = list(survivors), list(shared)
+    return (b"privspk/mask/confirm/v2" + digest + struct.pack(">I", len(ids)) + encode_ids(*ids)
+            + struct.pack(">I", len(sent)) + encode_ids(*sent))
 
 
 class RoundKeyPair:

@@ -11,8 +11,10 @@ messages: :mod:`~privspk.secagg.mask_protocol`; the two sides:
 
 Trust assumptions: the :class:`~privspk.secagg.keys.KeyRegistry` of identity keys
 is authentic (a PKI stand-in); the server may be curious or actively malicious
-but does not collude with ``t`` or more clients of one neighbourhood; the graph
-and every key derivation are bound to the public round digest.
+and up to ``colluders`` clients (``[secagg] colluders``, default 1) may collude with
+it: ``t`` is chosen with ``2t - n > colluders`` for ``n`` holders per secret, and the
+confirm stage binds the collect-stage sender list; the graph and every key
+derivation are bound to the public round digest.
 
 >>> import numpy as np
 >>> from privspk.secagg import build_scheme, RoundSpec
@@ -74,9 +76,9 @@ class MaskScheme(Scheme):
     def round_params(self, spec: RoundSpec) -> RoundParams:
         """The public parameters of the round ``spec`` (quantiser, graph, threshold, digest).
 
-        >>> p = MaskScheme(MaskConfig()).round_params(RoundSpec(run_id="r", round_id=0, clients=("a", "b"), dim=1))
+        >>> p = MaskScheme(MaskConfig()).round_params(RoundSpec(run_id="r", round_id=0, clients=("a", "b", "c"), dim=1))
         >>> p.threshold, p.graph.degree
-        (2, 1)
+        (3, 2)
         """
         return RoundParams.build(self.config, run_id=spec.run_id, round_id=spec.round_id, clients=spec.clients,
                                  dim=spec.dim)
@@ -104,15 +106,18 @@ class MaskScheme(Scheme):
     def min_survivors(self, n_clients: int) -> int:
         """Below ``t`` surviving clients (shares needed per secret) a round always fails.
 
-        >>> MaskScheme(MaskConfig()).min_survivors(10)
-        6
+        ``t`` counts the configured colluders (``2t - n > colluders``); ConfigError for a
+        round too small to tolerate them.
+
+        >>> MaskScheme(MaskConfig()).min_survivors(10), MaskScheme(MaskConfig()).min_survivors(5)
+        (6, 4)
         """
         return self.config.shares_needed(n_clients)
 
     def dropout_tolerance(self, n_clients: int) -> int:
         """Dropouts (at any stages) a round always survives: ``degree + 1 - t``.
 
-        >>> MaskScheme(MaskConfig()).dropout_tolerance(10), MaskScheme(MaskConfig()).dropout_tolerance(2)
+        >>> MaskScheme(MaskConfig()).dropout_tolerance(10), MaskScheme(MaskConfig()).dropout_tolerance(3)
         (4, 0)
         """
         return self.config.holders(n_clients) - self.config.shares_needed(n_clients)

@@ -14,13 +14,13 @@ before sending the masked update and before unmasking, and
 >>> from privspk.secagg import build_scheme, RoundSpec
 >>> from privspk.secagg.simulate import run_round
 >>> s = build_scheme("mask", {"bits": 12})
->>> spec = RoundSpec(run_id="doc", round_id=0, clients=("a", "b", "c"), dim=2)
+>>> spec = RoundSpec(run_id="doc", round_id=0, clients=("a", "b", "c", "d"), dim=2)
 >>> eps = {c: s.client(c) for c in spec.clients}
 >>> for c in spec.clients:
 ...     eps[c].submit_integers(0, np.array([100, -7]))
->>> res = run_round(s, spec, eps, silent={"c": "collect"})
->>> (res.total * s.quantiser(3).scale).round().tolist(), res.included
-([200.0, -14.0], ('a', 'b'))
+>>> res = run_round(s, spec, eps, silent={"d": "collect"})
+>>> (res.total * s.quantiser(4).scale).round().tolist(), res.included
+([300.0, -21.0], ('a', 'b', 'c'))
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from privspk.secagg.keys import (
     KeyRegistry,
     RoundKeyPair,
     advert_message,
-    confirm_message,
     open_sealed,
     seal,
 )
@@ -57,6 +56,7 @@ from privspk.secagg.mask_protocol import (
     RoundParams,
     Stage,
     check_transition,
+    confirm_statement,
     id_list,
     message,
     parse,
@@ -83,7 +83,8 @@ class _RoundState:
     seed: bytes | None = None
     peers: dict[str, _Peer] = field(default_factory=dict)
     held: dict[str, bytes] = field(default_factory=dict)  # owner -> its 48-byte share held here
-    confirmed: tuple[str, ...] | None = None
+    senders: tuple[str, ...] | None = None  # the neighbours it masked against at collect
+    confirmed: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (survivors, shared) it signed
 
 
 class MaskClient(ClientEndpoint):
@@ -290,6 +291,7 @@ class MaskClient(ClientEndpoint):
         state.c_key = state.s_key = None
         state.seed = None
         state.held = {v: s for v, s in state.held.items() if v == me or v in senders}
+        state.senders = senders
         return self._reply(p, Stage.COLLECT, body=p.quantiser.words_to_bytes(acc))
 
     def _take_words(self, p: RoundParams) -> np.ndarray:
@@ -307,20 +309,34 @@ class MaskClient(ClientEndpoint):
     def _confirm(self, state: _RoundState, header: dict, body: bytes) -> bytes:
         p, me = state.params, self.client_id
         survivors = id_list(header, "survivors", within=p.clients, client=SERVER)
+        shared = id_list(header, "shared", within=p.clients, client=SERVER)
         if me not in survivors:
             raise ProtocolError(f"asked to confirm a survivor set without {me!r}", client=SERVER)
         if body:
             raise ProtocolError(f"a confirm request has no body, got {len(body)} bytes", client=SERVER)
-        state.confirmed = survivors
-        return self._reply(p, Stage.CONFIRM, body=self._identity.sign(confirm_message(p.digest, survivors)))
+        unshared = sorted(set(survivors) - set(shared))
+        if unshared:
+            raise ProtocolError(f"survivor(s) {unshared} are not in the set of clients that shared their secrets",
+                                client=SERVER)
+        # The sender list of collect is bound here: this client signs only a view in which its
+        # neighbours that shared are exactly the ones it masked against.
+        mine = tuple(v for v in p.graph.neighbours(me) if v in shared)
+        if mine != state.senders:
+            raise ProtocolError(f"the view says neighbours {list(mine)} shared their secrets, but this client "
+                                f"masked against {list(state.senders or ())} at collect: refusing to sign",
+                                client=SERVER)
+        state.confirmed = (survivors, shared)
+        return self._reply(p, Stage.CONFIRM, body=self._identity.sign(confirm_statement(p.digest, header)))
 
     def _unmask(self, state: _RoundState, header: dict, body: bytes) -> bytes:
         p, me = state.params, self.client_id
         survivors = id_list(header, "survivors", within=p.clients, client=SERVER)
+        shared = id_list(header, "shared", within=p.clients, client=SERVER)
         dropped = id_list(header, "dropped", within=p.clients, client=SERVER)
         signers = id_list(header, "signers", within=p.clients, client=SERVER)
-        if survivors != state.confirmed:
-            raise ProtocolError("the survivor set differs from the one this client confirmed", client=SERVER)
+        if (survivors, shared) != state.confirmed:
+            raise ProtocolError("the survivor set or the set of clients that shared differs from the one this "
+                                "client confirmed", client=SERVER)
         both = sorted(set(survivors) & set(dropped))
         if both:
             raise ProtocolError(f"client(s) {both} listed as both survivor and dropped: revealing both shares "
@@ -346,7 +362,7 @@ class MaskClient(ClientEndpoint):
         if len(signers) < p.threshold:
             raise ProtocolError(f"only {len(signers)} neighbours confirmed the survivor set, threshold "
                                 f"{p.threshold}: refusing to reveal shares", client=SERVER)
-        msg = confirm_message(p.digest, survivors)
+        msg = confirm_statement(p.digest, header)
         for i, w in enumerate(signers):
             self._registry.verify(w, body[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES], msg)
         # revealing these shares fixes the sum of this update to the survivors'

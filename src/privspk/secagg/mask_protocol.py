@@ -11,15 +11,24 @@ stage          server sends                                   client replies
 ``share``      its neighbours' signed adverts                 its seed and ``s`` secret key, Shamir-shared and
                                                               sealed to each neighbour
 ``collect``    the sealed shares addressed to it              ``y = x + PRG(b) + sum_v +-PRG(s_uv) mod 2^k``
-``confirm``    the survivor set ``S`` (who sent ``y``)        its signature on ``S``
-``unmask``     ``S``, the dropped neighbours, the signatures  seed shares of survivors, ``s``-key shares of the
-                                                              dropped -- never both for one client
+``confirm``    the survivor set ``S`` (who sent ``y``) and    its signature on ``(S, U)``, after checking that
+               the set ``U`` of clients whose shares were     ``S`` is within ``U`` and that its ``collect``
+               forwarded at ``collect``                       senders were exactly its neighbours in ``U``
+``unmask``     ``S``, ``U``, the dropped neighbours, the      seed shares of survivors, ``s``-key shares of the
+               signatures                                     dropped -- never both for one client
 =============  =============================================  ==================================================
 
 The ``confirm`` stage is SecAgg's consistency check: a client reveals shares
-only after at least ``t`` of its neighbours signed the very survivor set it was
-shown, so a server cannot tell some clients "v survived" and others "v dropped"
-to collect both of v's secrets (``t`` is a strict majority of a neighbourhood).
+only after at least ``t`` of its neighbours signed the very view ``(S, U)`` it was
+shown. What keeps a server -- with up to ``colluders`` colluding clients -- from
+collecting both secrets of one client is the share count: each honest holder
+reveals at most one of them, and ``t`` is chosen with ``2t - n > colluders``
+(:func:`~privspk.secagg.graph.threshold_for`). Signing ``U`` binds the sender list
+of ``collect``: a client that was told only some of its neighbours shared (so it
+masked only against them) refuses to sign a survivor set holding a neighbour it
+never masked with, and without its signature a survivor set of ``t`` signers needs
+``2t - n > colluders`` more clients than there are (Bonawitz et al. 2017, t > 2n/3
+against an active server, is the same bound at ``colluders < n/3``).
 
 Both sides derive the same :class:`RoundParams` (quantiser, graph, threshold and
 a digest binding them) from the options and the announced client list, and every
@@ -27,7 +36,7 @@ signature, KDF and sealed share is bound to that digest.
 
 >>> p = RoundParams.build(MaskConfig(bits="auto"), run_id="r", round_id=0, clients=("a", "b", "c"), dim=5)
 >>> p.quantiser.bits, p.quantiser.dtype.__name__, p.graph.degree, p.threshold
-(14, 'uint16', 2, 2)
+(14, 'uint16', 2, 3)
 """
 
 from __future__ import annotations
@@ -41,8 +50,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from privspk.errors import ConfigError, ProtocolError
-from privspk.secagg.graph import Graph, default_degree, neighbourhood_graph, threshold_for
-from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, encode_ids, sealed_size
+from privspk.secagg.graph import Graph, default_degree, neighbourhood_graph, threshold_for, tolerated_colluders
+from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, confirm_message, encode_ids, sealed_size
 from privspk.secagg.quantise import Quantiser, headroom_for
 from privspk.secagg.wire import ENVELOPE_FIELDS, check_fields, expect, pack
 
@@ -125,8 +134,12 @@ class MaskConfig:
             else 16-bit values in uint32 words.
         threshold: a secret is rebuilt from *more than* this fraction of the
             ``degree + 1`` clients holding its shares (at least 2); in ``[0.5, 1)``.
-            0.5 (a strict majority) tolerates ``degree + 1 - t`` dropouts per
-            neighbourhood and is what the consistency check needs.
+            ``t`` is also raised until ``2t - n > colluders``; ``n - t`` dropouts per
+            neighbourhood are tolerated.
+        colluders: clients that may collude with the server (in the whole round) whose
+            help must not let it open any one honest update; set from ``[secagg]
+            colluders`` (default 1). ``t`` grows with it; rounds with fewer than
+            ``colluders + 2`` holders per secret are refused.
         degree: neighbours per client; ``None`` = complete graph for K <= 16, else
             ``2 * ceil(log2 K)`` (SecAgg+). An int forces it (complete if >= K - 1).
         noise_headroom_bits: extra bits per value for distributed-DP integer noise
@@ -144,6 +157,7 @@ server could collect both secrets of a client from two disjoint groups
     threshold: float = 0.5
     degree: int | None = None
     noise_headroom_bits: int = 0
+    colluders: int = 1
 
     def __post_init__(self) -> None:
         if not _real(self.clip) or not math.isfinite(self.clip) or self.clip <= 0:
@@ -157,6 +171,9 @@ server could collect both secrets of a client from two disjoint groups
             )
         if self.degree is not None and (type(self.degree) is not int or self.degree < 2):
             raise ConfigError(f"degree must be None or an int >= 2, got {self.degree!r}")
+        if type(self.colluders) is not int or self.colluders < 0:
+            raise ConfigError(f"colluders must be an int >= 0 (clients that may collude with the server), "
+                              f"got {self.colluders!r}")
         if type(self.noise_headroom_bits) is not int or not 0 <= self.noise_headroom_bits <= 16:
             raise ConfigError(f"noise_headroom_bits must be an int in [0, 16], got {self.noise_headroom_bits!r}")
 
@@ -194,12 +211,22 @@ server could collect both secrets of a client from two disjoint groups
         return min(d, n_clients - 1) + 1
 
     def shares_needed(self, n_clients: int) -> int:
-        """``t``: shares that rebuild a secret in a round of ``n_clients``.
+        """``t``: shares that rebuild a secret in a round of ``n_clients`` (ConfigError if too small).
 
         >>> MaskConfig().shares_needed(10), MaskConfig(threshold=0.75).shares_needed(10)
         (6, 8)
+        >>> [MaskConfig().shares_needed(k) for k in (3, 5, 50)], MaskConfig(colluders=0).shares_needed(5)
+        ([3, 4, 8], 3)
         """
-        return threshold_for(self.holders(n_clients), float(self.threshold))
+        return threshold_for(self.holders(n_clients), float(self.threshold), colluders=self.colluders)
+
+    def tolerated_colluders(self, n_clients: int) -> int:
+        """Colluding clients a round of ``n_clients`` tolerates (at least :attr:`colluders`).
+
+        >>> [MaskConfig().tolerated_colluders(k) for k in (3, 5, 10, 50)]
+        [1, 2, 1, 2]
+        """
+        return tolerated_colluders(self.holders(n_clients), self.shares_needed(n_clients))
 
 
 @dataclass(frozen=True)
@@ -210,8 +237,8 @@ class RoundParams:
     of every signature, so messages of another round, run, client list or option
     set never verify. It also seeds the graph, so nobody picks the neighbourhoods.
 
-    >>> a = RoundParams.build(MaskConfig(), run_id="r", round_id=0, clients=("a", "b"), dim=2)
-    >>> b = RoundParams.build(MaskConfig(), run_id="r", round_id=1, clients=("a", "b"), dim=2)
+    >>> a = RoundParams.build(MaskConfig(), run_id="r", round_id=0, clients=("a", "b", "c"), dim=2)
+    >>> b = RoundParams.build(MaskConfig(), run_id="r", round_id=1, clients=("a", "b", "c"), dim=2)
     >>> len(a.digest), a.digest != b.digest
     (32, True)
     """
@@ -260,6 +287,7 @@ class RoundParams:
             "noise_headroom_bits": q.headroom_bits,
             "holders": n,
             "threshold": t,
+            "colluders": config.colluders,
         }
         digest = hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).digest()
         graph = neighbourhood_graph(clients, degree=n - 1, seed=hashlib.sha256(b"privspk/mask/graph" + digest).digest())
@@ -294,8 +322,8 @@ REQUEST_FIELDS: dict[str, dict[str, type]] = {
     Stage.ADVERTISE: {"clients": list, "dim": int},
     Stage.SHARE: {"peers": list},
     Stage.COLLECT: {"senders": list},
-    Stage.CONFIRM: {"survivors": list},
-    Stage.UNMASK: {"survivors": list, "dropped": list, "signers": list},
+    Stage.CONFIRM: {"survivors": list, "shared": list},
+    Stage.UNMASK: {"survivors": list, "shared": list, "dropped": list, "signers": list},
 }
 REPLY_FIELDS: dict[str, dict[str, type]] = {
     Stage.ADVERTISE: {},
@@ -305,6 +333,16 @@ REPLY_FIELDS: dict[str, dict[str, type]] = {
     Stage.UNMASK: {"b_of": list, "s_of": list},
 }
 _WIRE_FIELDS = {**ENVELOPE_FIELDS, "body_len": int, "body_sha256": str}
+
+
+def confirm_statement(digest: bytes, view: Mapping[str, Any]) -> bytes:
+    """The bytes a client signs at ``confirm`` for the view ``(survivors, shared)`` of a confirm or unmask request.
+
+    >>> v = {"survivors": ["a", "b"], "shared": ["a", "b", "c"]}
+    >>> confirm_statement(bytes(32), v) == confirm_statement(bytes(32), {**v, "shared": ["a", "b"]})
+    False
+    """
+    return confirm_message(digest, view["survivors"], view["shared"])
 
 
 def check_stage_fields(header: Mapping[str, Any], fields: Mapping[str, type], *, client: str | None) -> None:

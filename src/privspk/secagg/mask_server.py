@@ -32,8 +32,7 @@ import numpy as np
 
 from privspk.errors import AggregationError, ProtocolError
 from privspk.secagg.base import AggregateResult, RoundSpec, ServerRound
-from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, KeyRegistry, RoundKeyPair, advert_message, \
-    confirm_message
+from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, KeyRegistry, RoundKeyPair, advert_message
 from privspk.secagg.mask_protocol import (
     ADVERT_BYTES,
     REPLY_FIELDS,
@@ -44,6 +43,7 @@ from privspk.secagg.mask_protocol import (
     MaskConfig,
     RoundParams,
     Stage,
+    confirm_statement,
     id_list,
     message,
     parse,
@@ -61,9 +61,9 @@ class MaskServerRound(ServerRound):
     """The server state machine of one masked round (create it with ``MaskScheme.server_round``).
 
     >>> from privspk.secagg.mask import MaskScheme
-    >>> srv = MaskScheme(MaskConfig()).server_round(RoundSpec(run_id="r", round_id=0, clients=("a", "b"), dim=8))
+    >>> srv = MaskScheme(MaskConfig()).server_round(RoundSpec(run_id="r", round_id=0, clients=("a", "b", "c"), dim=8))
     >>> srv.stage, sorted(srv.outbox())
-    ('advertise', ['a', 'b'])
+    ('advertise', ['a', 'b', 'c'])
     >>> srv.receive("a", b"junk")
     Traceback (most recent call last):
     ...
@@ -186,13 +186,17 @@ class MaskServerRound(ServerRound):
             senders = sorted(set(g.neighbours(c)) & self._u2)
             fields, body = {"senders": senders}, b"".join(self._sealed[(v, c)] for v in senders)
         elif self._stage == Stage.CONFIRM:
-            fields = {"survivors": sorted(self._survivors)}
+            fields = self._view()
         else:
             signers = sorted(set(g.closed(c)) & set(self._confirm_sigs))
-            fields = {"survivors": sorted(self._survivors), "dropped": self._dropped_of(c), "signers": signers}
+            fields = {**self._view(), "dropped": self._dropped_of(c), "signers": signers}
             body = b"".join(self._confirm_sigs[w] for w in signers)
         return message(run=self.spec.run_id, round_id=self.spec.round_id, stage=self._stage, sender=SERVER,
                        fields=fields, body=body)
+
+    def _view(self) -> dict[str, list[str]]:
+        """The round's view that clients confirm (and see again at unmask)."""
+        return {"survivors": sorted(self._survivors), "shared": sorted(self._u2)}
 
     def _dropped_of(self, c: str) -> list[str]:
         return sorted(set(self.params.graph.neighbours(c)) & self._dropped_needed)
@@ -240,7 +244,7 @@ class MaskServerRound(ServerRound):
         if len(body) != SIGNATURE_BYTES:
             raise ProtocolError(f"a confirmation is one {SIGNATURE_BYTES}-byte signature, got {len(body)} bytes",
                                 client=sender)
-        self._registry.verify(sender, body, confirm_message(self.params.digest, sorted(self._survivors)))
+        self._registry.verify(sender, body, confirm_statement(self.params.digest, self._view()))
         self._confirm_sigs[sender] = bytes(body)
 
     def _take_unmask(self, sender: str, header: dict, body: bytes) -> None:
