@@ -33,6 +33,9 @@ from privspk.prepare import PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
 
+#: the server's record of the signed ledger chain heads it aggregated (``privspk ledger --check`` reads it)
+AGGREGATED_HEADS = "aggregated_heads.json"
+
 
 # --------------------------------------------------------------------------- evaluation
 BUCKET_FRAMES = 25
@@ -284,6 +287,10 @@ def train(
         client_dp, options = plan_client_level(cfg, dim=n_trainable)
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
     server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    if ledger is not None:
+        from privspk.privacy.ledger import AggregatedHeads
+
+        server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
 
     plans: dict[str, Any] = {}
     train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
@@ -295,7 +302,7 @@ def train(
     for i, (cid, cdata) in enumerate(clients_data.items()):
         dp = guard = None
         if privacy.enabled:
-            from privspk.federation.guard import LedgerGuard
+            from privspk.federation.guard import LedgerGuard, client_identity
 
             b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
             q = sample_rate_for(cdata, unit=privacy.unit, batch_size=cfg.train.batch_size,
@@ -305,14 +312,17 @@ def train(
             plans[cid] = plan
             dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
                             sample_rate=q)
+            identity = client_identity(run_dir / "clients" / cid / "identity.key")
             if client_dp is not None:
                 guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
                                     client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
                                                                 unit="client"),
                                     client_mechanism=client_dp.mechanism(
-                                        counted_shares=scheme.min_survivors(len(clients_data))))
+                                        counted_shares=scheme.min_survivors(len(clients_data))),
+                                    identity=identity)
             else:
-                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip)
+                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
+                                    identity=identity)
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
             guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,

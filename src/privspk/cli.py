@@ -328,9 +328,35 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                       f"{'ok' if c.ok else 'MISMATCH'}")
             if bad:
                 print(f"{len(bad)} of {len(checks)} rows do not recompute to their recorded epsilon")
-                return 1
-            print(f"all {len(checks)} rows recompute to their recorded epsilon")
+            else:
+                print(f"all {len(checks)} rows recompute to their recorded epsilon")
+            return 1 if _check_chain(led, path, args.server_record) or bad else 0
     return 0
+
+
+def _check_chain(led, ledger_path: Path, record_path: str | None) -> bool:
+    """Print the hash-chain verdict of ``privspk ledger --check``; True when something is wrong."""
+    from privspk.api import AGGREGATED_HEADS
+    from privspk.privacy.ledger import AggregatedHeads
+
+    default = ledger_path.parent / AGGREGATED_HEADS
+    record = None
+    if record_path is not None or default.exists():
+        record = AggregatedHeads.load(record_path if record_path is not None else default)
+    findings = led.verify_chain(record)
+    for f in findings:
+        print(f"TAMPERED: {f}")
+    if findings:
+        print(f"{len(findings)} problem(s) in the ledger's hash chain, round sequence or signatures")
+        return True
+    signed = sum(1 for c in led.clients() if (h := led.signed_head(c, led.last_round(c))) and h.signature)
+    print(f"hash chain intact: {len(led.clients())} client(s), rounds in sequence, {signed} with signed chain heads")
+    if record is None:
+        print(f"no server record of aggregated heads ({default.name}): a truncated tail cannot be detected; "
+              "pass --server-record")
+    else:
+        print(f"matches the server's record of {len(record.rounds)} aggregated round(s)")
+    return False
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -412,7 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json")
     sp.add_argument("--csv")
     sp.add_argument("--plot", help="PNG of epsilon over rounds")
-    sp.add_argument("--check", action="store_true", help="recompute every epsilon from the recorded inputs")
+    sp.add_argument("--check", action="store_true",
+                    help="recompute every epsilon, verify the hash chain, round sequence and signed chain heads")
+    sp.add_argument("--server-record", help="the server's record of aggregated chain heads (default: "
+                    "aggregated_heads.json beside the ledger)")
     sp.set_defaults(func=cmd_ledger)
 
     sp = sub.add_parser("bench", help="run a benchmark (secagg | dp)")

@@ -15,6 +15,7 @@ client signatures and the server's record of aggregated heads).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -203,3 +204,66 @@ def test_check_works_on_a_read_only_copy(honest_run, tampered):
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- old format, forged heads (fast)
+def _spend(round_: int, eps: float):
+    from privspk.privacy.ledger import Spend
+
+    return Spend(client="c0", round=round_, unit="utterance", accountant="rdp", noise_multiplier=1.0,
+                 sample_rate=0.1, steps=5, delta=1e-5, epsilon_after=eps, clip=1.0, scheme="mask")
+
+
+def test_old_format_ledger_is_readable_but_never_written_and_never_verified(tmp_path, capsys):
+    from privspk.errors import LedgerError
+
+    path = tmp_path / "run" / "ledger.sqlite"
+    with Ledger(path, run_id="old", settings={}) as led:
+        led.record_spend(_spend(1, 0.5))
+    _sql(path, ("DROP TABLE spend_chain", ()))  # what a ledger written before the hash chain looks like
+    with pytest.raises(LedgerError, match="older privspk without a hash chain.*left untouched"):
+        Ledger(path, run_id="old", settings={})
+    with Ledger(path, readonly=True) as led:
+        assert [r.round for r in led.rows()] == [1]
+        assert "predates tamper evidence" in str(led.verify_chain()[0])
+    rc, out = _check(path.parent, capsys)
+    assert rc == 1 and "no hash chain" in out
+
+
+def test_an_empty_old_format_ledger_gains_the_chain(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path, run_id="old", settings={}).close()
+    _sql(path, ("DROP TABLE spend_chain", ()))
+    with Ledger(path, run_id="old", settings={}) as led:
+        led.record_spend(_spend(1, 0.5))
+        assert led.verify_chain() == [] and led.signed_head("c0", 1).seq == 1
+
+
+def test_server_record_refuses_a_head_signed_with_another_key(tmp_path):
+    from privspk.errors import LedgerError
+    from privspk.privacy.ledger import AggregatedHeads
+    from privspk.secagg.keys import IdentityKey
+
+    key = IdentityKey.generate()
+    with Ledger(tmp_path / "l.sqlite", run_id="r", settings={}) as led:
+        led.record_spend(_spend(1, 0.5), signer=key)
+        led.record_spend(_spend(2, 0.7), signer=key)
+        rec = AggregatedHeads(tmp_path / "heads.json", run_id="r")
+        rec.add(1, [led.signed_head("c0", 1)])
+        forged = dataclasses.replace(led.signed_head("c0", 2), public_key=IdentityKey.generate().public_bytes())
+        with pytest.raises(LedgerError, match="chain head refused"):
+            rec.add(2, [forged])
+        assert AggregatedHeads.load(rec.path).rounds.keys() == {1}, "nothing written for the refused round"
+
+
+def test_a_client_signs_all_its_rows_or_none(tmp_path):
+    from privspk.errors import LedgerError
+    from privspk.secagg.keys import IdentityKey
+
+    with Ledger(tmp_path / "l.sqlite", run_id="r", settings={}) as led:
+        led.record_spend(_spend(1, 0.5), signer=IdentityKey.generate())
+        with pytest.raises(LedgerError, match="signs all its chain heads or none"):
+            led.record_spend(_spend(2, 0.7))
+        with pytest.raises(LedgerError, match="another identity key"):
+            led.record_spend(_spend(2, 0.7), signer=IdentityKey.generate())
+        assert [r.round for r in led.rows()] == [1]

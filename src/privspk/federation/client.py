@@ -254,6 +254,14 @@ class FederatedClient:
         else:
             self.endpoint.submit(round_id, vector)
 
+    def signed_head(self, round_id: int):
+        """This client's signed ledger chain head after its spend of ``round_id`` (``None`` when it keeps none).
+
+        The server keeps the heads it aggregated, so the client's ledger cannot later lose a round unseen.
+        """
+        get = getattr(self.guard, "signed_head", None)
+        return get(round_id) if get is not None else None
+
     def forget_staged(self, round_id: int) -> None:
         """Drop the staged update once the round is aggregated."""
         self._staged_path(round_id).unlink(missing_ok=True)

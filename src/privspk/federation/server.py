@@ -53,6 +53,13 @@ class FederatedServer:
         self.weights = dict(weights)
         self.initial_vector = self.global_vector().clone()
         self.dim = int(self.initial_vector.numel())
+        self.heads = None  # a privspk.privacy.ledger.AggregatedHeads: the signed ledger heads it aggregated
+
+    def record_heads(self, round_id: int, heads) -> None:
+        """Keep the clients' signed ledger chain heads of an aggregated round (each signature checked first)."""
+        heads = [h for h in heads if h is not None]
+        if self.heads is not None and heads:
+            self.heads.add(round_id, heads)
 
     def global_vector(self) -> torch.Tensor:
         """The trainable encoder parameters as one float64 vector."""
