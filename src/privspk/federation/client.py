@@ -186,7 +186,8 @@ class FederatedClient:
 
     def _save_head(self) -> None:
         tmp = self._head_path().with_suffix(".tmp")
-        torch.save(self.net.head.state_dict(), tmp)
+        with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
+            torch.save(self.net.head.state_dict(), fh)
         tmp.replace(self._head_path())
 
     def epsilon(self) -> float:

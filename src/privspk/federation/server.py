@@ -93,8 +93,9 @@ class FederatedServer:
         """Atomically store the global vector and the last completed round."""
         path = Path(path)
         tmp = path.with_suffix(".tmp")
-        torch.save({"run_id": self.run_id, "round": completed_round, "names": self.names,
-                    "vector": self.global_vector()}, tmp)
+        with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
+            torch.save({"run_id": self.run_id, "round": completed_round, "names": self.names,
+                        "vector": self.global_vector()}, fh)
         tmp.replace(path)
 
     def load(self, path: str | Path) -> int:
