@@ -151,13 +151,9 @@ _CHAIN_DDL = """CREATE TABLE spend_chain (
 _CHAIN_COLUMNS: tuple[str, ...] = (
     "run_id", "client", "round", "seq", "prev_hash", "row_hash", "public_key", "signature",
 )
-# what a row's hash covers: every field fixed when the spend is recorded (status, note and updated_at
-# change as the round goes on and are not chained; the server's record covers what was aggregated)
-_CHAINED_FIELDS: tuple[str, ...] = (
-    "run_id", "client", "round", "unit", "accountant", "noise_multiplier", "sample_rate", "steps", "delta",
-    "epsilon_after", "client_noise_multiplier", "client_sample_rate", "client_delta", "client_epsilon_after",
-    "client_mechanism", "clip", "scheme", "update_digest", "speakers", "created_at",
-)
+# what a row's hash covers: every exported field (so a column added later is chained too) except the
+# three that change as the round goes on (the server's record covers what was aggregated)
+_UNCHAINED_FIELDS: frozenset[str] = frozenset({"status", "note", "updated_at"})
 GENESIS_HASH = "0" * 64
 _ROW_TAG = b"privspk/ledger-row/v1\x00"
 _HEAD_TAG = b"privspk/ledger-head/v1\x00"
@@ -200,8 +196,7 @@ def digest_update(payload: bytes | bytearray | memoryview | np.ndarray) -> str:
 
 def _chain_hash(row: SpendRow, *, prev_hash: str, seq: int) -> str:
     """SHA-256 of (tag, previous hash, position, the row's recorded fields as canonical JSON)."""
-    d = row.to_dict()
-    fields = {k: d[k] for k in _CHAINED_FIELDS}
+    fields = {k: v for k, v in row.to_dict().items() if k not in _UNCHAINED_FIELDS}
     body = json.dumps({"prev": prev_hash, "seq": seq, "row": fields}, sort_keys=True, separators=(",", ":"),
                       allow_nan=False)
     return hashlib.sha256(_ROW_TAG + body.encode("utf-8")).hexdigest()
