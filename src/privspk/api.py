@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -28,10 +29,15 @@ import torch
 from torch import nn
 
 from privspk.config import RunConfig
-from privspk.errors import ConfigError
+from privspk.errors import BudgetExceededError, ConfigError
 from privspk.prepare import PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
+
+#: the server's record of the signed ledger chain heads it aggregated (``privspk ledger --check`` reads it)
+AGGREGATED_HEADS = "aggregated_heads.json"
+#: one JSON line per completed round, so that a resumed run's report lists every round
+ROUNDS_LOG = "rounds.jsonl"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -156,7 +162,7 @@ def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = T
 # --------------------------------------------------------------------------- the run
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What :func:`train` returns (``rounds``: the rounds this call ran; ``report["rounds"]``: all of the run's)."""
 
     config: RunConfig
     encoder: nn.Module
@@ -211,6 +217,80 @@ def plan_client_level(cfg: RunConfig, *, dim: int):
     return dp, options
 
 
+def _append_round(path: Path, row: dict) -> None:
+    """Append one round's summary to the run's round log (flushed to disk: a resume reads it back)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _earlier_rounds(path: Path, last_done: int) -> list[dict]:
+    """The summaries of rounds 1..last_done from the round log (a resumed run's report keeps every round).
+
+    A round whose summary was lost (the process stopped between saving the round and logging it) is
+    listed with a note instead of its figures; a torn last line is ignored.
+    """
+    rows: dict[int, dict] = {}
+    if last_done and path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= last_done:
+                rows[row["round"]] = row
+    return [rows.get(r, {"round": r, "lost": "the process stopped before this round's summary was logged"})
+            for r in range(1, last_done + 1)]
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """What can be refused before any data is read: the aggregation scheme's options and its client count.
+
+    (Each section's ranges are checked when the config is built; the noise plans, which need
+    the clients' data sizes, are checked by :func:`train` before it creates the run directory.)
+
+    >>> from privspk.config import FederationSection, SecAggSection
+    >>> check_run_config(RunConfig(secagg=SecAggSection(scheme="mask"), federation=FederationSection(n_clients=1)))
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: [secagg] scheme 'mask' cannot run with [federation] n_clients = 1: a masked round needs at least 2 clients, got 1
+    """
+    from privspk.secagg import build_scheme
+
+    if cfg.name.strip() in ("", ".", "..") or any(c in cfg.name for c in "/\\"):
+        raise ConfigError(f"run name {cfg.name!r} must name one folder under out_dir (not empty, no '/')")
+    k = cfg.federation.n_clients
+    scheme = build_scheme(cfg.secagg.scheme, _scheme_options(cfg), seed=cfg.seed)
+    try:
+        need = scheme.min_survivors(k)
+    except ConfigError as exc:
+        raise ConfigError(f"[secagg] scheme {cfg.secagg.scheme!r} cannot run with [federation] n_clients = {k}: "
+                          f"{exc}") from None
+    if need > k:
+        raise ConfigError(f"[secagg] scheme {cfg.secagg.scheme!r} needs at least {need} clients per round, "
+                          f"[federation] n_clients = {k}; add clients or use scheme 'plain'")
+    if cfg.privacy.enabled and cfg.privacy.client_level:
+        if cfg.secagg.scheme != "mask":
+            raise ConfigError(f"client-level DP adds integer noise before masking: it needs secagg scheme 'mask', "
+                              f"not {cfg.secagg.scheme!r}")
+        if k < 2:
+            raise ConfigError("client-level DP needs at least 2 clients")
+
+
+def _replace_dir(run_dir: Path) -> None:
+    """Delete an old run directory for ``overwrite``: renamed aside first (one step), so a refusal leaves it whole."""
+    import tempfile
+
+    aside = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
+    try:
+        run_dir.rename(aside / run_dir.name)
+    except OSError:
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def train(
     config: RunConfig,
     *,
@@ -223,6 +303,66 @@ def train(
     data: PreparedData | None = None,
 ) -> TrainResult:
     """Run a federated training job end to end.
+
+    Everything that can be refused is refused before the run directory is created (the
+    config, the scheme's client count, every client's noise plan). If the job then fails
+    before any privacy spend is recorded (a full or read-only disk, an interrupt), the run
+    directory this call made is removed again, so nothing half written blocks the next try;
+    once a spend is recorded the directory is kept for ``resume``.
+
+    Args:
+        config: the run configuration.
+        budget: a :class:`privspk.privacy.PrivacyBudget` overriding ``config.privacy``'s
+            epsilon/delta/unit (each client's budget).
+        progress: progress bars on stderr.
+        resume: continue a crashed run in the same run directory (same privacy settings).
+        overwrite: delete an existing run directory of the same name first.
+        on_round: called after each round with that round's metrics.
+        eval_every: evaluate the held-out EER every this many rounds (and always after the last).
+        data: already prepared data (saves re-loading when running several configs).
+    """
+    made: list = []  # the run directory once this call has created it, and the ledger once opened
+    try:
+        return _train(config, budget=budget, progress=progress, resume=resume, overwrite=overwrite,
+                      on_round=on_round, eval_every=eval_every, data=data, made=made)
+    except BaseException:
+        for obj in made:
+            if not isinstance(obj, Path):
+                obj.close()  # the ledger: closed now, so SQLite leaves no -wal/-shm files behind
+        run_dir = next((obj for obj in made if isinstance(obj, Path)), None)
+        if run_dir is not None and run_dir.is_dir() and not _has_spends(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _has_spends(run_dir: Path) -> bool:
+    """Whether the run directory's ledger holds a spend (then it must be kept); True when unsure."""
+    from privspk.errors import PrivspkError
+    from privspk.privacy import Ledger
+
+    path = run_dir / "ledger.sqlite"
+    if not path.exists():
+        return False
+    try:
+        with Ledger(path, readonly=True) as led:
+            return bool(led.rows())
+    except (PrivspkError, OSError):
+        return True
+
+
+def _train(
+    config: RunConfig,
+    *,
+    budget=None,
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    eval_every: int = 1,
+    data: PreparedData | None = None,
+    made: list | None = None,
+) -> TrainResult:
+    """The body of :func:`train` (``made`` receives the run directory when this call creates it, and the ledger).
 
     Args:
         config: the run configuration.
@@ -252,26 +392,57 @@ def train(
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     run_dir = Path(cfg.out_dir) / cfg.name
-    if run_dir.exists() and not resume:
-        if not overwrite:
-            raise ConfigError(f"run directory {run_dir} exists; pass resume=True to continue it, "
-                              f"overwrite=True to start again, or choose another name")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_config(cfg)
+    if run_dir.exists() and not resume and not overwrite:
+        raise ConfigError(f"run directory {run_dir} exists; pass resume=True to continue it, "
+                          f"overwrite=True to start again, or choose another name")
     privacy = cfg.privacy
     ledger = None
-    if privacy.enabled:
-        from privspk.federation.guard import open_run_ledger
+    if resume and run_dir.exists():
+        if privacy.enabled:
+            from privspk.federation.guard import open_run_ledger
 
-        # opened first: a resume with other privacy settings is refused before anything is written or computed
-        ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
-    elif resume and (run_dir / "ledger.sqlite").exists():
-        raise ConfigError(f"{run_dir} is a differentially private run (it has a privacy ledger); resume it with "
-                          "the same privacy settings, never without privacy")
-    (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+            # opened first: a resume with other privacy settings is refused before anything is written or computed
+            ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
+            if made is not None:
+                made.append(ledger)
+        elif (run_dir / "ledger.sqlite").exists():
+            raise ConfigError(f"{run_dir} is a differentially private run (it has a privacy ledger); resume it "
+                              "with the same privacy settings, never without privacy")
 
     data = data if data is not None else prepare_data(cfg, progress=progress)
     t_data = time.perf_counter()
+    clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
+                    for i, group in enumerate(data.split.clients)}
+    # every client's noise plan before the run directory exists: an unreachable budget fails here, in
+    # seconds, and leaves nothing behind that would block the next try
+    plans: dict[str, Any] = {}
+    sample_rates: dict[str, float] = {}
+    if privacy.enabled:
+        for cid, cdata in clients_data.items():
+            q = sample_rate_for(cdata, unit=privacy.unit, batch_size=cfg.train.batch_size,
+                                speaker_batch=cfg.train.speaker_batch)
+            b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
+            try:
+                plans[cid] = plan_noise_multiplier(budget=b, sample_rate=q, steps=cfg.train.local_steps,
+                                                   rounds=cfg.federation.rounds, accountant=privacy.accountant)
+            except (ConfigError, BudgetExceededError) as exc:
+                raise type(exc)(f"no noise plan for {cid}: {exc}. Nothing was written (no run directory)") from None
+            sample_rates[cid] = q
+
+    if run_dir.exists() and not resume:
+        _replace_dir(run_dir)
+    if not run_dir.exists():
+        run_dir.mkdir(parents=True)
+        if made is not None:
+            made.append(run_dir)
+    if privacy.enabled and ledger is None:
+        from privspk.federation.guard import open_run_ledger
+
+        ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
+        if made is not None:
+            made.append(ledger)
+    (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
     base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
     t_pre = time.perf_counter()
     evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames,
@@ -281,8 +452,6 @@ def train(
     encoder = copy.deepcopy(base)
     n_trainable = apply_recipe(encoder, cfg.train.recipe)
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
-    clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
-                    for i, group in enumerate(data.split.clients)}
     total = sum(len(d) for d in clients_data.values())
     weights = {cid: len(d) / total for cid, d in clients_data.items()}
     options = _scheme_options(cfg)
@@ -291,8 +460,11 @@ def train(
         client_dp, options = plan_client_level(cfg, dim=n_trainable)
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
     server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    if ledger is not None:
+        from privspk.privacy.ledger import AggregatedHeads
 
-    plans: dict[str, Any] = {}
+        server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
+
     train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
                       crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
@@ -302,25 +474,22 @@ def train(
     for i, (cid, cdata) in enumerate(clients_data.items()):
         dp = guard = None
         if privacy.enabled:
-            from privspk.federation.guard import LedgerGuard
+            from privspk.federation.guard import LedgerGuard, client_identity
 
             b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
-            q = sample_rate_for(cdata, unit=privacy.unit, batch_size=cfg.train.batch_size,
-                                speaker_batch=cfg.train.speaker_batch)
-            plan = plan_noise_multiplier(budget=b, sample_rate=q, steps=cfg.train.local_steps,
-                                         rounds=cfg.federation.rounds, accountant=privacy.accountant)
-            plans[cid] = plan
+            q, plan = sample_rates[cid], plans[cid]
             dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
                             sample_rate=q)
+            identity = client_identity(run_dir / "clients" / cid / "identity.key")
             if client_dp is not None:
                 guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
                                     client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
                                                                 unit="client"),
                                     client_mechanism=client_dp.mechanism(),  # the guaranteed honest shares
-                                    randomness=privacy.randomness)
+                                    randomness=privacy.randomness, identity=identity)
             else:
                 guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
-                                    randomness=privacy.randomness)
+                                    randomness=privacy.randomness, identity=identity)
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
             guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
@@ -338,6 +507,8 @@ def train(
     fed = InProcessFederation(server, clients, scheme, state_path=run_dir / "server_state.pt",
                               on_aggregated=aggregated)
     last_done = fed.last_completed_round() if resume else 0
+    rounds_log = run_dir / ROUNDS_LOG
+    earlier = _earlier_rounds(rounds_log, last_done)
     rounds: list[dict] = []
     for r in range(last_done + 1, cfg.federation.rounds + 1):
         rep = fed.run_round(r)
@@ -352,6 +523,7 @@ def train(
         if eval_every and (r % eval_every == 0 or last):
             row["eval"] = evaluator.evaluate(server.encoder)
         rounds.append(row)
+        _append_round(rounds_log, row)
         if on_round is not None:
             on_round(row)
     t_fed = time.perf_counter()
@@ -388,7 +560,8 @@ def train(
                                       if client_dp is not None else None)}
                     if privacy.enabled else {"enabled": False}),
         "secagg": {"scheme": cfg.secagg.scheme, "options": options},
-        "rounds": rounds,
+        "rounds": earlier + rounds,
+        "resumed_after_round": last_done if resume else None,
         "final_eval": final_eval,
         "seconds": {"data": round(t_data - t_start, 1), "pretrain": round(t_pre - t_data, 1),
                     "federated": round(t_fed - t_pre, 1), "total": round(time.perf_counter() - t_start, 1)},

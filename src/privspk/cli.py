@@ -25,34 +25,46 @@ log = logging.getLogger("privspk")
 
 # --------------------------------------------------------------------------- helpers
 def _config(args: argparse.Namespace):
+    """The run config: the TOML file (or the demo preset) with the command-line options applied.
+
+    An option given on the command line is treated exactly like the same key in the TOML file:
+    every override goes through the same checks (``--rounds 0`` is refused like ``rounds = 0``).
+    """
     from privspk.config import RunConfig
 
     cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig.preset("demo")
-    changes = {}
-    if getattr(args, "data", None):
-        changes["data_dir"] = args.data
-    if getattr(args, "out", None):
-        changes["out_dir"] = args.out
-    if getattr(args, "name", None):
-        changes["name"] = args.name
-    if changes:
-        cfg = cfg.replace(**changes)
-    if getattr(args, "secagg", None):
-        cfg = cfg.replace(secagg=dataclasses.replace(cfg.secagg, scheme=args.secagg))
-    priv = {}
-    if getattr(args, "epsilon", None) is not None:
-        priv["epsilon"] = args.epsilon
-    if getattr(args, "unit", None):
-        priv["unit"] = args.unit
+    data = cfg.to_dict()
+    overrides = [
+        ("data", None, "data_dir"), ("out", None, "out_dir"), ("name", None, "name"),
+        ("secagg", "secagg", "scheme"), ("epsilon", "privacy", "epsilon"), ("unit", "privacy", "unit"),
+        ("rounds", "federation", "rounds"), ("recipe", "train", "recipe"),
+    ]
+    changed = False
+    for opt, section, key in overrides:
+        value = getattr(args, opt, None)
+        if value is None:
+            continue
+        (data if section is None else data[section])[key] = value
+        changed = True
     if getattr(args, "no_dp", False):
-        priv["enabled"] = False
-    if priv:
-        cfg = cfg.replace(privacy=dataclasses.replace(cfg.privacy, **priv))
-    if getattr(args, "rounds", None):
-        cfg = cfg.replace(federation=dataclasses.replace(cfg.federation, rounds=args.rounds))
-    if getattr(args, "recipe", None):
-        cfg = cfg.replace(train=dataclasses.replace(cfg.train, recipe=args.recipe))
-    return cfg
+        data["privacy"]["enabled"] = False
+        changed = True
+    return RunConfig.from_dict(data) if changed else cfg
+
+
+def _check_writable(path: Path) -> None:
+    """Raise the OSError a write of ``path`` would raise, now, before any work: a temporary file is made in
+    its nearest existing folder and removed (no folder is created)."""
+    import errno
+    import tempfile
+
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.probe-"):
+        pass
 
 
 def _pct(x: float) -> str:
@@ -238,6 +250,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg = cfg.replace(data_dir=args.data)
     torch.set_num_threads(cfg.threads)
     encoder, _ = load_encoder(run / "encoder.pt")
+    if args.scores:
+        _check_writable(Path(args.scores))  # before the embedding work, not after it
     if args.trials:
         from privspk.audio.io import read_audio
         from privspk.evaluation.embed import embed_features
@@ -297,6 +311,7 @@ def _verifier(args: argparse.Namespace, *, create: bool):
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll a speaker from recordings (threshold calibrated on the run's held-out scores)."""
     v, store = _verifier(args, create=True)
+    _check_writable(Path(store) / "verifier.json")  # before the recordings are embedded
     v.enroll(args.speaker, args.wavs, replace=args.replace)
     v.save(store, encoder_checkpoint=str(Path(args.run) / "encoder.pt"))
     print(f"enrolled {args.speaker!r} from {len(args.wavs)} recording(s); {len(v.speakers)} speaker(s) in {store}; "
@@ -337,9 +352,35 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                       f"{'ok' if c.ok else 'MISMATCH'}{note}")
             if bad:
                 print(f"{len(bad)} of {len(checks)} rows do not recompute to their recorded epsilon")
-                return 1
-            print(f"all {len(checks)} rows recompute to their recorded epsilon")
+            else:
+                print(f"all {len(checks)} rows recompute to their recorded epsilon")
+            return 1 if _check_chain(led, path, args.server_record) or bad else 0
     return 0
+
+
+def _check_chain(led, ledger_path: Path, record_path: str | None) -> bool:
+    """Print the hash-chain verdict of ``privspk ledger --check``; True when something is wrong."""
+    from privspk.api import AGGREGATED_HEADS
+    from privspk.privacy.ledger import AggregatedHeads
+
+    default = ledger_path.parent / AGGREGATED_HEADS
+    record = None
+    if record_path is not None or default.exists():
+        record = AggregatedHeads.load(record_path if record_path is not None else default)
+    findings = led.verify_chain(record)
+    for f in findings:
+        print(f"TAMPERED: {f}")
+    if findings:
+        print(f"{len(findings)} problem(s) in the ledger's hash chain, round sequence or signatures")
+        return True
+    signed = sum(1 for c in led.clients() if (h := led.signed_head(c, led.last_round(c))) and h.signature)
+    print(f"hash chain intact: {len(led.clients())} client(s), rounds in sequence, {signed} with signed chain heads")
+    if record is None:
+        print(f"no server record of aggregated heads ({default.name}): a truncated tail cannot be detected; "
+              "pass --server-record")
+    else:
+        print(f"matches the server's record of {len(record.rounds)} aggregated round(s)")
+    return False
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -424,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json")
     sp.add_argument("--csv")
     sp.add_argument("--plot", help="PNG of epsilon over rounds")
-    sp.add_argument("--check", action="store_true", help="recompute every epsilon from the recorded inputs")
+    sp.add_argument("--check", action="store_true",
+                    help="recompute every epsilon, verify the hash chain, round sequence and signed chain heads")
+    sp.add_argument("--server-record", help="the server's record of aggregated chain heads (default: "
+                    "aggregated_heads.json beside the ledger)")
     sp.set_defaults(func=cmd_ledger)
 
     sp = sub.add_parser("bench", help="run a benchmark (secagg | dp)")
@@ -448,6 +492,33 @@ def main(argv: list[str] | None = None) -> int:
     except PrivspkError as exc:
         print(f"privspk {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"privspk {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: the path, what the system said, and what to do.
+
+    >>> import errno
+    >>> os_error_line(OSError(errno.EROFS, "Read-only file system", "runs/demo/config.toml"))
+    'runs/demo/config.toml: Read-only file system - the folder cannot be written: make it writable or choose another folder (--out / --store / --scores)'
+    """
+    import errno
+
+    path = exc.filename if exc.filename is not None else exc.filename2
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        todo = "the disk is full: free some space or choose a folder on another disk, then run the command again"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        todo = "the folder cannot be written: make it writable or choose another folder (--out / --store / --scores)"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        todo = "a file stands where a folder is needed (or the reverse): choose another path"
+    elif exc.errno == errno.ENOENT:
+        todo = "no such file or folder: check the path"
+    else:
+        todo = "check the path and the disk, then run the command again"
+    return f"{path}: {reason} - {todo}" if path is not None else f"{reason} - {todo}"
 
 
 if __name__ == "__main__":

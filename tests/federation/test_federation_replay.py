@@ -185,8 +185,8 @@ def test_fsync_order_staged_update_before_spend_and_release_record_before_reply(
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd)))
     record_spend = job.ledger.record_spend
-    monkeypatch.setattr(job.ledger, "record_spend", lambda spend: (events.append(("commit", spend.client)),
-                                                                    record_spend(spend))[1])
+    monkeypatch.setattr(job.ledger, "record_spend", lambda spend, **kw: (events.append(("commit", spend.client)),
+                                                                          record_spend(spend, **kw))[1])
     store = tmp_path / "clients" / "client0"
     endpoint = job.clients["client0"].endpoint
     handle = endpoint.handle

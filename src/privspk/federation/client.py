@@ -212,7 +212,8 @@ class FederatedClient:
 
     def _save_head(self) -> None:
         tmp = self._head_path().with_suffix(".tmp")
-        torch.save(self.net.head.state_dict(), tmp)
+        with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
+            torch.save(self.net.head.state_dict(), fh)
         tmp.replace(self._head_path())
 
     def epsilon(self) -> float:
@@ -335,6 +336,14 @@ class FederatedClient:
             except PrivspkError as exc:
                 log.error("client %s: round %d refused, but the ledger was not marked abandoned: %s",
                           self.client_id, round_id, exc)
+
+    def signed_head(self, round_id: int):
+        """This client's signed ledger chain head after its spend of ``round_id`` (``None`` when it keeps none).
+
+        The server keeps the heads it aggregated, so the client's ledger cannot later lose a round unseen.
+        """
+        get = getattr(self.guard, "signed_head", None)
+        return get(round_id) if get is not None else None
 
     def forget_staged(self, round_id: int) -> None:
         """Drop the staged update once the round is aggregated."""

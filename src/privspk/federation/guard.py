@@ -19,13 +19,16 @@ True
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from privspk.config import RunConfig
 from privspk.privacy import BudgetGuard, Ledger, PrivacyBudget
-from privspk.privacy.ledger import digest_update
+from privspk.errors import CheckpointError, ConfigError
+from privspk.privacy.ledger import SignedHead, digest_update
+from privspk.secagg.keys import IdentityKey
 from privspk.training.local import DPSettings
 
 
@@ -53,10 +56,11 @@ class LedgerGuard:
 
     def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str, clip: float,
                  client_budget: PrivacyBudget | None = None, client_mechanism=None,
-                 randomness: str = "secret") -> None:
+                 randomness: str = "secret", identity: IdentityKey | None = None) -> None:
         self.ledger = ledger
         self.randomness = randomness  # recorded in every row: "secret" or "simulation"
         self.client = client
+        self.identity = identity  # signs the ledger's chain head after each of this client's spends
         self.clip = clip
         self.client_mechanism = client_mechanism
         self.guard = BudgetGuard(ledger, client, budget, accountant=accountant, client_budget=client_budget)
@@ -76,8 +80,12 @@ class LedgerGuard:
         """Record the spend (with the update's digest) in one committed transaction."""
         row = self.guard.commit_spend(round_id, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
                                       steps=steps, clip=dp.clip, scheme=scheme, update_digest=_digest(update),
-                                      randomness=self.randomness, **self._client_level())
+                                      randomness=self.randomness, signer=self.identity, **self._client_level())
         return row.epsilon_after
+
+    def signed_head(self, round_id: int) -> SignedHead | None:
+        """The ledger's chain head after this client's spend of ``round_id``, signed (what it shows the server)."""
+        return self.ledger.signed_head(self.client, round_id)
 
     def client_epsilon(self) -> float | None:
         """Client-level epsilon spent so far (``None`` without client-level DP)."""
@@ -98,6 +106,33 @@ class LedgerGuard:
     def epsilon(self) -> float:
         """Epsilon spent so far, from the ledger."""
         return self.ledger.epsilon(self.client)
+
+
+def client_identity(path: str | Path) -> IdentityKey:
+    """The client's long-term Ed25519 identity key, kept in its store: loaded, or made once (mode 0600).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "identity.key"
+    >>> client_identity(p).public_bytes() == client_identity(p).public_bytes()
+    True
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            return IdentityKey.from_private_bytes(path.read_bytes())
+        except ConfigError:
+            raise CheckpointError(f"{path}: not a 32-byte identity key; the client cannot sign its ledger rows - "
+                                  "restore the file (a new key would not match the server's record)") from None
+    key = IdentityKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return key
 
 
 def _digest(update) -> str:

@@ -121,6 +121,9 @@ class InProcessFederation:
         report.included = result.included
         report.dropped = dict(result.dropped)
         report.bytes_up = int(sum(result.bytes_up.values()))
+        # the signed heads are recorded before the round counts as done: a crash in between re-runs the
+        # round, whose clients re-send the same rows (the record takes the same heads again)
+        self.server.record_heads(round_id, [self.clients[cid].signed_head(round_id) for cid in result.included])
         if self.state_path is not None:
             self.server.save(self.state_path, completed_round=round_id)
         if self.on_aggregated is not None:

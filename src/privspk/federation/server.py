@@ -53,6 +53,13 @@ class FederatedServer:
         self.weights = dict(weights)
         self.initial_vector = self.global_vector().clone()
         self.dim = int(self.initial_vector.numel())
+        self.heads = None  # a privspk.privacy.ledger.AggregatedHeads: the signed ledger heads it aggregated
+
+    def record_heads(self, round_id: int, heads) -> None:
+        """Keep the clients' signed ledger chain heads of an aggregated round (each signature checked first)."""
+        heads = [h for h in heads if h is not None]
+        if self.heads is not None and heads:
+            self.heads.add(round_id, heads)
 
     def global_vector(self) -> torch.Tensor:
         """The trainable encoder parameters as one float64 vector."""
@@ -86,8 +93,9 @@ class FederatedServer:
         """Atomically store the global vector and the last completed round."""
         path = Path(path)
         tmp = path.with_suffix(".tmp")
-        torch.save({"run_id": self.run_id, "round": completed_round, "names": self.names,
-                    "vector": self.global_vector()}, tmp)
+        with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
+            torch.save({"run_id": self.run_id, "round": completed_round, "names": self.names,
+                        "vector": self.global_vector()}, fh)
         tmp.replace(path)
 
     def load(self, path: str | Path) -> int:

@@ -147,7 +147,8 @@ def save_encoder(
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        torch.save(blob, tmp)
+        with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
+            torch.save(blob, fh)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -353,11 +353,13 @@ class BudgetGuard:
         client_sample_rate: float | None = None,
         update_digest: str | None = None,
         randomness: str = "secret",
+        signer: object | None = None,
     ) -> SpendRow:
         """Authorize the round again and record its spend (committed before the update may leave).
 
         ``randomness`` is recorded with the row: ``secret`` or ``simulation`` (see
-        :mod:`privspk.training.randomness`).
+        :mod:`privspk.training.randomness`). ``signer`` (the client's identity key) signs the
+        ledger's new chain head (see :meth:`privspk.privacy.Ledger.record_spend`).
 
         >>> g = _example_guard()
         >>> row = g.commit_spend(1, noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, scheme="bfv")
@@ -398,4 +400,4 @@ class BudgetGuard:
             client_level=client_level,
             update_digest=update_digest,
         )
-        return self._ledger.record_spend(spend)
+        return self._ledger.record_spend(spend, signer=signer)

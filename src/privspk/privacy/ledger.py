@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privspk.errors import ConfigError, LedgerError
+from privspk.errors import ConfigError, LedgerError, PrivspkError
 from privspk.privacy._checks import nonempty_str, positive_float, positive_int, probability, real
 from privspk.privacy.accounting import (
     RoundSpend,
@@ -81,7 +81,11 @@ __all__ = [
     "RecomputeCheck",
     "Spend",
     "SpendRow",
+    "SignedHead",
+    "AggregatedHeads",
+    "ChainFinding",
     "digest_update",
+    "head_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,6 +140,35 @@ _SCHEMA: dict[str, str] = {
     )""",
 }
 
+# The hash chain (tamper evidence) lives in its own table, so the spends table keeps its columns. Each row
+# of a client commits to the one before it: row_hash = SHA-256(tag, prev_hash, seq, the row's recorded
+# fields); ``signature`` is the client's Ed25519 signature of the chain head after that row
+# (:func:`head_message`), ``public_key`` the key it was made with. A ledger without this table predates
+# tamper evidence: it can be read and recomputed, but never written to again (see Ledger).
+_CHAIN_TABLE = "spend_chain"
+_CHAIN_DDL = """CREATE TABLE spend_chain (
+        run_id TEXT NOT NULL,
+        client TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq >= 1),
+        prev_hash TEXT NOT NULL,
+        row_hash TEXT NOT NULL,
+        public_key TEXT,
+        signature TEXT,
+        PRIMARY KEY (run_id, client, round),
+        UNIQUE (run_id, client, seq),
+        FOREIGN KEY (run_id, client, round) REFERENCES spends(run_id, client, round)
+    )"""
+_CHAIN_COLUMNS: tuple[str, ...] = (
+    "run_id", "client", "round", "seq", "prev_hash", "row_hash", "public_key", "signature",
+)
+# what a row's hash covers: every exported field (so a column added later is chained too) except the
+# three that change as the round goes on (the server's record covers what was aggregated)
+_UNCHAINED_FIELDS: frozenset[str] = frozenset({"status", "note", "updated_at"})
+GENESIS_HASH = "0" * 64
+_ROW_TAG = b"privspk/ledger-row/v1\x00"
+_HEAD_TAG = b"privspk/ledger-head/v1\x00"
+
 _COLUMNS: dict[str, tuple[str, ...]] = {
     "meta": ("key", "value"),
     "runs": ("run_id", "settings", "created_at"),
@@ -171,6 +204,26 @@ def digest_update(payload: bytes | bytearray | memoryview | np.ndarray) -> str:
     else:
         raise ConfigError(f"update payload must be bytes or a numpy array, got {type(payload).__name__}")
     return h.hexdigest()
+
+
+def _chain_hash(row: SpendRow, *, prev_hash: str, seq: int) -> str:
+    """SHA-256 of (tag, previous hash, position, the row's recorded fields as canonical JSON)."""
+    fields = {k: v for k, v in row.to_dict().items() if k not in _UNCHAINED_FIELDS}
+    body = json.dumps({"prev": prev_hash, "seq": seq, "row": fields}, sort_keys=True, separators=(",", ":"),
+                      allow_nan=False)
+    return hashlib.sha256(_ROW_TAG + body.encode("utf-8")).hexdigest()
+
+
+def head_message(*, run_id: str, client: str, round: int, seq: int, head: str) -> bytes:
+    """What a client signs: its chain head ``head`` after its ``seq``-th row (round ``round``) of ``run_id``.
+
+    >>> head_message(run_id="r", client="c0", round=3, seq=2, head="ab" * 32)[:22]
+    b'privspk/ledger-head/v1'
+    """
+    from privspk.secagg.keys import encode_ids
+
+    return _HEAD_TAG + encode_ids(run_id, client) + int(round).to_bytes(8, "big") + int(seq).to_bytes(8, "big") + \
+        bytes.fromhex(head)
 
 
 def _example_spend(client: str = "c0", round: int = 1, epsilon_after: float = 0.5) -> Spend:
@@ -445,6 +498,7 @@ class Ledger:
         self._timeout_s = positive_float("timeout_s", timeout_s)
         self._readonly = bool(readonly)
         self._lock = threading.RLock()
+        self._chained = False
         if run_id is not None:
             nonempty_str("run_id", run_id)
         settings_json = None if settings is None else _canonical_json(settings)
@@ -465,6 +519,8 @@ class Ledger:
             )
         except sqlite3.Error as exc:
             raise LedgerError(f"{self._path}: cannot open the ledger ({exc})") from exc
+        if readonly:
+            self._conn = self._readable(self._conn, uri)
         try:
             self._info = self._open(run_id=run_id, settings_json=settings_json, create=create_if_missing)
         except BaseException:
@@ -472,6 +528,33 @@ class Ledger:
             raise
 
     # -- opening -----------------------------------------------------------------------------------------------
+
+    def _readable(self, conn: sqlite3.Connection, uri: str) -> sqlite3.Connection:
+        """A read-only connection that works in a folder nobody may write (a WAL reader needs a -shm file).
+
+        When SQLite cannot create the -shm file beside a WAL ledger, the file is opened as
+        immutable - safe only when no -wal file holds transactions not yet in the main file,
+        which is refused with a clear message.
+        """
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            if not isinstance(exc, sqlite3.OperationalError) or "unable to open" not in str(exc).lower():
+                return conn  # _open reports it
+        wal = self._path.with_name(self._path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            conn.close()
+            raise LedgerError(
+                f"{self._path}: cannot read the ledger in a read-only folder while its -wal file holds recent "
+                "transactions; copy the ledger with its -wal and -shm files to a writable folder and read it there"
+            )
+        conn.close()
+        try:
+            return sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=self._timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self._path}: cannot open the ledger ({exc})") from exc
 
     def _translate(self, exc: sqlite3.Error, doing: str) -> LedgerError:
         msg = str(exc).lower()
@@ -521,6 +604,14 @@ class Ledger:
                 raise LedgerError(
                     f"{self._path}: table {table} has columns {have}, expected {cols}; the file is damaged"
                 )
+        self._chained = _CHAIN_TABLE in tables
+        if self._chained:
+            have = tuple(r[1] for r in self._conn.execute(f"PRAGMA table_info({_CHAIN_TABLE})").fetchall())
+            if have[: len(_CHAIN_COLUMNS)] != _CHAIN_COLUMNS:
+                raise LedgerError(
+                    f"{self._path}: table {_CHAIN_TABLE} has columns {have}, expected {_CHAIN_COLUMNS}; the file is "
+                    "damaged"
+                )
         check = self._conn.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise LedgerError(f"{self._path}: integrity check failed ({check}); restore the ledger from a backup")
@@ -542,6 +633,9 @@ class Ledger:
             self._conn.execute("PRAGMA foreign_keys=ON")
             if not tables:
                 self._create(run_id=run_id, settings_json=settings_json)  # type: ignore[arg-type]
+                self._chained = True
+            elif not self._chained and not self._readonly:
+                self._migrate_unchained()
             return self._load_run(run_id=run_id, settings_json=settings_json)
         except sqlite3.Error as exc:
             raise self._translate(exc, "opening") from exc
@@ -552,6 +646,7 @@ class Ledger:
                 return  # another process created it first; _load_run checks it
             for ddl in _SCHEMA.values():
                 conn.execute(ddl)
+            conn.execute(_CHAIN_DDL)
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("format", LEDGER_FORMAT), ("schema_version", str(SCHEMA_VERSION))],
@@ -560,6 +655,23 @@ class Ledger:
                 "INSERT INTO runs (run_id, settings, created_at) VALUES (?, ?, ?)", (run_id, settings_json, _now())
             )
         logger.info("created privacy ledger %s for run %s", self._path, run_id)
+
+    def _migrate_unchained(self) -> None:
+        """A ledger from before the hash chain: an empty one gains the chain table; one with rows is refused.
+
+        Chaining rows recorded without a chain would vouch for rows nobody can vouch for any more, so a
+        ledger that already holds spends is never migrated: it stays readable (``readonly=True``) and
+        ``verify_chain`` reports it as unverifiable.
+        """
+        with self._write("adding the hash chain") as conn:
+            if conn.execute("SELECT count(*) FROM spends").fetchone()[0]:
+                raise LedgerError(
+                    f"{self._path}: this ledger was written by an older privspk without a hash chain (no "
+                    f"'{_CHAIN_TABLE}' table), so its rows cannot be vouched for; it is left untouched - finish "
+                    "that run with the privspk version that started it, or start a new run (new ledger)"
+                )
+            conn.execute(_CHAIN_DDL)
+        self._chained = True
 
     def _load_run(self, *, run_id: str | None, settings_json: str | None) -> _RunInfo:
         runs = self._conn.execute("SELECT run_id, settings FROM runs").fetchall()
@@ -783,8 +895,14 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------------------------
 
-    def record_spend(self, spend: Spend) -> SpendRow:
+    def record_spend(self, spend: Spend, *, signer: object | None = None) -> SpendRow:
         """Record ``spend`` as ``spent`` in one committed (fsync'ed) transaction.
+
+        The row is chained to the client's previous row (SHA-256 hash chain) in the
+        same transaction; with ``signer`` (an object with ``sign(bytes)`` and
+        ``public_bytes()``, e.g. :class:`privspk.secagg.keys.IdentityKey`) the new
+        chain head is signed too (:func:`head_message`). A client signs all its rows
+        or none.
 
         Refuses (LedgerError, nothing written) a (client, round) already recorded,
         a round not above the client's last one, a unit/accountant/delta different
@@ -824,11 +942,183 @@ class Ledger:
                 [(self.run_id, spend.client, spend.round, s) for s in spend.speakers],
             )
             row = self._select(conn, "AND client = ? AND round = ?", (spend.client, spend.round))[0]
+            self._chain_row(conn, row, signer)
         logger.info(
             "ledger %s: client %s round %d spent, epsilon %.4f per %s", self._path.name, spend.client, spend.round,
             spend.epsilon_after, spend.unit,
         )
         return row
+
+    def _chain_row(self, conn: sqlite3.Connection, row: SpendRow, signer: object | None) -> None:
+        last = conn.execute(
+            f"SELECT seq, row_hash, public_key FROM {_CHAIN_TABLE} WHERE run_id = ? AND client = ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (self.run_id, row.client),
+        ).fetchone()
+        seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, str(last[1]))
+        if last is not None and (last[2] is None) != (signer is None):
+            raise LedgerError(
+                f"{self._path}: client {row.client} round {row.round}: a client signs all its chain heads or none "
+                f"(earlier rows are {'un' if last[2] is None else ''}signed); nothing was written"
+            )
+        head = _chain_hash(row, prev_hash=prev, seq=seq)
+        public_key = signature = None
+        if signer is not None:
+            pk = signer.public_bytes()  # type: ignore[attr-defined]
+            if last is not None and last[2] != pk.hex():
+                raise LedgerError(
+                    f"{self._path}: client {row.client} round {row.round}: signed with another identity key than "
+                    "its earlier rows; a client keeps one key for a run - nothing was written"
+                )
+            public_key = pk.hex()
+            signature = signer.sign(  # type: ignore[attr-defined]
+                head_message(run_id=self.run_id, client=row.client, round=row.round, seq=seq, head=head)
+            ).hex()
+        conn.execute(
+            f"INSERT INTO {_CHAIN_TABLE} ({', '.join(_CHAIN_COLUMNS)}) VALUES ({', '.join('?' * len(_CHAIN_COLUMNS))})",
+            (self.run_id, row.client, row.round, seq, prev, head, public_key, signature),
+        )
+
+    def signed_head(self, client: str, round: int) -> SignedHead | None:
+        """The client's chain head after its row of ``round`` (with its signature), or ``None``.
+
+        >>> from privspk.secagg.keys import IdentityKey
+        >>> led = _example_ledger()
+        >>> _ = led.record_spend(_example_spend(), signer=IdentityKey.generate())
+        >>> h = led.signed_head("c0", 1)
+        >>> (h.seq, len(h.head), len(h.signature))
+        (1, 64, 64)
+        """
+        with self._read("reading a chain head") as conn:
+            if not self._chained:
+                return None
+            rec = conn.execute(
+                f"SELECT seq, row_hash, public_key, signature FROM {_CHAIN_TABLE} WHERE run_id = ? AND client = ? "
+                "AND round = ?",
+                (self.run_id, client, round),
+            ).fetchone()
+        if rec is None:
+            return None
+        return SignedHead(
+            client=client, round=int(round), seq=int(rec[0]), head=str(rec[1]),
+            public_key=b"" if rec[2] is None else bytes.fromhex(rec[2]),
+            signature=b"" if rec[3] is None else bytes.fromhex(rec[3]),
+        )
+
+    def verify_chain(self, record: AggregatedHeads | None = None) -> list[ChainFinding]:
+        """Check the hash chain, the round sequence and the signatures of every client (empty list: intact).
+
+        Flags, per client: a row whose recorded fields changed since it was recorded
+        (its hash no longer matches), a deleted or inserted row (a broken link, a gap
+        in the chain's positions), rounds out of order, a missing or bad signature
+        of a chain head, a change of identity key. With ``record`` (the server's
+        :class:`AggregatedHeads`) also: every head the server aggregated must be in
+        the chain, with the same hash at the same position, signed by the key the
+        server registered - so a truncated tail, or a chain rewritten by someone
+        holding the client's key, is caught too.
+
+        >>> from privspk.secagg.keys import IdentityKey
+        >>> led, key = _example_ledger(), IdentityKey.generate()
+        >>> for r in (1, 2, 3):
+        ...     _ = led.record_spend(_example_spend(round=r, epsilon_after=0.5 * r), signer=key)
+        >>> led.verify_chain()
+        []
+        >>> with led._write("a test edit") as conn:  # a larger noise multiplier shows a smaller spend
+        ...     _ = conn.execute("UPDATE spends SET noise_multiplier = 2.0 WHERE round = 2")
+        >>> [str(f).split(";")[0] for f in led.verify_chain()]  # doctest: +ELLIPSIS
+        ['client c0: round 2 (chain position 2): its recorded fields (noise, sampling, steps, epsilon...) changed...']
+        """
+        findings: list[ChainFinding] = []
+        if not self._chained:
+            return [ChainFinding(client=None, round=None, problem=(
+                f"no hash chain: this ledger predates tamper evidence (no '{_CHAIN_TABLE}' table); its rows can be "
+                "recomputed but a deleted or rewritten row cannot be detected"))]
+        from privspk.secagg.keys import KeyRegistry
+
+        with self._read("verifying the hash chain") as conn:
+            rows = {(r.client, r.round): r for r in self._select(conn)}
+            chain = conn.execute(
+                f"SELECT {', '.join(_CHAIN_COLUMNS)} FROM {_CHAIN_TABLE} WHERE run_id = ? ORDER BY client, seq",
+                (self.run_id,),
+            ).fetchall()
+            other = conn.execute(f"SELECT count(*) FROM {_CHAIN_TABLE} WHERE run_id != ?", (self.run_id,)).fetchone()
+        if other and other[0]:
+            findings.append(ChainFinding(client=None, round=None, problem=f"{other[0]} chain entries of another run"))
+        links: dict[str, list[tuple]] = {}
+        for rec in chain:
+            links.setdefault(rec[1], []).append(rec)
+        for client, rnd in sorted(rows):
+            if not any(rec[2] == rnd for rec in links.get(client, ())):
+                findings.append(ChainFinding(client=client, round=rnd, problem=(
+                    f"round {rnd} has a spend row but no chain entry; it was added outside privspk")))
+        registry = KeyRegistry()
+        for client in sorted(links):
+            prev_hash, prev_round, keys = GENESIS_HASH, 0, set()
+            for i, (_, _, rnd, seq, prev, head, pk, sig) in enumerate(links[client], start=1):
+                where = f"round {rnd} (chain position {seq})"
+                if seq != i:
+                    findings.append(ChainFinding(client=client, round=rnd, problem=(
+                        f"{where}: the chain skips position(s) {i}..{seq - 1}; a row was deleted")))
+                if rnd <= prev_round:
+                    findings.append(ChainFinding(client=client, round=rnd, problem=(
+                        f"{where}: comes after round {prev_round}; rounds were reordered")))
+                if prev != prev_hash:
+                    findings.append(ChainFinding(client=client, round=rnd, problem=(
+                        f"{where}: does not link to the row before it (prev {prev[:12]}..., expected "
+                        f"{prev_hash[:12]}...); a row before it was deleted, inserted or rewritten")))
+                row = rows.get((client, rnd))
+                if row is None:
+                    findings.append(ChainFinding(client=client, round=rnd, problem=(
+                        f"round {rnd} has a chain entry but no spend row; the row was deleted")))
+                elif _chain_hash(row, prev_hash=prev, seq=seq) != head:
+                    findings.append(ChainFinding(client=client, round=rnd, problem=(
+                        f"{where}: its recorded fields (noise, sampling, steps, epsilon...) changed after it was "
+                        "recorded; the row's hash does not match")))
+                keys.add(pk)
+                if pk is not None and sig is not None:
+                    try:
+                        registry.register(client, bytes.fromhex(pk))
+                        registry.verify(client, bytes.fromhex(sig), head_message(
+                            run_id=self.run_id, client=client, round=rnd, seq=seq, head=head))
+                    except (PrivspkError, ValueError) as exc:
+                        findings.append(ChainFinding(client=client, round=rnd, problem=(
+                            f"{where}: chain head signature does not verify ({exc})")))
+                elif (pk is None) != (sig is None):
+                    findings.append(ChainFinding(client=client, round=rnd, problem=(
+                        f"{where}: half a signature (key without signature or the reverse)")))
+                prev_hash, prev_round = head, rnd
+            if len(keys) > 1:
+                findings.append(ChainFinding(client=client, round=None, problem=(
+                    "rows are signed by different identity keys, or some are unsigned; a client signs all its rows "
+                    "with one key")))
+        if record is not None:
+            findings.extend(self._check_record(record, links))
+        return findings
+
+    def _check_record(self, record: AggregatedHeads, links: dict[str, list[tuple]]) -> list[ChainFinding]:
+        out: list[ChainFinding] = []
+        if record.run_id != self.run_id:
+            return [ChainFinding(client=None, round=None, problem=(
+                f"the server record belongs to run {record.run_id!r}, not {self.run_id!r}"))]
+        for client, heads in sorted(record.by_client().items()):
+            mine = {rec[2]: rec for rec in links.get(client, ())}
+            key = record.keys.get(client)
+            for h in heads:
+                rec = mine.get(h.round)
+                if rec is None:
+                    out.append(ChainFinding(client=client, round=h.round, problem=(
+                        f"the server aggregated round {h.round} (chain position {h.seq}) of this client but the "
+                        "ledger has no such row; rows were removed (a truncated tail?)")))
+                    continue
+                if int(rec[3]) != h.seq or rec[5] != h.head:
+                    out.append(ChainFinding(client=client, round=h.round, problem=(
+                        f"round {h.round}: the chain head differs from the one the server aggregated (server: "
+                        f"position {h.seq}, {h.head[:12]}...; ledger: position {rec[3]}, {rec[5][:12]}...); the "
+                        "chain was rewritten")))
+                if key is not None and rec[6] is not None and rec[6] != key:
+                    out.append(ChainFinding(client=client, round=h.round, problem=(
+                        "signed with another key than the one the server registered for this client")))
+        return out
 
     def _check_new_spend(self, spend: Spend, prev: list[SpendRow]) -> None:
         where = f"{self._path}: client {spend.client} round {spend.round}"
@@ -1126,6 +1416,141 @@ class Ledger:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedHead:
+    """A client's chain head after one of its rows, signed with its identity key (empty bytes: unsigned).
+
+    >>> SignedHead(client="c0", round=1, seq=1, head="00" * 32, public_key=b"", signature=b"").to_dict()["seq"]
+    1
+    """
+
+    client: str
+    round: int
+    seq: int
+    head: str
+    public_key: bytes
+    signature: bytes
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly form (key and signature as hex)."""
+        return {"round": self.round, "seq": self.seq, "head": self.head, "public_key": self.public_key.hex(),
+                "signature": self.signature.hex()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainFinding:
+    """One thing :meth:`Ledger.verify_chain` found wrong (``client``/``round`` ``None`` when ledger-wide).
+
+    >>> str(ChainFinding(client="c0", round=5, problem="row deleted"))
+    'client c0: row deleted'
+    """
+
+    client: str | None
+    round: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        return f"client {self.client}: {self.problem}" if self.client is not None else self.problem
+
+
+AGGREGATED_HEADS_FORMAT = "privspk-aggregated-heads"
+
+
+class AggregatedHeads:
+    """The server's record of the signed chain heads it aggregated, per round (one JSON file per run).
+
+    The server adds a round's heads only after checking each signature against the
+    client's identity key, registered the first time the client is seen and never
+    replaced. :meth:`Ledger.verify_chain` takes it to catch a truncated or rewritten
+    ledger. The file is written atomically; the record is append-only in use (a round
+    re-sent after a crash must bring the same heads).
+
+    >>> import tempfile, pathlib
+    >>> from privspk.secagg.keys import IdentityKey
+    >>> led, key = _example_ledger(), IdentityKey.generate()
+    >>> _ = led.record_spend(_example_spend(), signer=key)
+    >>> rec = AggregatedHeads(pathlib.Path(tempfile.mkdtemp()) / "heads.json", run_id="demo")
+    >>> rec.add(1, [led.signed_head("c0", 1)])
+    >>> led.verify_chain(AggregatedHeads.load(rec.path))
+    []
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, run_id: str) -> None:
+        self.path = Path(path)
+        self.run_id = nonempty_str("run_id", run_id)
+        self.keys: dict[str, str] = {}
+        self.rounds: dict[int, dict[str, SignedHead]] = {}
+        if self.path.exists():
+            other = AggregatedHeads.load(self.path)
+            if other.run_id != run_id:
+                raise LedgerError(f"{self.path}: server record of run {other.run_id!r}, not {run_id!r}")
+            self.keys, self.rounds = other.keys, other.rounds
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AggregatedHeads:
+        """Read a record (read-only use is fine); LedgerError naming the file when it is not one."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != AGGREGATED_HEADS_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            out = cls.__new__(cls)
+            out.path, out.run_id = path, str(data["run_id"])
+            out.keys = {str(k): str(v) for k, v in data["keys"].items()}
+            out.rounds = {
+                int(r): {c: SignedHead(client=c, round=int(h["round"]), seq=int(h["seq"]), head=str(h["head"]),
+                                       public_key=bytes.fromhex(h["public_key"]),
+                                       signature=bytes.fromhex(h["signature"]))
+                         for c, h in heads.items()}
+                for r, heads in data["rounds"].items()
+            }
+        except OSError as exc:
+            raise LedgerError(f"{path}: cannot read the server's record of aggregated heads ({exc.strerror or exc})") \
+                from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LedgerError(f"{path}: not a privspk record of aggregated chain heads ({exc})") from None
+        return out
+
+    def by_client(self) -> dict[str, list[SignedHead]]:
+        """Each client's recorded heads in round order."""
+        out: dict[str, list[SignedHead]] = {}
+        for r in sorted(self.rounds):
+            for c, h in sorted(self.rounds[r].items()):
+                out.setdefault(c, []).append(h)
+        return out
+
+    def add(self, round_id: int, heads: Iterable[SignedHead]) -> None:
+        """Verify and record the heads aggregated in ``round_id`` (LedgerError, nothing written, if one fails)."""
+        from privspk.secagg.keys import KeyRegistry
+
+        registry = KeyRegistry()
+        for c, k in self.keys.items():
+            registry.register(c, bytes.fromhex(k))
+        new: dict[str, SignedHead] = {}
+        for h in heads:
+            if h.round != round_id:
+                raise LedgerError(f"client {h.client}: head of round {h.round} offered for round {round_id}")
+            if not h.signature:
+                raise LedgerError(f"client {h.client} round {round_id}: chain head is not signed; refused")
+            try:
+                registry.register(h.client, h.public_key)
+                registry.verify(h.client, h.signature, head_message(
+                    run_id=self.run_id, client=h.client, round=h.round, seq=h.seq, head=h.head))
+            except PrivspkError as exc:
+                raise LedgerError(f"round {round_id}: chain head refused: {exc}") from None
+            new[h.client] = h
+        old = self.rounds.get(int(round_id), {})
+        clash = sorted(c for c in set(old) & set(new) if old[c] != new[c])
+        if clash:
+            raise LedgerError(f"round {round_id}: client(s) {clash} re-sent another chain head than the one recorded")
+        self.rounds[int(round_id)] = {**old, **new}
+        self.keys.update({c: h.public_key.hex() for c, h in new.items()})
+        _atomic_write(self.path, json.dumps({
+            "format": AGGREGATED_HEADS_FORMAT, "run_id": self.run_id, "keys": self.keys,
+            "rounds": {str(r): {c: h.to_dict() for c, h in sorted(hs.items())} for r, hs in sorted(self.rounds.items())},
+        }, indent=1, sort_keys=True) + "\n")
 
 
 def _atomic_write(path: Path, text: str) -> Path:

@@ -75,6 +75,22 @@ class IdentityKey:
         """A fresh key from the OS CSPRNG."""
         return cls(ed25519.Ed25519PrivateKey.generate())
 
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> IdentityKey:
+        """Rebuild a key from its 32 raw secret bytes (a client reloading its own key from its store).
+
+        >>> k = IdentityKey.generate()
+        >>> IdentityKey.from_private_bytes(k.private_bytes()).public_bytes() == k.public_bytes()
+        True
+        """
+        if not isinstance(raw, bytes) or len(raw) != 32:
+            raise ConfigError("an Ed25519 secret key is 32 raw bytes")
+        return cls(ed25519.Ed25519PrivateKey.from_private_bytes(raw))
+
+    def private_bytes(self) -> bytes:
+        """The 32 raw secret bytes, only for the client to store its own key."""
+        return self._key.private_bytes(_RAW, _RAW_PRIV, serialization.NoEncryption())
+
     def public_bytes(self) -> bytes:
         """The 32-byte public key to register."""
         return self._key.public_key().public_bytes(_RAW, _RAW_PUB)

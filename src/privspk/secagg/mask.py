@@ -33,7 +33,8 @@ from __future__ import annotations
 
 from privspk.secagg.base import RoundSpec, Scheme, register_scheme
 from privspk.secagg.keys import IdentityKey, KeyRegistry
-from privspk.secagg.mask_client import MaskClient, stochastic_rng
+from privspk.secagg.mask_client import MaskClient
+from privspk.secagg.quantise import RoundingRandomness
 from privspk.secagg.mask_protocol import MaskConfig, RoundParams, Stage
 from privspk.secagg.mask_server import MaskServerRound
 from privspk.secagg.quantise import Quantiser
@@ -66,7 +67,8 @@ class MaskScheme(Scheme):
             identity = IdentityKey.generate()
             self.registry.register(client_id, identity.public_bytes())
             self._clients[client_id] = MaskClient(client_id, config=self.config, identity=identity,
-                                                  registry=self.registry, rng=stochastic_rng(self.seed, client_id))
+                                                  registry=self.registry,
+                                                  rng=RoundingRandomness(self.seed, client_id))
         return self._clients[client_id]
 
     def server_round(self, spec: RoundSpec) -> MaskServerRound:

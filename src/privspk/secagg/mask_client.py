@@ -62,6 +62,7 @@ from privspk.secagg.mask_protocol import (
     parse,
 )
 from privspk.secagg.prg import MaskStream, derive_mask_key
+from privspk.secagg.quantise import RoundingRandomness, rng_for_round
 from privspk.secagg.shamir import split_secret
 from privspk.secagg.wire import unpack
 
@@ -95,7 +96,8 @@ class MaskClient(ClientEndpoint):
         config: the scheme's options (must equal the server's).
         identity: its long-term Ed25519 key (its public half is in ``registry``).
         registry: the public identity keys of all clients.
-        rng: randomness for stochastic rounding only (never for keys or masks).
+        rng: randomness for stochastic rounding only (never for keys or masks): a generator, or a
+            :class:`~privspk.secagg.quantise.RoundingRandomness` (one generator per run and round).
 
     >>> from privspk.secagg.mask import MaskScheme
     >>> c = MaskScheme(MaskConfig()).client("a")
@@ -112,7 +114,7 @@ class MaskClient(ClientEndpoint):
         config: MaskConfig,
         identity: IdentityKey,
         registry: KeyRegistry,
-        rng: np.random.Generator,
+        rng: np.random.Generator | RoundingRandomness,
     ) -> None:
         self.client_id = client_id
         self._config = config
@@ -304,7 +306,8 @@ class MaskClient(ClientEndpoint):
                 raise ConfigError(f"client {self.client_id}: integer codes must be {p.dim} values with |code| <= "
                                   f"{limit} ({q.bits} bits + {q.headroom_bits} headroom bits)")
             return q.wrap(codes)
-        return q.encode(self._updates.pop(p.round_id), rng=self._rng)
+        return q.encode(self._updates.pop(p.round_id), rng=rng_for_round(self._rng, run_id=p.run_id,
+                                                                         round_id=p.round_id))
 
     def _confirm(self, state: _RoundState, header: dict, body: bytes) -> bytes:
         p, me = state.params, self.client_id
