@@ -1,0 +1,19 @@
+"""The Flower ServerApp: runs :func:`privspk.runtimes.flower.server.serve_run` for one submitted run."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Drive the run named by the run config (see :class:`~privspk.runtimes.flower.server.DeploySettings`)."""
+    from privspk.runtimes.flower.server import serve_run
+
+    logging.getLogger("privspk").setLevel(logging.INFO)
+    serve_run(grid, dict(context.run_config))

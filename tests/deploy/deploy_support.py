@@ -1,0 +1,186 @@
+"""Real Flower processes on 127.0.0.1 for the deployment tests (no Ray, no simulation).
+
+:class:`Cluster` starts ``privspk serve`` (a SuperLink) and ``privspk join`` nodes as
+separate processes on free ports, each in its own session, and kills them all (SIGKILL
+after a short grace) when the test ends, whatever happened. Every process imports
+``deploy_plugin`` (the tiny test encoder) through ``PRIVSPK_PLUGINS``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import privspk
+from privspk.config import (
+    CorpusSection,
+    EvalSection,
+    FeaturesSection,
+    FederationSection,
+    ModelSection,
+    PretrainSection,
+    PrivacySection,
+    RunConfig,
+    SecAggSection,
+    SplitSection,
+    TrainSection,
+)
+from privspk.runtimes.flower.launch import free_port
+
+HERE = Path(__file__).resolve().parent
+SRC = Path(privspk.__file__).resolve().parents[1]
+PLUGIN = "deploy_plugin"
+
+
+def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "deployed", scheme: str = "mask", dp: bool = True,
+                rounds: int = 2, epsilon: float = 3.0) -> RunConfig:
+    """The tiny run of ``tests/test_api.py`` (8 eSpeak speakers x 4 utterances, a ~6k-parameter encoder)."""
+    import deploy_plugin
+
+    return RunConfig(
+        name=name, threads=1, data_dir=str(data_dir), out_dir=str(out_dir),
+        corpus=CorpusSection(n_speakers=8, utts_per_speaker=4), split=SplitSection(heldout=2),
+        features=FeaturesSection(n_mels=20), model=ModelSection(encoder=deploy_plugin.TINY_ENCODER),
+        pretrain=PretrainSection(steps=3, batch_size=8, crop_frames=40),
+        train=TrainSection(recipe="last", local_steps=2, batch_size=1, physical_batch=1, crop_frames=40,
+                           speaker_batch=2),
+        privacy=PrivacySection(enabled=dp, epsilon=epsilon), secagg=SecAggSection(scheme=scheme),
+        federation=FederationSection(n_clients=3, rounds=rounds),
+        eval=EvalSection(max_frames=200, target_per_utt=1, nontarget_per_utt=2),
+    )
+
+
+def prepared_data(data_dir: Path) -> Path:
+    """Build the tiny corpus, features and pretrained encoder once (cached in ``data_dir``)."""
+    from privspk.api import pretrained_encoder
+    from privspk.prepare import prepare_data
+
+    cfg = tiny_config(data_dir, data_dir / "unused")
+    pretrained_encoder(cfg, prepare_data(cfg, progress=False), progress=False)
+    return data_dir
+
+
+def env(**extra: str) -> dict[str, str]:
+    """Environment of every process: privspk and the plugin importable, fast Flower polling."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    e["PRIVSPK_PLUGINS"] = PLUGIN
+    e["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.05"
+    e.update(extra)
+    return e
+
+
+class Cluster:
+    """A SuperLink and its nodes on loopback; use as a context manager (always torn down)."""
+
+    def __init__(self, root: Path, *, data_dir: Path, clients: int = 3, keyholder: bool = False,
+                 node_env: dict[int, dict[str, str]] | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir)
+        self.port = free_port()
+        self.superlink = f"127.0.0.1:{self.port}"
+        self.n_clients = clients
+        self.keyholder = keyholder
+        self.node_env = node_env or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # -- processes -----------------------------------------------------------------------------
+    def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "privspk.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env(**(extra_env or {})), start_new_session=True, cwd=self.root)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self) -> None:
+        self._start("superlink", ["serve", "--insecure", "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + 60
+        import socket
+
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"SuperLink did not listen on {self.port}: {self.log('superlink')[-2000:]}")
+
+    def start_node(self, i: int) -> None:
+        self._start(f"node{i}", ["join", "--insecure", "--superlink", self.superlink, "--data", str(self.data_dir),
+                                 "--partition", str(i), "--run-dir", str(self.node_dir(i))], self.node_env.get(i))
+
+    def start_keyholder(self) -> None:
+        self._start("keyholder", ["join", "--insecure", "--role", "keyholder", "--superlink", self.superlink,
+                                  "--run-dir", str(self.root / "kh")])
+
+    def node_dir(self, i: int) -> Path:
+        return self.root / f"n{i}"
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process and its whole session (SuperExec, ClientApps)."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start_superlink()
+            for i in range(self.n_clients):
+                self.start_node(i)
+            if self.keyholder:
+                self.start_keyholder()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------------
+    def submit(self, cfg: RunConfig, *, resume: bool = False, follow: bool = True, wait: float = 600.0,
+               timeouts: dict | None = None, evaluate: bool = False) -> dict:
+        """Submit ``cfg`` through ``flwr run`` and follow it to the end (the ``done`` event)."""
+        from privspk.runtimes.flower.launch import run
+
+        old = dict(os.environ)
+        os.environ.update(env())
+        try:
+            return run(config_text=cfg.to_toml(), superlink=self.superlink, insecure=True, ca=None,
+                       data_dir=cfg.data_dir, out_dir=cfg.out_dir, name=cfg.name, resume=resume, follow=follow,
+                       timeouts=timeouts, evaluate=evaluate, on_line=lambda line: None, wait=wait)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"==== {n}\n{self.log(n)[-3000:]}" for n in self.procs)
