@@ -393,6 +393,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy_demo(args: argparse.Namespace) -> int:
+    """The demo federation through a SuperLink and client SuperNodes on 127.0.0.1 (separate processes)."""
+    import warnings
+
+    from privspk.runtimes.flower.demo import deploy_demo
+
+    warnings.filterwarnings("ignore", message=".*--insecure")
+    cfg = _config(args)
+    if not args.name:
+        cfg = cfg.replace(name=cfg.name + "_deployed")
+    p = cfg.privacy
+    dp = (f"DP-SGD per {p.unit}, budget eps={p.epsilon:g} delta={p.delta:g} per client" if p.enabled
+          else "non-private")
+    print(f"privspk deploy-demo: {cfg.federation.n_clients} client nodes x {cfg.federation.rounds} rounds, {dp}, "
+          f"secure aggregation: {cfg.secagg.scheme}, fine-tuning recipe: {cfg.train.recipe}", flush=True)
+    t0 = time.perf_counter()
+    done = deploy_demo(cfg, root=Path(cfg.out_dir) / (cfg.name + "_processes"), on_line=lambda s: print(s, flush=True))
+    if done.get("final_eval"):
+        _print_eval("after federated " + ("DP " if p.enabled else "") + "training (deployed)", done["final_eval"])
+    eps = done.get("epsilon_spent") or {}
+    if eps:
+        print(f"epsilon spent per client (from each node's own ledger, per {p.unit}, delta {p.delta:g}): "
+              + ", ".join(f"{c} {e:.2f}" for c, e in eps.items() if e is not None), flush=True)
+    print(f"run report: {done.get('report')}", flush=True)
+    print(f"deployed demo took {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
@@ -472,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--ca", help="CA certificate (PEM) the SuperLink's certificate is signed by")
         sp.add_argument("--poll", type=float, default=0.05 if server else 0.05,
                         help="seconds between Flower polls (default 0.05)")
+
+    sp = sub.add_parser("deploy-demo", help="the demo through a SuperLink + client SuperNodes on 127.0.0.1")
+    common(sp)
+    sp.set_defaults(func=cmd_deploy_demo)
 
     sp = sub.add_parser("serve", help="start a Flower SuperLink for privspk runs (flower-superlink)")
     sp.add_argument("--host", default="127.0.0.1")

@@ -78,7 +78,7 @@ class Cluster:
     """A SuperLink and its nodes on loopback; use as a context manager (always torn down)."""
 
     def __init__(self, root: Path, *, data_dir: Path, clients: int = 3, keyholder: bool = False,
-                 node_env: dict[int, dict[str, str]] | None = None) -> None:
+                 node_env: dict[int, dict[str, str]] | None = None, tls: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(data_dir)
@@ -88,6 +88,34 @@ class Cluster:
         self.keyholder = keyholder
         self.node_env = node_env or {}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.tls = tls
+        self.pki: dict[str, Path] = {}
+        self.node_ids: dict[int, int] = {}
+        if tls:
+            from privspk.runtimes.flower.certs import write_pki
+
+            self.pki = write_pki(self.root / "pki", hosts=["127.0.0.1"])
+
+    def transport_args(self) -> list[str]:
+        return ["--ca", str(self.pki["ca"])] if self.tls else ["--insecure"]
+
+    def node_key(self, i: int) -> Path:
+        """Node ``i``'s SuperNode key (P-384), created on first use."""
+        from privspk.runtimes.flower.certs import write_node_key
+
+        path = self.root / "keys" / f"node{i}"
+        if not path.exists():
+            write_node_key(path)
+        return path
+
+    def register(self, i: int) -> int:
+        """Register node ``i``'s public key at the SuperLink (TLS + node auth); returns its node id."""
+        from privspk.runtimes.flower.launch import register
+
+        key = self.node_key(i)
+        self.node_ids[i] = register(public_key=str(key) + ".pub", superlink=self.superlink, ca=str(self.pki["ca"]),
+                                    flwr_home=self.root / "flwr_admin")
+        return self.node_ids[i]
 
     # -- processes -----------------------------------------------------------------------------
     def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -99,7 +127,9 @@ class Cluster:
         return proc
 
     def start_superlink(self) -> None:
-        self._start("superlink", ["serve", "--insecure", "--host", "127.0.0.1", "--port", str(self.port)])
+        tls = (["--ca", str(self.pki["ca"]), "--cert", str(self.pki["cert"]), "--key", str(self.pki["key"]), "--auth"]
+               if self.tls else ["--insecure"])
+        self._start("superlink", ["serve", *tls, "--host", "127.0.0.1", "--port", str(self.port)])
         deadline = time.monotonic() + 60
         import socket
 
@@ -111,12 +141,14 @@ class Cluster:
         raise RuntimeError(f"SuperLink did not listen on {self.port}: {self.log('superlink')[-2000:]}")
 
     def start_node(self, i: int) -> None:
-        self._start(f"node{i}", ["join", "--insecure", "--superlink", self.superlink, "--data", str(self.data_dir),
-                                 "--partition", str(i), "--run-dir", str(self.node_dir(i))], self.node_env.get(i))
+        auth = ["--auth-key", str(self.node_key(i))] if self.tls else []
+        self._start(f"node{i}", ["join", *self.transport_args(), *auth, "--superlink", self.superlink, "--data",
+                                 str(self.data_dir), "--partition", str(i), "--run-dir", str(self.node_dir(i))],
+                    self.node_env.get(i))
 
     def start_keyholder(self) -> None:
-        self._start("keyholder", ["join", "--insecure", "--role", "keyholder", "--superlink", self.superlink,
-                                  "--run-dir", str(self.root / "kh")])
+        self._start("keyholder", ["join", *self.transport_args(), "--role", "keyholder", "--superlink",
+                                  self.superlink, "--run-dir", str(self.root / "kh")])
 
     def node_dir(self, i: int) -> Path:
         return self.root / f"n{i}"
@@ -141,6 +173,8 @@ class Cluster:
     def __enter__(self) -> Cluster:
         try:
             self.start_superlink()
+            for i in range(self.n_clients if self.tls else 0):
+                self.register(i)
             for i in range(self.n_clients):
                 self.start_node(i)
             if self.keyholder:
@@ -175,7 +209,8 @@ class Cluster:
         old = dict(os.environ)
         os.environ.update(env())
         try:
-            return run(config_text=cfg.to_toml(), superlink=self.superlink, insecure=True, ca=None,
+            return run(config_text=cfg.to_toml(), superlink=self.superlink, insecure=not self.tls,
+                       ca=str(self.pki["ca"]) if self.tls else None,
                        data_dir=cfg.data_dir, out_dir=cfg.out_dir, name=cfg.name, resume=resume, follow=follow,
                        timeouts=timeouts, evaluate=evaluate, on_line=lambda line: None, wait=wait)
         finally:

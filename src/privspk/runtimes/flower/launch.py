@@ -169,17 +169,20 @@ def node_key_fingerprint(private_key_path: str | None) -> str:
     """SHA-256 (hex) of the SuperNode auth key's public half in DER; '' without one."""
     if not private_key_path:
         return ""
-    import hashlib
-
     from cryptography.hazmat.primitives import serialization
+
+    from privspk.runtimes.flower.certs import public_key_fingerprint
 
     raw = Path(private_key_path).read_bytes()
     try:
         key = serialization.load_ssh_private_key(raw, password=None)
     except ValueError:
-        key = serialization.load_pem_private_key(raw, password=None)
+        try:
+            key = serialization.load_pem_private_key(raw, password=None)
+        except ValueError as exc:
+            raise ConfigError(f"{private_key_path}: not an OpenSSH or PEM private key ({exc})") from None
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    return public_key_fingerprint(der)
 
 
 def supernode_argv(*, superlink: str, run_dir: Path, insecure: bool, root_certificates: str | None,
@@ -189,11 +192,10 @@ def supernode_argv(*, superlink: str, run_dir: Path, insecure: bool, root_certif
     >>> supernode_argv(superlink="127.0.0.1:9092", run_dir=Path("/n0"), insecure=True, root_certificates=None,
     ...                auth_key=None, port=9100)[1:]  # doctest: +NORMALIZE_WHITESPACE
     ['--superlink', '127.0.0.1:9092', '--host', '127.0.0.1', '--port', '9100', '--node-config',
-     "run-dir='/n0'", '--max-retries', '0', '--insecure']
+     "run-dir='/n0'", '--insecure']
     """
     argv = ["flower-supernode", "--superlink", superlink, "--host", host, "--port", str(port or free_port(host)),
-            "--node-config", f"run-dir={json.dumps(str(run_dir)).replace(chr(34), chr(39))}",
-            "--max-retries", "0"]
+            "--node-config", f"run-dir={json.dumps(str(run_dir)).replace(chr(34), chr(39))}"]
     if insecure:
         argv.append("--insecure")
     else:
@@ -230,6 +232,10 @@ def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, pa
     argv = supernode_argv(superlink=superlink, run_dir=settings.run_root, insecure=insecure, root_certificates=ca,
                           auth_key=auth_key)
     os.environ.update(flower_env(poll))
+    from privspk.runtimes.flower.fastexec import install_shim
+
+    shim = install_shim(settings.run_root / "bin")  # forks ClientApps instead of starting a Python per message
+    os.environ["PATH"] = os.pathsep.join([str(shim.parent), os.environ.get("PATH", "")])
     patched = patch_supernode_polling(poll)
     print(f"privspk join: {describe(settings)} agent at {agent.address}; polling "
           f"{'every %gs' % poll if patched else 'Flower stock (3 s)'}", flush=True)
@@ -242,6 +248,25 @@ def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, pa
         agent.close()
         node.close()
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- register
+def register(*, public_key: str, superlink: str, ca: str | None, flwr_home: str | Path, name: str | None = None) -> int:
+    """Register a SuperNode's public key at an authenticating SuperLink; returns its Flower node id."""
+    home = Path(flwr_home)
+    write_connection(home, superlink=superlink, insecure=False, ca=ca)
+    cmd = [_flower_bin("flwr"), "supernode", "register", str(public_key), CONNECTION, "--format", "json"]
+    if name:
+        cmd += ["--name", name]
+    proc = subprocess.run(cmd, env=dict(os.environ, FLWR_HOME=str(home)), capture_output=True, text=True, check=False)
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        out = {}
+    if proc.returncode != 0 or not out.get("success", True) or "node-id" not in out and "node_id" not in out:
+        raise PrivspkError(f"flwr supernode register failed (exit {proc.returncode}): "
+                           f"{(proc.stdout + proc.stderr).strip()[-1500:]}")
+    return int(out.get("node-id", out.get("node_id")))
 
 
 # ---------------------------------------------------------------------------------------------- run

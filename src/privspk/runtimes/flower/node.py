@@ -43,6 +43,7 @@ ROLE_CLIENT = "client"
 ROLE_KEYHOLDER = "keyholder"
 PLUGINS_ENV = "PRIVSPK_PLUGINS"
 TAMPER_ENV = "PRIVSPK_DEPLOY_TAMPER"  # tests: "stage" -> this node corrupts its replies at that scheme stage
+KILL_ENV = "PRIVSPK_DEPLOY_KILL"  # tests: "stage:round" -> this node SIGKILLs itself (its whole process group) there
 
 
 def load_plugins() -> list[str]:
@@ -296,6 +297,11 @@ class Node:
         return [params[n] for n in self.names]
 
     def secagg(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        if os.environ.get(KILL_ENV) == f"{meta.get('stage')}:{meta.get('round')}":
+            import signal
+
+            log.error("fault injected: SIGKILL at %s", os.environ[KILL_ENV])
+            os.killpg(os.getpgrp(), signal.SIGKILL)
         reply = self.endpoint.handle(body)
         stage = os.environ.get(TAMPER_ENV)
         if reply is not None and stage and meta.get("stage") == stage:

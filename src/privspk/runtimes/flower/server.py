@@ -92,7 +92,8 @@ class FlowerFederation:
     """
 
     def __init__(self, grid, server, scheme, clients: Mapping[str, int], *, keyholder: int | None,
-                 settings: DeploySettings, state_path: Path | None = None, on_aggregated=None) -> None:
+                 settings: DeploySettings, state_path: Path | None = None, on_aggregated=None,
+                 rejoin=None) -> None:
         self.grid = grid
         self.server = server
         self.scheme = scheme
@@ -101,6 +102,28 @@ class FlowerFederation:
         self.settings = settings
         self.state_path = state_path
         self.on_aggregated = on_aggregated
+        self.rejoin = rejoin
+        self._tried: set[int] = set()
+
+    def refresh_nodes(self) -> dict[str, int]:
+        """Set up nodes that connected since the last round (a restarted node gets a new Flower id).
+
+        ``rejoin(new_node_ids)`` sets them up and returns client id -> node id for the
+        ones that passed (same client id, same identity key as registered); they replace
+        the old node of that client.
+        """
+        if self.rejoin is None:
+            return {}
+        known = set(self.clients.values()) | ({self.keyholder} if self.keyholder is not None else set())
+        new = sorted(int(n) for n in self.grid.get_node_ids() if int(n) not in known | self._tried)
+        if not new:
+            return {}
+        self._tried.update(new)
+        moved = self.rejoin(new)
+        for cid, node in moved.items():
+            log.info("%s rejoined as Flower node %s (was %s)", cid, node, self.clients.get(cid))
+            self.clients[cid] = node
+        return moved
 
     def last_completed_round(self) -> int:
         """The last round in the saved server state (0 when none)."""
@@ -116,6 +139,7 @@ class FlowerFederation:
         from privspk.secagg import KEYHOLDER
 
         start = time.perf_counter()
+        self.refresh_nodes()
         transport = StageTiming()
         body = self.server.global_vector().numpy().astype(np.float64).tobytes()
         replies = exchange(self.grid, {node: ({"kind": "train", "round": round_id}, body)
@@ -232,6 +256,26 @@ def wait_for_nodes(grid, n: int, *, timeout: float, poll: float) -> list[int]:
         time.sleep(max(poll, 0.1))
 
 
+def registered_node_keys(grid) -> dict[int, str]:
+    """Fingerprints of the public keys the SuperLink authenticated each node with (empty without node auth)."""
+    from privspk.runtimes.flower.certs import public_key_fingerprint
+
+    out: dict[int, str] = {}
+    try:
+        nodes = list(grid.get_nodes())
+    except Exception as exc:  # noqa: BLE001 - an older grid without node infos: no key to bind to
+        log.info("cannot list node keys (%s); identity keys are bound to node ids only", exc)
+        return out
+    for info in nodes:
+        raw = bytes(getattr(info, "public_key", b"") or b"")
+        if raw:
+            try:
+                out[int(info.node_id)] = public_key_fingerprint(raw)
+            except ConfigError:
+                log.warning("node %s: its registered key is in an unknown format", info.node_id)
+    return out
+
+
 def setup_nodes(grid, cfg, encoder_bytes: bytes, node_ids: list[int], *, settings: DeploySettings
                 ) -> tuple[dict[str, NodeInfo], NodeInfo | None]:
     """Send the run to every node; returns client id -> node and the key holder (if any)."""
@@ -239,6 +283,7 @@ def setup_nodes(grid, cfg, encoder_bytes: bytes, node_ids: list[int], *, setting
     from privspk.runtimes.flower.node import ROLE_CLIENT, ROLE_KEYHOLDER
 
     meta = {"kind": "setup", "config": cfg.to_toml()}
+    node_keys = registered_node_keys(grid)
     replies = exchange(grid, {n: (dict(meta), encoder_bytes) for n in node_ids}, timeout=settings.setup_timeout,
                        poll=settings.poll)
     clients: dict[str, NodeInfo] = {}
@@ -264,7 +309,11 @@ def setup_nodes(grid, cfg, encoder_bytes: bytes, node_ids: list[int], *, setting
         identity = None
         if "identity" in rep.meta:
             try:
-                identity = check_binding(rep.meta["identity"], run=cfg.name, client_id=cid, node_id=node)
+                binding = rep.meta["identity"]
+                # a node started with its auth key signs that key's fingerprint: it must be the registered one
+                signed_key = binding.get("node_key") if isinstance(binding, dict) else None
+                identity = check_binding(binding, run=cfg.name, client_id=cid, node_id=node,
+                                         node_key=node_keys.get(node) if signed_key else None)
             except ProtocolError as exc:
                 log.warning("node %s refused: %s", node, exc)
                 continue
@@ -336,7 +385,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     n_nodes = cfg.federation.n_clients + (1 if needs_keyholder else 0)
     node_ids = wait_for_nodes(grid, n_nodes, timeout=settings.wait_timeout, poll=settings.poll)
     t_nodes = time.perf_counter()
-    clients, keyholder = setup_nodes(grid, cfg, encoder_to_bytes(base), node_ids, settings=settings)
+    encoder_bytes = encoder_to_bytes(base)
+    clients, keyholder = setup_nodes(grid, cfg, encoder_bytes, node_ids, settings=settings)
     if needs_keyholder and keyholder is None:
         raise ConfigError(f"scheme {cfg.secagg.scheme!r} needs a key-holder node (`privspk join --role keyholder`)")
     if not clients:
@@ -357,8 +407,26 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
             log.warning("node %s refused the roster: %s", node, rep.error)
     t_setup = time.perf_counter()
     server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+
+    def rejoin(new_nodes: list[int]) -> dict[str, int]:
+        back, _ = setup_nodes(grid, cfg, encoder_bytes, new_nodes, settings=settings)
+        moved = {}
+        for cid, info in back.items():
+            if cid not in clients:
+                log.warning("node %s claims %s, which is not a client of this run; ignored", info.node_id, cid)
+                continue
+            if clients[cid].identity != info.identity:
+                log.warning("node %s claims %s with another identity key; refused", info.node_id, cid)
+                continue
+            ack = exchange(grid, {info.node_id: (roster, b"")}, timeout=settings.setup_timeout, poll=settings.poll)
+            if ack[info.node_id].error:
+                log.warning("node %s refused the roster: %s", info.node_id, ack[info.node_id].error)
+                continue
+            moved[cid] = info.node_id
+        return moved
+
     fed = FlowerFederation(grid, server, scheme, nodes, keyholder=keyholder.node_id if keyholder else None,
-                           settings=settings, state_path=state_path)
+                           settings=settings, state_path=state_path, rejoin=rejoin)
     last_done = fed.last_completed_round() if settings.resume else 0
     emit({"event": "start", "clients": nodes, "keyholder": keyholder.node_id if keyholder else None,
           "resume_from": last_done, "startup_seconds": {

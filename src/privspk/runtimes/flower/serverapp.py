@@ -15,5 +15,10 @@ def main(grid: Grid, context: Context) -> None:
     """Drive the run named by the run config (see :class:`~privspk.runtimes.flower.server.DeploySettings`)."""
     from privspk.runtimes.flower.server import serve_run
 
-    logging.getLogger("privspk").setLevel(logging.INFO)
+    logger = logging.getLogger("privspk")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
     serve_run(grid, dict(context.run_config))
