@@ -421,6 +421,35 @@ def cmd_deploy_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Write a CA and a SuperLink TLS certificate for the given hosts."""
+    from privspk.runtimes.flower.certs import write_pki
+
+    paths = write_pki(args.out, hosts=args.host)
+    print(f"wrote {paths['ca']} (give it to every node), {paths['cert']} and {paths['key']} (keep on the SuperLink)")
+    return 0
+
+
+def cmd_node_key(args: argparse.Namespace) -> int:
+    """Write a SuperNode authentication key pair (NIST P-384, OpenSSH format)."""
+    from privspk.runtimes.flower.certs import write_node_key
+
+    priv, pub = write_node_key(args.path)
+    print(f"wrote {priv} (private: stays on this node) and {pub} (send it to the SuperLink's operator)")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register a SuperNode's public key at a SuperLink started with --auth."""
+    from privspk.runtimes.flower.launch import register
+
+    home = Path(args.flwr_home) if args.flwr_home else Path.home() / ".privspk" / "flwr"
+    node_id = register(public_key=args.public_key, superlink=args.superlink, ca=args.ca, flwr_home=home,
+                       name=args.name)
+    print(f"registered {args.public_key}: Flower node id {node_id}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
@@ -514,6 +543,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--auth", action="store_true", help="only admit registered SuperNode keys (`flwr supernode register`)")
     sp.add_argument("--database", help="SuperLink state database (default: in memory)")
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("certs", help="write a CA and the SuperLink's TLS certificate")
+    sp.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key")
+    sp.add_argument("--host", action="append", required=True, help="the SuperLink's IP or DNS name (repeatable)")
+    sp.set_defaults(func=cmd_certs)
+
+    sp = sub.add_parser("node-key", help="write a SuperNode key pair (P-384) for node authentication")
+    sp.add_argument("path", help="private key path (the public key goes to PATH.pub)")
+    sp.set_defaults(func=cmd_node_key)
+
+    sp = sub.add_parser("register", help="register a SuperNode public key at the SuperLink (flwr supernode register)")
+    sp.add_argument("public_key")
+    sp.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    sp.add_argument("--ca", required=True, help="the SuperLink's CA certificate")
+    sp.add_argument("--name", help="a name for the node")
+    sp.add_argument("--flwr-home", help="folder for the Flower connection config (default ~/.privspk/flwr)")
+    sp.set_defaults(func=cmd_register)
 
     sp = sub.add_parser("join", help="join a federation as a node (privspk agent + flower-supernode)")
     sp.add_argument("--role", choices=["client", "keyholder"], default="client")

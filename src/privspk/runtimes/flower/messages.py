@@ -24,7 +24,7 @@ from privspk.errors import ProtocolError
 MESSAGE_TYPE = "query.privspk"
 """The Flower message type of every privspk message (a ``@app.query("privspk")`` handler)."""
 
-KINDS = ("setup", "roster", "train", "secagg", "aggregated", "bye")
+KINDS = ("setup", "roster", "train", "secagg", "aggregated", "bye", "ping")
 """What the ServerApp asks a node, in the order of a run."""
 
 MAX_META_BYTES = 1 << 20

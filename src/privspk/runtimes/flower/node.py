@@ -126,10 +126,10 @@ class Node:
     def __call__(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         kind = meta.get("kind")
         handler = {"setup": self.setup, "roster": self.roster, "train": self.train, "secagg": self.secagg,
-                   "aggregated": self.aggregated, "bye": self.bye}.get(kind)
+                   "aggregated": self.aggregated, "bye": self.bye, "ping": self.ping}.get(kind)
         if handler is None:
             raise ProtocolError(f"unknown request kind {kind!r}", client="server")
-        if kind != "setup" and self.cfg is None:
+        if kind not in ("setup", "ping") and self.cfg is None:
             raise ProtocolError(f"{kind} request before setup", client="server")
         return handler(meta, body)
 
@@ -321,6 +321,9 @@ class Node:
                     self.ledger.mark_aggregated(round_id, [cid])
             self.client.forget_staged(round_id)
         return {"ok": True}, b""
+
+    def ping(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        return {"ok": True, "ready": self.client is not None}, b""
 
     def bye(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         out: dict[str, Any] = {"ok": True}

@@ -104,6 +104,7 @@ class FlowerFederation:
         self.on_aggregated = on_aggregated
         self.rejoin = rejoin
         self._tried: set[int] = set()
+        self.suspect: set[str] = set()  # clients that timed out: pinged (stage timeout) before they get work
 
     def refresh_nodes(self) -> dict[str, int]:
         """Set up nodes that connected since the last round (a restarted node gets a new Flower id).
@@ -139,18 +140,31 @@ class FlowerFederation:
         from privspk.secagg import KEYHOLDER
 
         start = time.perf_counter()
-        self.refresh_nodes()
+        moved = self.refresh_nodes()
+        self.suspect -= set(moved)
         transport = StageTiming()
+        train_dropped: dict[str, str] = {}
+        if self.suspect:  # a node that timed out before answers a ping first (a dead one costs one stage timeout)
+            pings = exchange(self.grid, {self.clients[c]: ({"kind": "ping"}, b"") for c in sorted(self.suspect)},
+                             timeout=self.settings.stage_timeout, poll=self.settings.poll, timing=transport)
+            for cid in sorted(self.suspect):
+                rep = pings[self.clients[cid]]
+                if rep.error:
+                    train_dropped[cid] = f"unreachable: {rep.error}"
+                else:
+                    self.suspect.discard(cid)
+        active = {cid: node for cid, node in self.clients.items() if cid not in train_dropped}
         body = self.server.global_vector().numpy().astype(np.float64).tobytes()
         replies = exchange(self.grid, {node: ({"kind": "train", "round": round_id}, body)
-                                       for node in self.clients.values()},
+                                       for node in active.values()},
                            timeout=self.settings.train_timeout, poll=self.settings.poll, timing=transport)
         reports: dict[str, ClientRoundReport] = {}
-        train_dropped: dict[str, str] = {}
-        for cid, node in sorted(self.clients.items()):
+        for cid, node in sorted(active.items()):
             rep = replies[node]
             if rep.error:
                 train_dropped[cid] = f"train: {rep.error}"
+                if "timed out" in rep.error:
+                    self.suspect.add(cid)
                 log.warning("round %d: %s did not train: %s", round_id, cid, rep.error)
                 continue
             fields = {k: rep.meta[k] for k in ClientRoundReport.__dataclass_fields__ if k in rep.meta}
@@ -225,6 +239,8 @@ class FlowerFederation:
                     log.warning("round %d stage %s: %s did not answer: %s", spec.round_id, stage, dest, rep.error)
                     if "timed out" in rep.error:
                         gone.add(dest)
+                        if dest in self.clients:
+                            self.suspect.add(dest)
                     continue
                 if rep.meta.get("none"):
                     continue
