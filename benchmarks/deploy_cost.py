@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                  "scheme": cfg.secagg.scheme, "machine": f"{platform.processor() or platform.machine()}, "
                  f"{os.cpu_count()} CPUs", "loadavg": [round(x, 2) for x in load],
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                 "command": "python benchmarks/deploy_cost.py " + " ".join(argv or sys.argv[1:])},
+                 "command": f"python benchmarks/deploy_cost.py --data data --rounds {args.rounds}"
+                            + (f" --config {Path(args.config).name}" if args.config else "")},
         "startup": startup, "deployed_total_s": round(total, 2),
         "rounds": {"in_process": inproc, "deployed": dep},
         "summary": summarise(inproc, dep),
