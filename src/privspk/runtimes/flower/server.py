@@ -473,6 +473,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
     save_encoder(run_dir / "encoder.pt", server.encoder, name=cfg.model.encoder, in_dim=in_dim,
                  extra={"run": cfg.name, "recipe": cfg.train.recipe})
+    nodes = dict(fed.clients)  # restarted nodes rejoined under new Flower ids
     byes = exchange(grid, {n: ({"kind": "bye"}, b"") for n in nodes.values()}, timeout=settings.stage_timeout,
                     poll=settings.poll)
     eps = {cid: byes[n].meta.get("epsilon_spent") for cid, n in nodes.items() if not byes[n].error}
