@@ -81,6 +81,8 @@ def summarise(inproc: list[dict], dep: list[dict]) -> dict:
                      "push_s": mean([r["transport"].get("push_seconds", 0) for r in dep]),
                      "wait_s": mean([r["transport"].get("wait_seconds", 0) for r in dep]),
                      "polls": mean([r["transport"].get("polls", 0) for r in dep]),
+                     "node_crypto_s": mean([r["transport"].get("node_crypto_seconds", 0) for r in dep]),
+                     "server_crypto_s": mean([r["transport"].get("server_crypto_seconds", 0) for r in dep]),
                      "eval_s": mean([r.get("eval_seconds", 0) for r in dep])},
     }
     d, i = out["deployed"], out["in_process"]
@@ -107,6 +109,8 @@ def markdown(payload: dict) -> str:
         f"| train phase (s) | {i['train_s']} | {d['train_s']} |",
         f"| slowest node's own training (s) | - | {d['node_train_max_s']} |",
         f"| secure aggregation, all stages (s) | {i['secagg_s']} | {d['secagg_s']} |",
+        f"| scheme crypto: slowest node per stage, summed (s) | - | {d.get('node_crypto_s')} |",
+        f"| scheme crypto: server round (s) | - | {d.get('server_crypto_s')} |",
         f"| ServerApp inside push_messages (s) | - | {d['push_s']} |",
         f"| ServerApp waiting for replies (s) | - | {d['wait_s']} |",
         f"| polls of the push/pull loop | - | {d['polls']} |",

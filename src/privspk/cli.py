@@ -540,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport(sp, server=True)
     sp.add_argument("--cert", help="the SuperLink's TLS certificate (PEM)")
     sp.add_argument("--key", help="the SuperLink's TLS private key (PEM)")
-    sp.add_argument("--auth", action="store_true", help="only admit registered SuperNode keys (`flwr supernode register`)")
+    sp.add_argument("--auth", action="store_true",
+                    help="only admit registered SuperNode keys (`privspk register`)")
     sp.add_argument("--database", help="SuperLink state database (default: in memory)")
     sp.set_defaults(func=cmd_serve)
 

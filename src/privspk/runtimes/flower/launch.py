@@ -217,7 +217,8 @@ def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, pa
     if insecure:
         _insecure_ok(host, "the node's connection to the SuperLink")
     load_plugins()
-    settings = NodeSettings(role=role, run_root=Path(run_dir).resolve(), data_dir=Path(data).resolve() if data else None,
+    settings = NodeSettings(role=role, run_root=Path(run_dir).resolve(),
+                            data_dir=Path(data).resolve() if data else None,
                             partition=partition, client_id=client_id)
     node = Node(settings)
     fingerprint = node_key_fingerprint(auth_key)

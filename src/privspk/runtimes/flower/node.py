@@ -302,13 +302,15 @@ class Node:
 
             log.error("fault injected: SIGKILL at %s", os.environ[KILL_ENV])
             os.killpg(os.getpgrp(), signal.SIGKILL)
+        t0 = time.perf_counter()
         reply = self.endpoint.handle(body)
+        seconds = round(time.perf_counter() - t0, 4)
         stage = os.environ.get(TAMPER_ENV)
         if reply is not None and stage and meta.get("stage") == stage:
             reply = reply[:-1] + bytes([reply[-1] ^ 1])  # fault injection for the transport tests
         if reply is None:
-            return {"none": True}, b""
-        return {}, reply
+            return {"none": True, "seconds": seconds}, b""
+        return {"seconds": seconds}, reply
 
     def aggregated(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         round_id = meta.get("round")

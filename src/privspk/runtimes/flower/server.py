@@ -207,13 +207,16 @@ class FlowerFederation:
                 log.warning("round %d: node %s did not confirm aggregation: %s", round_id, node, rep.error)
         report.round_seconds = time.perf_counter() - start
         extra.update(push_seconds=round(transport.push, 3), wait_seconds=round(transport.wait, 3),
-                     polls=transport.polls, stages=list(result.stages))
+                     polls=transport.polls, stages=list(result.stages),
+                     node_crypto_seconds=round(self.node_crypto, 4), server_crypto_seconds=round(self.server_crypto, 4))
         return report
 
     def _aggregate(self, spec, transport: StageTiming):
         from privspk.secagg import KEYHOLDER
 
         server_round = self.scheme.server_round(spec)
+        self.node_crypto = 0.0  # per stage, the slowest node's time inside its scheme endpoint, summed
+        self.server_crypto = 0.0  # the server round's own receive/advance time
         gone: set[str] = set()
         bytes_up: dict[str, int] = {}
         bytes_down: dict[str, int] = {}
@@ -233,6 +236,10 @@ class FlowerFederation:
                 order.append((dest, node))
             replies = exchange(self.grid, requests, timeout=self.settings.stage_timeout, poll=self.settings.poll,
                                timing=transport) if requests else {}
+            slowest = max((float(replies[n].meta.get("seconds", 0.0)) for _, n in order if not replies[n].error),
+                          default=0.0)
+            self.node_crypto += slowest
+            t_srv = time.perf_counter()
             for dest, node in order:  # the outbox order, as the in-process driver feeds them
                 rep: Reply = replies[node]
                 if rep.error:
@@ -249,7 +256,9 @@ class FlowerFederation:
                     server_round.receive(dest, rep.body)
                 except ProtocolError as exc:
                     log.warning("round %d: server rejected %s at %s: %s", spec.round_id, dest, stage, exc)
-            if not server_round.advance():
+            more = server_round.advance()
+            self.server_crypto += time.perf_counter() - t_srv
+            if not more:
                 break
         result = server_round.result()
         result.bytes_up = bytes_up
