@@ -129,7 +129,9 @@ class Cluster:
     def start_superlink(self) -> None:
         tls = (["--ca", str(self.pki["ca"]), "--cert", str(self.pki["cert"]), "--key", str(self.pki["key"]), "--auth"]
                if self.tls else ["--insecure"])
-        self._start("superlink", ["serve", *tls, "--host", "127.0.0.1", "--port", str(self.port)])
+        # its state in a file: a restarted SuperLink still knows the nodes (they keep their Flower ids)
+        self._start("superlink", ["serve", *tls, "--host", "127.0.0.1", "--port", str(self.port), "--database",
+                                  str(self.root / "superlink.db")])
         deadline = time.monotonic() + 60
         import socket
 
