@@ -121,6 +121,12 @@ def markdown(payload: dict) -> str:
         f"Transport and per-message start-up in the train phase: {s['transport_overhead_train_s']} s; "
         f"extra time of the scheme stages over the in-process crypto: {s['transport_overhead_secagg_s']} s.",
         "",
+        "Read with care: both runs share a 2-core machine with other jobs, and the load average moved "
+        "between them (recorded above and in the JSON), so the ratio mixes machine load with the "
+        "runtime's cost. In-process, clients train one after the other in one process; deployed, each "
+        "node trains in its own process at the same time. The transport's own cost is the scheme-stage "
+        "row minus its crypto rows: every stage is one Flower round trip per node.",
+        "",
         f"Start-up: {json.dumps(payload['startup'])}.",
         "",
         f"Command: `{meta['command']}`",
