@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.privspk-installed
 DATA   ?= data
 
-.PHONY: venv demo test test-all corpus bench clean-data
+.PHONY: venv demo deploy-demo test test-all corpus bench clean-data
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ corpus: venv
 
 demo: corpus
 	$(BIN)/privspk demo --data $(DATA)
+
+# the same federation through Flower: a SuperLink and 3 client SuperNodes on 127.0.0.1, separate processes
+deploy-demo: corpus
+	$(BIN)/privspk deploy-demo --data $(DATA)
 
 test: venv
 	$(BIN)/python -m pytest -q

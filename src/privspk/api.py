@@ -350,6 +350,54 @@ def _has_spends(run_dir: Path) -> bool:
         return True
 
 
+def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, encoder: nn.Module,
+                           names: list[str], weight: float, endpoint, run_dir: Path, ledger, plan, sample_rate,
+                           client_dp=None, options: dict) -> Any:
+    """One :class:`~privspk.federation.FederatedClient` as every runtime builds it.
+
+    The in-process runtime (:func:`train`) and a deployed node
+    (:mod:`privspk.runtimes.flower`) both call this, so a client trains, spends, signs its
+    ledger chain and binds its endpoint to the run the same way in both. ``plan`` and
+    ``sample_rate`` are the client's noise plan (``None`` without DP); ``options`` are the
+    scheme's options (their ``clip`` bounds the update).
+    """
+    from privspk.federation import FederatedClient
+    from privspk.privacy import PrivacyBudget
+    from privspk.training.local import DPSettings
+
+    privacy = cfg.privacy
+    store = run_dir / "clients" / client_id
+    dp = guard = None
+    if privacy.enabled:
+        from privspk.federation.guard import LedgerGuard, client_identity
+
+        b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
+        dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
+                        sample_rate=sample_rate)
+        identity = client_identity(store / "identity.key")
+        client_level = {}
+        if client_dp is not None:
+            client_level = dict(client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
+                                                            unit="client"),
+                                client_mechanism=client_dp.mechanism())  # the guaranteed honest shares
+        guard = LedgerGuard(ledger, client_id, b, accountant=privacy.accountant, clip=privacy.clip,
+                            randomness=privacy.randomness, identity=identity, **client_level)
+    train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
+                      optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
+                      crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
+                      margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema,
+                      randomness=privacy.randomness)
+    return FederatedClient(
+        client_id, data, copy.deepcopy(encoder), names, weight=weight, endpoint=endpoint,
+        guard=guard, dp=dp, store=store, train_args=train_args,
+        local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + index,
+        client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+        fixed_head=cfg.train.head == "fixed",
+        update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
+        run_id=cfg.name,
+    )
+
+
 def _train(
     config: RunConfig,
     *,
@@ -375,12 +423,12 @@ def _train(
         eval_every: evaluate the held-out EER every this many rounds (and always after the last).
         data: already prepared data (saves re-loading when running several configs).
     """
-    from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
+    from privspk.federation import FederatedServer, InProcessFederation
     from privspk.models.finetune import apply_recipe
     from privspk.privacy import PrivacyBudget, plan_noise_multiplier
     from privspk.secagg import build_scheme
     from privspk.training.data import ClientData
-    from privspk.training.local import DPSettings, sample_rate_for
+    from privspk.training.local import sample_rate_for
     from privspk.training.randomness import randomness_note
 
     if budget is not None:
@@ -465,40 +513,13 @@ def _train(
 
         server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
 
-    train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
-                      optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
-                      crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
-                      margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema,
-                      randomness=cfg.privacy.randomness)
-    clients = {}
-    for i, (cid, cdata) in enumerate(clients_data.items()):
-        dp = guard = None
-        if privacy.enabled:
-            from privspk.federation.guard import LedgerGuard, client_identity
-
-            b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
-            q, plan = sample_rates[cid], plans[cid]
-            dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
-                            sample_rate=q)
-            identity = client_identity(run_dir / "clients" / cid / "identity.key")
-            if client_dp is not None:
-                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
-                                    client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
-                                                                unit="client"),
-                                    client_mechanism=client_dp.mechanism(),  # the guaranteed honest shares
-                                    randomness=privacy.randomness, identity=identity)
-            else:
-                guard = LedgerGuard(ledger, cid, b, accountant=privacy.accountant, clip=privacy.clip,
-                                    randomness=privacy.randomness, identity=identity)
-        clients[cid] = FederatedClient(
-            cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=scheme.client(cid),
-            guard=guard, dp=dp, store=run_dir / "clients" / cid, train_args=train_args,
-            local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + i,
-            client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
-            fixed_head=cfg.train.head == "fixed",
-            update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
-            run_id=cfg.name,
-        )
+    clients = {
+        cid: build_federated_client(cfg, client_id=cid, index=i, data=cdata, encoder=encoder, names=names,
+                                    weight=weights[cid], endpoint=scheme.client(cid), run_dir=run_dir,
+                                    ledger=ledger, plan=plans.get(cid), sample_rate=sample_rates.get(cid),
+                                    client_dp=client_dp, options=options)
+        for i, (cid, cdata) in enumerate(clients_data.items())
+    }
 
     def aggregated(round_id: int, included) -> None:
         if ledger is not None:

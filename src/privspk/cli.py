@@ -1,8 +1,9 @@
 """The ``privspk`` command line.
 
 Subcommands: ``prepare``, ``demo``, ``train``, ``eval``, ``enroll``, ``verify``,
-``ledger`` and ``bench``. Each prints what it did; errors from the library are
-shown as one line with what was wrong, and exit with status 2.
+``ledger`` and ``bench``; ``serve``, ``join`` and ``run`` deploy on Flower. Each
+prints what it did; errors from the library are shown as one line with what was
+wrong, and exit with status 2.
 
 >>> build_parser().parse_args(["demo", "--secagg", "bfv"]).secagg
 'bfv'
@@ -396,6 +397,109 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start a Flower SuperLink for privspk runs (``flower-superlink``)."""
+    from privspk.runtimes.flower.launch import serve
+
+    return serve(host=args.host, port=args.port, insecure=args.insecure, ca=args.ca, cert=args.cert, key=args.key,
+                 auth=args.auth, poll=args.poll, database=args.database)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    """Join a federation as a node (privspk agent + ``flower-supernode``)."""
+    from privspk.runtimes.flower.launch import join
+
+    return join(role=args.role, superlink=args.superlink, run_dir=args.run_dir, data=args.data,
+                partition=args.partition, insecure=args.insecure, ca=args.ca, auth_key=args.auth_key, poll=args.poll,
+                client_id=args.client_id)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Submit a run to a SuperLink and print its rounds."""
+    from privspk.runtimes.flower.launch import run
+
+    cfg = _config(args)
+    total = cfg.federation.rounds
+    p = cfg.privacy
+    print(f"privspk run on {args.superlink}: {cfg.federation.n_clients} client nodes x {total} rounds, "
+          f"{'DP-SGD per ' + p.unit + f' eps={p.epsilon:g}' if p.enabled else 'non-private'}, "
+          f"secure aggregation: {cfg.secagg.scheme}", flush=True)
+    timeouts = {k: v for k, v in (("stage-timeout", args.stage_timeout), ("train-timeout", args.train_timeout),
+                                  ("wait-timeout", args.wait_timeout)) if v is not None}
+    done = run(config_text=cfg.to_toml(), superlink=args.superlink, insecure=args.insecure, ca=args.ca,
+               data_dir=cfg.data_dir, out_dir=cfg.out_dir, name=cfg.name, resume=args.resume,
+               follow=not args.detach, timeouts=timeouts, on_line=lambda line: print(line, flush=True))
+    if done.get("event") == "done":
+        ev = done.get("final_eval") or {}
+        if ev:
+            _print_eval("after federated " + ("DP " if p.enabled else "") + "training (deployed)", ev)
+        eps = done.get("epsilon_spent") or {}
+        if eps:
+            print("epsilon spent per client (from each node's ledger): "
+                  + ", ".join(f"{c} {e:.2f}" for c, e in eps.items() if e is not None), flush=True)
+        print(f"run report: {done.get('report')}", flush=True)
+    else:
+        print(json.dumps(done), flush=True)
+    return 0
+
+
+def cmd_deploy_demo(args: argparse.Namespace) -> int:
+    """The demo federation through a SuperLink and client SuperNodes on 127.0.0.1 (separate processes)."""
+    import warnings
+
+    from privspk.runtimes.flower.demo import deploy_demo
+
+    warnings.filterwarnings("ignore", message=".*--insecure")
+    cfg = _config(args)
+    if not args.name:
+        cfg = cfg.replace(name=cfg.name + "_deployed")
+    p = cfg.privacy
+    dp = (f"DP-SGD per {p.unit}, budget eps={p.epsilon:g} delta={p.delta:g} per client" if p.enabled
+          else "non-private")
+    print(f"privspk deploy-demo: {cfg.federation.n_clients} client nodes x {cfg.federation.rounds} rounds, {dp}, "
+          f"secure aggregation: {cfg.secagg.scheme}, fine-tuning recipe: {cfg.train.recipe}", flush=True)
+    t0 = time.perf_counter()
+    done = deploy_demo(cfg, root=Path(cfg.out_dir) / (cfg.name + "_processes"), on_line=lambda s: print(s, flush=True))
+    if done.get("final_eval"):
+        _print_eval("after federated " + ("DP " if p.enabled else "") + "training (deployed)", done["final_eval"])
+    eps = done.get("epsilon_spent") or {}
+    if eps:
+        print(f"epsilon spent per client (from each node's own ledger, per {p.unit}, delta {p.delta:g}): "
+              + ", ".join(f"{c} {e:.2f}" for c, e in eps.items() if e is not None), flush=True)
+    print(f"run report: {done.get('report')}", flush=True)
+    print(f"deployed demo took {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Write a CA and a SuperLink TLS certificate for the given hosts."""
+    from privspk.runtimes.flower.certs import write_pki
+
+    paths = write_pki(args.out, hosts=args.host)
+    print(f"wrote {paths['ca']} (give it to every node), {paths['cert']} and {paths['key']} (keep on the SuperLink)")
+    return 0
+
+
+def cmd_node_key(args: argparse.Namespace) -> int:
+    """Write a SuperNode authentication key pair (NIST P-384, OpenSSH format)."""
+    from privspk.runtimes.flower.certs import write_node_key
+
+    priv, pub = write_node_key(args.path)
+    print(f"wrote {priv} (private: stays on this node) and {pub} (send it to the SuperLink's operator)")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register a SuperNode's public key at a SuperLink started with --auth."""
+    from privspk.runtimes.flower.launch import register
+
+    home = Path(args.flwr_home) if args.flwr_home else Path.home() / ".privspk" / "flwr"
+    node_id = register(public_key=args.public_key, superlink=args.superlink, ca=args.ca, flwr_home=home,
+                       name=args.name)
+    print(f"registered {args.public_key}: Flower node id {node_id}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
@@ -475,6 +579,66 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("which", choices=["secagg", "dp"])
     sp.add_argument("rest", nargs=argparse.REMAINDER)
     sp.set_defaults(func=cmd_bench)
+
+    def transport(sp, *, server: bool = False) -> None:
+        sp.add_argument("--insecure", action="store_true", help="no TLS (loopback addresses only; warns)")
+        sp.add_argument("--ca", help="CA certificate (PEM) the SuperLink's certificate is signed by")
+        sp.add_argument("--poll", type=float, default=0.05 if server else 0.05,
+                        help="seconds between Flower polls (default 0.05)")
+
+    sp = sub.add_parser("deploy-demo", help="the demo through a SuperLink + client SuperNodes on 127.0.0.1")
+    common(sp)
+    sp.set_defaults(func=cmd_deploy_demo)
+
+    sp = sub.add_parser("serve", help="start a Flower SuperLink for privspk runs (flower-superlink)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=9092)
+    transport(sp, server=True)
+    sp.add_argument("--cert", help="the SuperLink's TLS certificate (PEM)")
+    sp.add_argument("--key", help="the SuperLink's TLS private key (PEM)")
+    sp.add_argument("--auth", action="store_true",
+                    help="only admit registered SuperNode keys (`privspk register`)")
+    sp.add_argument("--database", help="SuperLink state database (default: in memory)")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("certs", help="write a CA and the SuperLink's TLS certificate")
+    sp.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key")
+    sp.add_argument("--host", action="append", required=True, help="the SuperLink's IP or DNS name (repeatable)")
+    sp.set_defaults(func=cmd_certs)
+
+    sp = sub.add_parser("node-key", help="write a SuperNode key pair (P-384) for node authentication")
+    sp.add_argument("path", help="private key path (the public key goes to PATH.pub)")
+    sp.set_defaults(func=cmd_node_key)
+
+    sp = sub.add_parser("register", help="register a SuperNode public key at the SuperLink (flwr supernode register)")
+    sp.add_argument("public_key")
+    sp.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    sp.add_argument("--ca", required=True, help="the SuperLink's CA certificate")
+    sp.add_argument("--name", help="a name for the node")
+    sp.add_argument("--flwr-home", help="folder for the Flower connection config (default ~/.privspk/flwr)")
+    sp.set_defaults(func=cmd_register)
+
+    sp = sub.add_parser("join", help="join a federation as a node (privspk agent + flower-supernode)")
+    sp.add_argument("--role", choices=["client", "keyholder"], default="client")
+    sp.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    sp.add_argument("--data", help="this node's data folder (client nodes)")
+    sp.add_argument("--partition", type=int, help="which client share of the corpus is this node's (client nodes)")
+    sp.add_argument("--client-id", help="the node's client id (default client<partition>)")
+    sp.add_argument("--run-dir", required=True, help="this node's own folder: ledger, identity key, private head")
+    sp.add_argument("--auth-key", help="the node's EC P-384 private key registered at the SuperLink")
+    transport(sp)
+    sp.set_defaults(func=cmd_join)
+
+    sp = sub.add_parser("run", help="submit a run to a SuperLink and print its rounds")
+    common(sp)
+    sp.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    transport(sp)
+    sp.add_argument("--resume", action="store_true", help="continue the run from the server's saved state")
+    sp.add_argument("--detach", action="store_true", help="submit and return")
+    sp.add_argument("--stage-timeout", type=float, help="seconds a node has to answer a scheme stage")
+    sp.add_argument("--train-timeout", type=float, help="seconds a node has to train")
+    sp.add_argument("--wait-timeout", type=float, help="seconds to wait for the nodes to connect")
+    sp.set_defaults(func=cmd_run)
     return p
 
 

@@ -61,10 +61,11 @@ class MaskScheme(Scheme):
         self.registry = KeyRegistry()
         self._clients: dict[str, MaskClient] = {}
 
-    def client(self, client_id: str) -> MaskClient:
-        """The (cached) endpoint of ``client_id``, with a fresh identity key on first use."""
+    def client(self, client_id: str, *, identity: IdentityKey | None = None) -> MaskClient:
+        """The (cached) endpoint of ``client_id``, with a fresh identity key on first use
+        (or ``identity``: a node's own long-term key, on a deployed node)."""
         if client_id not in self._clients:
-            identity = IdentityKey.generate()
+            identity = identity if identity is not None else IdentityKey.generate()
             self.registry.register(client_id, identity.public_bytes())
             self._clients[client_id] = MaskClient(client_id, config=self.config, identity=identity,
                                                   registry=self.registry,

@@ -1,0 +1,348 @@
+"""``privspk serve`` / ``join`` / ``run``: Flower's ``flower-superlink``, ``flower-supernode`` and ``flwr run``.
+
+- ``serve`` execs ``flower-superlink`` (TLS files + node authentication, or
+  ``--insecure`` on a loopback address only, with a warning).
+- ``join`` runs the node's privspk agent (:mod:`~privspk.runtimes.flower.node`) and
+  Flower's SuperNode in one process. The SuperNode's idle sleeps (3 s between pulls,
+  0.5 s while a reply is pending) are capped at ``--poll`` seconds: they would
+  otherwise cost each stage of a round up to 3 s.
+- ``run`` writes a Flower connection for the SuperLink, submits the app in
+  ``privspk/runtimes/flower/app`` with the run's settings, and prints the per-round
+  lines from the run directory's ``progress.jsonl`` (when the run directory is local).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from privspk.errors import ConfigError, PrivspkError
+
+log = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).with_name("app")
+POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+CONNECTION = "privspk"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, without port) is this machine only.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0"), is_loopback("10.0.0.5")
+    (True, True, False, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port), with a clear error.
+
+    >>> split_address("127.0.0.1:9092")
+    ('127.0.0.1', 9092)
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"address must be HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _insecure_ok(host: str, what: str) -> None:
+    if not is_loopback(host):
+        raise ConfigError(f"--insecure is only allowed on a loopback address (127.0.0.1, ::1, localhost), not "
+                          f"{host!r}: {what} over a network needs TLS (--ca/--cert/--key)")
+    warnings.warn(f"{what} runs without TLS or node authentication (--insecure); loopback only, for demos and tests",
+                  stacklevel=3)
+
+
+def _flower_bin(name: str) -> str:
+    exe = Path(sys.executable).with_name(name)
+    found = str(exe) if exe.exists() else shutil.which(name)
+    if not found:
+        raise ConfigError(f"{name} not found; install privspk with the 'flower' extra (pip install 'privspk[flower]')")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- serve
+def superlink_command(*, host: str, port: int, insecure: bool, ca: str | None = None, cert: str | None = None,
+                      key: str | None = None, auth: bool = False, database: str | None = None,
+                      storage: str | None = None) -> list[str]:
+    """The ``flower-superlink`` command line for these settings.
+
+    >>> superlink_command(host="127.0.0.1", port=9092, insecure=True)[1:]
+    ['--host', '127.0.0.1', '--port', '9092', '--disable-runtime-dependency-installation', '--insecure']
+    """
+    cmd = [_flower_bin("flower-superlink"), "--host", host, "--port", str(port),
+           "--disable-runtime-dependency-installation"]
+    if insecure:
+        if auth or ca or cert or key:
+            raise ConfigError("--insecure cannot be combined with TLS files or node authentication")
+        cmd.append("--insecure")
+    else:
+        if not (ca and cert and key):
+            raise ConfigError("a SuperLink needs TLS: pass --ca, --cert and --key (or --insecure on loopback)")
+        cmd += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key]
+        if auth:
+            cmd.append("--enable-supernode-auth")
+    if database:
+        cmd += ["--database", database]
+    if storage:
+        cmd += ["--storage-dir", storage]
+    return cmd
+
+
+def flower_env(poll: float) -> dict[str, str]:
+    """Environment for Flower processes: short SuperExec task polling, privspk importable."""
+    env = dict(os.environ)
+    env.setdefault(POLL_ENV, f"{max(0.01, poll):g}")
+    src = str(Path(__file__).resolve().parents[3])
+    if src not in env.get("PYTHONPATH", "").split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    bindir = str(Path(sys.executable).parent)  # flower-superexec / flwr-clientapp / flwr-serverapp live here
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
+    return env
+
+
+def serve(*, host: str, port: int, insecure: bool, ca: str | None, cert: str | None, key: str | None,
+          auth: bool, poll: float = 0.05, database: str | None = None) -> int:
+    """Replace this process by ``flower-superlink`` (the ServerApp runs inside it per submitted run)."""
+    if insecure:
+        _insecure_ok(host, "the SuperLink")
+    cmd = superlink_command(host=host, port=port, insecure=insecure, ca=ca, cert=cert, key=key, auth=auth,
+                            database=database)
+    print(f"privspk serve: {' '.join(cmd)}", flush=True)
+    os.execve(cmd[0], cmd, flower_env(poll))
+    return 0  # not reached
+
+
+# ---------------------------------------------------------------------------------------------- join
+class _CappedTime:
+    """The ``time`` module with ``sleep`` capped at ``cap`` seconds (the SuperNode's idle waits)."""
+
+    def __init__(self, cap: float) -> None:
+        self._cap = cap
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(float(seconds), self._cap))
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def patch_supernode_polling(cap: float) -> bool:
+    """Cap the SuperNode loop's fixed sleeps at ``cap`` s; False (stock timing) if Flower changed shape."""
+    try:
+        from flwr.supernode import start_client_internal as sci
+    except ImportError:
+        return False
+    if getattr(sci, "time", None) is not time:
+        log.warning("flwr.supernode.start_client_internal no longer uses `time` as expected; keeping Flower's "
+                    "stock polling (each stage may then cost up to 3 s)")
+        return False
+    sci.time = _CappedTime(cap)  # type: ignore[assignment]
+    return True
+
+
+def node_key_fingerprint(private_key_path: str | None) -> str:
+    """SHA-256 (hex) of the SuperNode auth key's public half in DER; '' without one."""
+    if not private_key_path:
+        return ""
+    from cryptography.hazmat.primitives import serialization
+
+    from privspk.runtimes.flower.certs import public_key_fingerprint
+
+    raw = Path(private_key_path).read_bytes()
+    try:
+        key = serialization.load_ssh_private_key(raw, password=None)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(raw, password=None)
+        except ValueError as exc:
+            raise ConfigError(f"{private_key_path}: not an OpenSSH or PEM private key ({exc})") from None
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key_fingerprint(der)
+
+
+def supernode_argv(*, superlink: str, run_dir: Path, insecure: bool, root_certificates: str | None,
+                   auth_key: str | None, host: str = "127.0.0.1", port: int | None = None) -> list[str]:
+    """``flower-supernode`` arguments for a node whose agent lives in ``run_dir``.
+
+    >>> supernode_argv(superlink="127.0.0.1:9092", run_dir=Path("/n0"), insecure=True, root_certificates=None,
+    ...                auth_key=None, port=9100)[1:]  # doctest: +NORMALIZE_WHITESPACE
+    ['--superlink', '127.0.0.1:9092', '--host', '127.0.0.1', '--port', '9100', '--node-config',
+     "run-dir='/n0'", '--insecure']
+    """
+    argv = ["flower-supernode", "--superlink", superlink, "--host", host, "--port", str(port or free_port(host)),
+            "--node-config", f"run-dir={json.dumps(str(run_dir)).replace(chr(34), chr(39))}"]
+    if insecure:
+        argv.append("--insecure")
+    else:
+        if not root_certificates:
+            raise ConfigError("a node needs the SuperLink's CA certificate (--ca) unless --insecure on loopback")
+        argv += ["--root-certificates", root_certificates]
+        if auth_key:
+            argv += ["--auth-supernode-private-key", auth_key]
+    return argv
+
+
+def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, partition: int | None,
+         insecure: bool, ca: str | None, auth_key: str | None, poll: float = 0.05, client_id: str | None = None) -> int:
+    """Run this node: the privspk agent in a thread, Flower's SuperNode in the foreground."""
+    from privspk.runtimes.flower.bridge import Agent
+    from privspk.runtimes.flower.node import Node, NodeSettings, describe, load_plugins
+
+    host, _ = split_address(superlink)
+    if insecure:
+        _insecure_ok(host, "the node's connection to the SuperLink")
+    load_plugins()
+    settings = NodeSettings(role=role, run_root=Path(run_dir).resolve(),
+                            data_dir=Path(data).resolve() if data else None,
+                            partition=partition, client_id=client_id)
+    node = Node(settings)
+    fingerprint = node_key_fingerprint(auth_key)
+
+    def handler(meta, body):
+        meta = dict(meta)
+        meta["node_key_fingerprint"] = fingerprint
+        return node(meta, body)
+
+    agent = Agent(settings.run_root, handler)
+    threading.Thread(target=agent.serve_forever, name="privspk-agent", daemon=True).start()
+    argv = supernode_argv(superlink=superlink, run_dir=settings.run_root, insecure=insecure, root_certificates=ca,
+                          auth_key=auth_key)
+    os.environ.update(flower_env(poll))
+    from privspk.runtimes.flower.fastexec import install_shim
+
+    shim = install_shim(settings.run_root / "bin")  # forks ClientApps instead of starting a Python per message
+    os.environ["PATH"] = os.pathsep.join([str(shim.parent), os.environ.get("PATH", "")])
+    patched = patch_supernode_polling(poll)
+    print(f"privspk join: {describe(settings)} agent at {agent.address}; polling "
+          f"{'every %gs' % poll if patched else 'Flower stock (3 s)'}", flush=True)
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = argv
+    try:
+        flower_supernode()
+    finally:
+        agent.close()
+        node.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- register
+def register(*, public_key: str, superlink: str, ca: str | None, flwr_home: str | Path, name: str | None = None) -> int:
+    """Register a SuperNode's public key at an authenticating SuperLink; returns its Flower node id."""
+    home = Path(flwr_home)
+    write_connection(home, superlink=superlink, insecure=False, ca=ca)
+    cmd = [_flower_bin("flwr"), "supernode", "register", str(public_key), CONNECTION, "--format", "json"]
+    if name:
+        cmd += ["--name", name]
+    proc = subprocess.run(cmd, env=dict(os.environ, FLWR_HOME=str(home)), capture_output=True, text=True, check=False)
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        out = {}
+    if proc.returncode != 0 or not out.get("success", True) or "node-id" not in out and "node_id" not in out:
+        raise PrivspkError(f"flwr supernode register failed (exit {proc.returncode}): "
+                           f"{(proc.stdout + proc.stderr).strip()[-1500:]}")
+    return int(out.get("node-id", out.get("node_id")))
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a TOML basic string
+
+
+def write_connection(flwr_home: Path, *, superlink: str, insecure: bool, ca: str | None) -> None:
+    """A Flower ``config.toml`` with one connection named ``privspk``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = [f"[superlink.{CONNECTION}]", f"address = {_toml_str(superlink)}"]
+    if insecure:
+        lines.append("insecure = true")
+    else:
+        if not ca:
+            raise ConfigError("submitting to a TLS SuperLink needs its CA certificate (--ca)")
+        lines.append(f"root-certificates = {_toml_str(str(Path(ca).resolve()))}")
+    lines += ["", "[superlink]", f"default = {_toml_str(CONNECTION)}"]
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run(*, config_text: str, superlink: str, insecure: bool, ca: str | None, data_dir: str, out_dir: str, name: str,
+        resume: bool = False, follow: bool = True, timeouts: dict | None = None, poll: float = 0.02,
+        evaluate: bool = True, on_line=print, wait: float = 3600.0) -> dict:
+    """Submit a run and (``follow``) print its round lines until it finishes; returns the final event."""
+    host, _ = split_address(superlink)
+    if insecure:
+        _insecure_ok(host, "submitting the run")
+    out = Path(out_dir).resolve()
+    run_dir = out / name
+    flwr_home = out / ".flwr" / name
+    write_connection(flwr_home, superlink=superlink, insecure=insecure, ca=ca)
+    overrides = {"config": config_text, "data-dir": str(Path(data_dir).resolve()), "out-dir": str(out),
+                 "resume": resume, "poll": poll, "evaluate": evaluate, **(timeouts or {})}
+    lines = []
+    for k, v in overrides.items():
+        val = ("true" if v else "false") if isinstance(v, bool) else (_toml_str(v) if isinstance(v, str) else repr(v))
+        lines.append(f"{k} = {val}")
+    run_cfg = flwr_home / "run-config.toml"
+    run_cfg.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    progress = run_dir / "progress.jsonl"
+    seen = progress.stat().st_size if (resume and progress.exists()) else 0
+    if not resume:
+        progress.unlink(missing_ok=True)
+    env = dict(os.environ, FLWR_HOME=str(flwr_home))
+    cmd = [_flower_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", str(run_cfg), "--format", "json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise PrivspkError(f"flwr run failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    try:
+        submitted = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        submitted = {"output": proc.stdout.strip()}
+    if not follow:
+        return {"event": "submitted", **submitted}
+    return follow_progress(progress, offset=seen, on_line=on_line, wait=wait)
+
+
+def follow_progress(progress: Path, *, offset: int = 0, on_line=print, wait: float = 3600.0) -> dict:
+    """Print each round line of ``progress.jsonl`` as it appears; returns the ``done`` event."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if progress.exists():
+            with open(progress, encoding="utf-8") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            offset += len(complete.encode("utf-8"))
+            for raw in complete.splitlines():
+                event = json.loads(raw)
+                if event.get("event") == "round":
+                    on_line(event["line"])
+                elif event.get("event") == "done":
+                    return event
+                elif event.get("event") == "error":
+                    raise PrivspkError(f"the run failed on the server: {event.get('error')}")
+        time.sleep(0.2)
+    raise PrivspkError(f"the run did not finish within {wait:g} s; see the SuperLink's log")

@@ -1,0 +1,45 @@
+"""The deployment commands parse, and refuse incomplete node settings with a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from privspk.cli import build_parser, main
+from privspk.errors import ConfigError
+from privspk.runtimes.flower.launch import superlink_command, supernode_argv
+from privspk.runtimes.flower.node import NodeSettings
+
+
+def test_parser_knows_the_deployment_commands():
+    p = build_parser()
+    for argv in (["serve", "--insecure"], ["join", "--superlink", "h:1", "--run-dir", "d"],
+                 ["run", "--superlink", "h:1"], ["deploy-demo"], ["certs", "--out", "o", "--host", "h"],
+                 ["node-key", "k"], ["register", "k.pub", "--superlink", "h:1", "--ca", "ca"]):
+        args = p.parse_args(argv)
+        assert args.command == argv[0] and callable(args.func)
+
+
+def test_a_client_node_needs_its_data_and_partition(tmp_path):
+    with pytest.raises(ConfigError, match="needs --data DIR and --partition N"):
+        NodeSettings(role="client", run_root=tmp_path)
+    assert NodeSettings(role="client", run_root=tmp_path, data_dir=tmp_path, partition=2).client_id == "client2"
+    with pytest.raises(ConfigError, match="role must be"):
+        NodeSettings(role="server", run_root=tmp_path)
+
+
+def test_tls_settings_are_complete_or_refused():
+    with pytest.raises(ConfigError, match="needs TLS"):
+        superlink_command(host="10.0.0.1", port=1, insecure=False, ca="ca", cert=None, key=None)
+    cmd = superlink_command(host="10.0.0.1", port=1, insecure=False, ca="ca", cert="c", key="k", auth=True)
+    assert cmd[-7:] == ["--ssl-ca-certfile", "ca", "--ssl-certfile", "c", "--ssl-keyfile", "k",
+                        "--enable-supernode-auth"]
+    with pytest.raises(ConfigError, match="needs the SuperLink's CA certificate"):
+        supernode_argv(superlink="10.0.0.1:1", run_dir=Path("d"), insecure=False, root_certificates=None,
+                       auth_key=None, port=5)
+
+
+def test_join_with_insecure_off_loopback_exits_2(capsys, tmp_path):
+    assert main(["join", "--insecure", "--superlink", "10.0.0.1:9092", "--run-dir", str(tmp_path)]) == 2
+    assert "--insecure is only allowed on a loopback address" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""Deployed rounds on real Flower processes (SuperLink + 3 SuperNodes on 127.0.0.1) equal in-process rounds.
+
+The same config and seeds run once through ``privspk.train`` (one process) and once
+through ``privspk serve`` / ``join`` / ``run``; the final global models must agree:
+``plain`` bit for bit, ``mask`` to its quantisation. Each node has its own run
+directory and its own ledger, which must hold exactly its two spends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import privspk
+from deploy_support import Cluster, prepared_data, tiny_config
+from privspk.models.checkpoint import load_encoder
+from privspk.privacy import Ledger
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+    pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
+    pytest.mark.filterwarnings("ignore:.*--insecure"),
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return prepared_data(tmp_path_factory.mktemp("deploy_data"))
+
+
+def trainable_vector(encoder, recipe: str) -> np.ndarray:
+    from privspk.models.finetune import apply_recipe
+
+    apply_recipe(encoder, recipe)
+    return torch.cat([p.detach().reshape(-1).double() for p in encoder.parameters() if p.requires_grad]).numpy()
+
+
+def in_process(cfg) -> tuple[np.ndarray, dict]:
+    res = privspk.train(cfg, progress=False, overwrite=True)
+    vec = torch.cat([p.detach().reshape(-1).double() for n, p in res.encoder.named_parameters()
+                     if p.requires_grad]).numpy()
+    return vec, res.epsilon
+
+
+def deployed(tmp_path: Path, data_dir: Path, scheme: str) -> tuple[np.ndarray, dict, Cluster]:
+    cfg = tiny_config(data_dir, tmp_path / "server_runs", scheme=scheme)
+    with Cluster(tmp_path / "cluster", data_dir=data_dir) as cluster:
+        try:
+            done = cluster.submit(cfg, wait=900)
+        except Exception:
+            print(cluster.dump_logs())
+            raise
+    enc, _ = load_encoder(Path(cfg.out_dir) / cfg.name / "encoder.pt")
+    return trainable_vector(enc, cfg.train.recipe), done, cluster
+
+
+def test_mask_two_rounds_deployed_equal_in_process(tmp_path, data_dir):
+    vec, done, cluster = deployed(tmp_path, data_dir, "mask")
+    ref, ref_eps = in_process(tiny_config(data_dir, tmp_path / "inproc", scheme="mask"))
+    from privspk.secagg import build_scheme
+
+    tol = build_scheme("mask", {"clip": 0.5}).sum_tolerance(3, bound=0.5)
+    assert vec.shape == ref.shape
+    assert np.max(np.abs(vec - ref)) <= tol, f"deployed differs by {np.max(np.abs(vec - ref))} > {tol}"
+    assert not np.array_equal(vec, trainable_vector(_pretrained(data_dir), "last")), "the rounds changed the model"
+    assert done["epsilon_spent"] == pytest.approx(ref_eps, rel=1e-12)
+    for i in range(3):  # each node's own ledger: its own two spends, both aggregated
+        with Ledger(cluster.node_dir(i) / "deployed" / "ledger.sqlite", readonly=True) as led:
+            assert sorted((r.client, r.round, r.status) for r in led.rows()) == [
+                (f"client{i}", 1, "aggregated"), (f"client{i}", 2, "aggregated")]
+
+
+@pytest.mark.slow
+def test_plain_two_rounds_deployed_bit_identical(tmp_path, data_dir):
+    vec, _, _ = deployed(tmp_path, data_dir, "plain")
+    ref, _ = in_process(tiny_config(data_dir, tmp_path / "inproc", scheme="plain"))
+    assert np.array_equal(vec, ref)
+
+
+def _pretrained(data_dir: Path):
+    from privspk.api import pretrained_encoder
+    from privspk.prepare import prepare_data
+
+    cfg = tiny_config(data_dir, data_dir / "unused")
+    enc, _ = pretrained_encoder(cfg, prepare_data(cfg, progress=False), progress=False)
+    return enc
