@@ -82,10 +82,15 @@ def test_a_tenth_of_a_second_neither_enrols_nor_verifies(alice, alice_audio, enc
 def test_exact_zero_runs_do_not_move_the_score(alice, alice_audio):
     probe = alice_audio[2]
     base = alice.score("alice", probe)
-    # exact-zero runs between and around the speech: 0.3 s before, 0.4 s inside a pause, 0.3 s after
-    cut = probe.shape[0] // 2
+    # lengthen the pauses with exact zeros: 0.3 s before, 0.4 s inside the sentence's longest
+    # digitally silent pause (between words), 0.3 s after
+    silent = (probe == 0).numpy()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], silent.astype(np.int8), [0]])))
+    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if 0 < a and b < probe.shape[0]]
+    a, b = max(runs, key=lambda r: r[1] - r[0])
+    mid = (a + b) // 2
     gap = torch.zeros(int(0.3 * 16000))
-    zeros = torch.cat([gap, probe[:cut], torch.zeros(int(0.4 * 16000)), probe[cut:], gap])
+    zeros = torch.cat([gap, probe[:mid], torch.zeros(int(0.4 * 16000)), probe[mid:], gap])
     assert float((zeros == 0).float().mean()) > 0.2
     assert alice.score("alice", zeros) == pytest.approx(base, abs=0.02)
 

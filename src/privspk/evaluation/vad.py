@@ -3,8 +3,8 @@
 Energy alone cannot tell speech from a loud tone or a burst of noise, so a frame counts as
 speech only when three things hold:
 
-* **energy** above an adaptive noise floor (a low percentile of the clip's frame energies)
-  by ``margin_db``, and above an absolute floor ``min_dbfs``. Stationary noise and digital
+* **energy** above an adaptive noise floor (a low percentile of the energies of the clip's
+  frames that are not digital silence) by ``margin_db``, and above an absolute floor ``min_dbfs``. Stationary noise and digital
   silence never rise above their own floor;
 * **voicing**: the normalised autocorrelation of the pre-emphasised signal (40 ms window)
   peaks at a pitch period between ``f0_min`` and ``f0_max`` Hz, in runs of at least
@@ -14,8 +14,8 @@ speech only when three things hold:
   holds its pitch. A clip whose continuous voiced frames mostly keep their period to within
   ``flat_pitch_tolerance`` is called tonal and holds no speech.
 
-Unvoiced sounds next to voiced ones (``hangover_frames`` either side, still above the energy
-floor) count as speech too. Frames follow the Kaldi framing of :mod:`privspk.features` (window
+Sounds next to voiced ones (``hangover_frames`` either side: consonants, onsets) count as
+speech too when they are within ``dynamic_range_db`` of the clip's loud frames. Frames follow the Kaldi framing of :mod:`privspk.features` (window
 and shift of the :class:`~privspk.features.config.FeatureConfig`, ``snip_edges``), so the mask
 selects rows of the feature matrix directly.
 
@@ -23,9 +23,9 @@ selects rows of the feature matrix directly.
 >>> from privspk.features.config import FeatureConfig
 >>> cfg = FeatureConfig(n_mels=40)
 >>> tone = 0.3 * torch.sin(2 * math.pi * 220 * torch.arange(32000) / 16000)
->>> tone[:8000] = 0.0  # a tone that starts after a pause rises above the floor, but holds its pitch
+>>> tone[:8000] = 0.001 * torch.randn(8000)  # after a quiet pause the tone rises above the floor...
 >>> act = detect_speech(tone, cfg)
->>> act.speech_seconds, act.reason
+>>> act.speech_seconds, act.reason  # ... but holds its pitch
 (0.0, 'tonal: the pitch holds still like a tone or a played note, not speech')
 >>> detect_speech(torch.zeros(16000), cfg).reason
 'silent: no frame is louder than -55 dBFS'
@@ -48,6 +48,8 @@ __all__ = ["SpeechActivity", "VadConfig", "detect_speech"]
 _PREEMPH = 0.97
 _PITCH_WINDOW_S = 0.040
 _CHUNK_FRAMES = 2048
+#: Frames quieter than this (dBFS) are digital silence, left out of the noise floor.
+_DIGITAL_SILENCE_DB = -90.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +68,8 @@ class VadConfig:
         flat_pitch_tolerance: relative period change below which two voiced frames "hold" the pitch.
         max_flat_fraction: a clip whose continuous voiced frame pairs hold the pitch more often
             than this is tonal (no speech).
-        hangover_frames: frames either side of voiced speech that count as speech when loud enough.
+        hangover_frames: frames either side of voiced speech that count as speech when loud enough:
+            within ``dynamic_range_db`` of the clip's loud frames (its 95th energy percentile).
 
     >>> VadConfig().min_speech_seconds
     0.5
@@ -88,6 +91,7 @@ class VadConfig:
     flat_pitch_tolerance: float = 0.002
     max_flat_fraction: float = 0.6
     hangover_frames: int = 8
+    dynamic_range_db: float = 40.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,7 +102,7 @@ class VadConfig:
                     problems.append(f"{f.name} must be an int >= 0, got {value!r}")
             elif type(value) not in (int, float) or not math.isfinite(value):
                 problems.append(f"{f.name} must be a finite number, got {value!r}")
-            elif f.name in ("min_speech_seconds", "min_enroll_seconds", "margin_db") and value < 0:
+            elif f.name in ("min_speech_seconds", "min_enroll_seconds", "margin_db", "dynamic_range_db") and value < 0:
                 problems.append(f"{f.name} must be a finite number >= 0, got {value!r}")
         if not problems:
             if not 0 <= self.floor_percentile <= 100:
@@ -245,7 +249,9 @@ def detect_speech(wav: torch.Tensor | np.ndarray, feature_cfg: FeatureConfig,
     if energy_db.max() < cfg.min_dbfs:
         return SpeechActivity(np.zeros(n_frames, dtype=bool), shift / rate, 0,
                               f"silent: no frame is louder than {cfg.min_dbfs:g} dBFS")
-    floor = float(np.percentile(energy_db, cfg.floor_percentile))
+    # the floor of the sound that is there: digital silence (exact zeros) must not lower it
+    sounding = energy_db[energy_db > _DIGITAL_SILENCE_DB]
+    floor = float(np.percentile(sounding, cfg.floor_percentile)) if sounding.size else _DIGITAL_SILENCE_DB
     active = (energy_db >= floor + cfg.margin_db) & (energy_db >= cfg.min_dbfs)
     voiced = active & (voiced_val >= cfg.voicing)
     # keep runs of voiced frames whose pitch is continuous (period changes < 10 % frame to frame)
@@ -276,5 +282,8 @@ def detect_speech(wav: torch.Tensor | np.ndarray, feature_cfg: FeatureConfig,
         np.add.at(delta, np.clip(idx - h, 0, n_frames), 1)
         np.add.at(delta, np.clip(idx + h + 1, 0, n_frames), -1)
         near = np.cumsum(delta[:-1]) > 0
-    mask = near & active
+    # the frames around the voiced ones count when they are within ``dynamic_range_db`` of the loud
+    # speech: a bound set by the top of the clip, which pauses and digital silence do not move
+    loud = float(np.percentile(energy_db, 95.0))
+    mask = near & (energy_db >= max(cfg.min_dbfs, loud - cfg.dynamic_range_db))
     return SpeechActivity(mask, shift / rate, n_voiced, None)

@@ -42,6 +42,7 @@ privspk.errors.InsufficientSpeechError: recording 1: 0.00 s of speech, need 0.5 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -61,10 +62,10 @@ from privspk.evaluation.metrics import eer, threshold_at_eer, threshold_at_far
 from privspk.evaluation.scoring import as_norm
 from privspk.evaluation.vad import VadConfig, detect_speech
 
+from privspk.features.config import FeatureConfig
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
-
-    from privspk.features.config import FeatureConfig
 
 __all__ = ["Decision", "Verifier", "WavInput", "encoder_fingerprint"]
 
@@ -98,6 +99,20 @@ def _write_atomic(path: Path, write: Any) -> None:
     with open(tmp, "wb") as handle:
         write(handle)
     os.replace(tmp, path)
+
+
+@functools.lru_cache(maxsize=8)
+def _quantisation_floor(cfg: FeatureConfig) -> torch.Tensor:
+    """Mean log-mel energy of 16-bit quantisation noise, per bin: the floor of any real 16-bit recording.
+
+    Bands with no energy at all (exact zeros, a band emptied by resampling) would otherwise give
+    log-energies far below anything in training, and swing the embedding; they are clamped up to it.
+    """
+    from privspk.features.extract import extract
+
+    gen = torch.Generator().manual_seed(0)
+    noise = (torch.rand(cfg.sample_rate, generator=gen, dtype=torch.float64) - 0.5) / 32768.0
+    return extract(noise.to(torch.float32), cfg).mean(dim=0)
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -331,6 +346,8 @@ class Verifier:
             seg = x[lo * cfg.shift_samples : (hi - 1) * cfg.shift_samples + cfg.window_samples]
             kept.append(extract(seg, raw_cfg)[torch.from_numpy(mask[lo:hi])])
         feats = torch.cat(kept)
+        if cfg.kind == "fbank":
+            feats = torch.maximum(feats, _quantisation_floor(raw_cfg))
         if cfg.cmn:
             feats = feats - feats.mean(dim=0, keepdim=True)
         return feats, seconds, None
