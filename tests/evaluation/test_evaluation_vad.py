@@ -90,3 +90,10 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ConfigError, match="1-D waveform"):
         detect_speech(torch.zeros(2, 400), CFG)
     assert SpeechActivity(np.ones(10, dtype=bool), 0.01, 10, None).speech_seconds == 0.1
+
+
+@pytest.mark.parametrize(("variant", "reason"), [("Alex", "tonal"), ("robosoft8", "tonal"), ("whisperf", "no speech")])
+def test_known_limit_monotone_robot_and_whispered_voices_are_refused(variant, reason):
+    """Documented limit (README): voices without pitch movement or without voicing are not speech to the detector."""
+    act = detect_speech(speech(EspeakVoice(accent="en-us", variant=variant)), CFG)
+    assert act.speech_seconds == 0.0 and act.reason.startswith(reason)

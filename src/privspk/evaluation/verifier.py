@@ -454,6 +454,24 @@ class Verifier:
         test = self.embed(wav)
         return self._normalise(float(template @ test), template, test)
 
+    def score_embedding(self, name: str, embedding: ArrayLike) -> float:
+        """Score of a unit embedding (from :meth:`embed`) against ``name``'s template, normalised like :meth:`score`.
+
+        >>> import torch
+        >>> from privspk.features.config import FeatureConfig
+        >>> enc = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((1, 40)), torch.nn.Flatten())
+        >>> v = Verifier(enc, FeatureConfig(n_mels=40, cmn=False), threshold=0.5, vad=None)
+        >>> wav = torch.randn(4000) * 0.1
+        >>> v.enroll("bob", [wav])
+        >>> abs(v.score_embedding("bob", v.embed(wav)) - v.score("bob", wav)) < 1e-9
+        True
+        """
+        template = self._known(name)
+        test = l2_normalise(np.asarray(embedding, dtype=np.float64))
+        if test.shape != template.shape:
+            raise ConfigError(f"embedding has shape {test.shape}, the templates {template.shape}")
+        return self._normalise(float(template @ test), template, test)
+
     def verify(self, name: str, wav: WavInput) -> Decision:
         """Decide a claim that ``wav`` is ``name``: a :class:`Decision` (unpacks as ``score, accepted``).
 
