@@ -88,8 +88,8 @@ class VadConfig:
     f0_min: float = 60.0
     f0_max: float = 400.0
     min_voiced_run: int = 3
-    flat_pitch_tolerance: float = 0.002
-    max_flat_fraction: float = 0.6
+    flat_pitch_tolerance: float = 0.0005
+    max_flat_fraction: float = 0.7
     hangover_frames: int = 8
     dynamic_range_db: float = 40.0
 
@@ -149,6 +149,7 @@ class SpeechActivity:
         frame_shift_s: seconds between frames.
         voiced_frames: how many frames passed the voicing and pitch-continuity checks.
         reason: why the clip holds no speech (``None`` when some frame is speech).
+        flat_fraction: share of continuous voiced frame pairs that hold the pitch (NaN without any).
 
     >>> SpeechActivity(np.array([True, False, True]), 0.01, 2, None).speech_seconds
     0.02
@@ -158,6 +159,7 @@ class SpeechActivity:
     frame_shift_s: float
     voiced_frames: int
     reason: str | None
+    flat_fraction: float = float("nan")
 
     @property
     def speech_seconds(self) -> float:
@@ -271,9 +273,10 @@ def detect_speech(wav: torch.Tensor | np.ndarray, feature_cfg: FeatureConfig,
     if n_voiced == 0:
         return SpeechActivity(np.zeros(n_frames, dtype=bool), shift / rate, 0,
                               "no speech: no voiced sound above the noise floor")
-    if continuous_pairs and flat_pairs / continuous_pairs > cfg.max_flat_fraction:
+    flat = flat_pairs / continuous_pairs if continuous_pairs else float("nan")
+    if continuous_pairs and flat > cfg.max_flat_fraction:
         return SpeechActivity(np.zeros(n_frames, dtype=bool), shift / rate, n_voiced,
-                              "tonal: the pitch holds still like a tone or a played note, not speech")
+                              "tonal: the pitch holds still like a tone or a played note, not speech", flat)
     near = keep.copy()
     h = cfg.hangover_frames
     if h:
@@ -286,4 +289,4 @@ def detect_speech(wav: torch.Tensor | np.ndarray, feature_cfg: FeatureConfig,
     # speech: a bound set by the top of the clip, which pauses and digital silence do not move
     loud = float(np.percentile(energy_db, 95.0))
     mask = near & (energy_db >= max(cfg.min_dbfs, loud - cfg.dynamic_range_db))
-    return SpeechActivity(mask, shift / rate, n_voiced, None)
+    return SpeechActivity(mask, shift / rate, n_voiced, None, flat)
