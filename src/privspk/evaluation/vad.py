@@ -81,10 +81,10 @@ class VadConfig:
 
     min_speech_seconds: float = 0.5
     min_enroll_seconds: float = 1.5
-    margin_db: float = 10.0
+    margin_db: float = 6.0
     floor_percentile: float = 10.0
     min_dbfs: float = -55.0
-    voicing: float = 0.5
+    voicing: float = 0.4
     f0_min: float = 60.0
     f0_max: float = 400.0
     min_voiced_run: int = 3
