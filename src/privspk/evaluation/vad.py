@@ -150,6 +150,7 @@ class SpeechActivity:
         voiced_frames: how many frames passed the voicing and pitch-continuity checks.
         reason: why the clip holds no speech (``None`` when some frame is speech).
         flat_fraction: share of continuous voiced frame pairs that hold the pitch (NaN without any).
+        sounding: one bool per frame, True where the frame is not digital silence (None if not computed).
 
     >>> SpeechActivity(np.array([True, False, True]), 0.01, 2, None).speech_seconds
     0.02
@@ -160,6 +161,7 @@ class SpeechActivity:
     voiced_frames: int
     reason: str | None
     flat_fraction: float = float("nan")
+    sounding: np.ndarray | None = None
 
     @property
     def speech_seconds(self) -> float:
@@ -289,4 +291,4 @@ def detect_speech(wav: torch.Tensor | np.ndarray, feature_cfg: FeatureConfig,
     # speech: a bound set by the top of the clip, which pauses and digital silence do not move
     loud = float(np.percentile(energy_db, 95.0))
     mask = near & (energy_db >= max(cfg.min_dbfs, loud - cfg.dynamic_range_db))
-    return SpeechActivity(mask, shift / rate, n_voiced, None, flat)
+    return SpeechActivity(mask, shift / rate, n_voiced, None, flat, energy_db > _DIGITAL_SILENCE_DB)

@@ -3,7 +3,7 @@
 A recording is first checked for speech (:mod:`privspk.evaluation.vad`): enrolment needs
 ``min_speech_seconds`` in every recording and ``min_enroll_seconds`` in all (else
 :class:`~privspk.errors.InsufficientSpeechError`); a trial with less speech is rejected with
-the reason. Only the speech frames are embedded (digital silence and pauses cannot move a
+the reason. Every frame but digital silence is embedded (exact-zero runs cannot move a
 score), in windows of at most ``window_seconds`` whose unit embeddings are averaged, and at
 most the first ``max_seconds`` of a recording are analysed (a warning says so), so memory stays
 bounded however long a file is.
@@ -328,10 +328,13 @@ class Verifier:
         n_frames = 1 + (x.shape[0] - cfg.window_samples) // cfg.shift_samples
         if self.vad is not None:
             activity = detect_speech(x, cfg, self.vad)
-            mask, seconds = activity.mask, activity.speech_seconds
-            if seconds < self.vad.min_speech_seconds:
+            seconds = activity.speech_seconds
+            if seconds < self.vad.min_speech_seconds or activity.sounding is None:
                 why = activity.reason or "too little speech"
                 return None, seconds, f"{seconds:.2f} s of speech, need {self.vad.min_speech_seconds:g} s ({why})"
+            # embed every frame that is not digital silence, as in training (noisy pauses included):
+            # exact-zero runs cannot move the score, and the encoder sees the statistics it was trained on
+            mask = activity.sounding
         else:
             mask, seconds = np.ones(n_frames, dtype=bool), n_frames * cfg.shift_samples / cfg.sample_rate
         # Kaldi frames are computed frame by frame, so features of a block of frames equal those rows
