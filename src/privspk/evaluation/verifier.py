@@ -318,7 +318,7 @@ class Verifier:
         raise ConfigError(f"a recording must be a file path or a 1-D waveform tensor, got {type(wav).__name__}")
 
     def _speech_features(self, wav: WavInput, label: str) -> tuple[torch.Tensor | None, float, str | None]:
-        """(speech frames' features or None, speech seconds, why there is not enough speech or None)."""
+        """(features of the frames to embed or None, speech seconds, why there is not enough speech or None)."""
         from privspk.features.extract import extract
 
         x = self._waveform(wav, label)
@@ -356,7 +356,7 @@ class Verifier:
         return feats, seconds, None
 
     def _embed_features(self, feats: torch.Tensor) -> np.ndarray:
-        """Unit embedding of a speech-frame matrix, averaged over windows of at most ``window_seconds``."""
+        """Unit embedding of a feature matrix, averaged over windows of at most ``window_seconds``."""
         per_window = max(1, int(self.window_seconds * 1000.0 / self.feature_cfg.frame_shift_ms))
         n_windows = -(-feats.shape[0] // per_window)
         bounds = np.linspace(0, feats.shape[0], n_windows + 1).round().astype(int)
