@@ -174,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     def new_score(name, emb):
         return math.nan if emb is None else new.score_embedding(name, emb)
 
+    cos_thr = calib["cosine_threshold"]
+    raw_log: dict[tuple[str, int], float] = {}
+
+    def new_raw(name, emb):
+        return math.nan if emb is None else float(new._known(name) @ emb)
+
     # ---- enrolled identities: alice (raw eSpeak en-us) and held-out speakers
     alice_wavs = [_speech(t, "en-us") for t in SENTENCES]
     identities: dict[str, tuple[list, list]] = {"alice": (alice_wavs[:2], alice_wavs[2:])}
@@ -192,21 +198,23 @@ def main(argv: list[str] | None = None) -> int:
     enrolled_new = set(new.speakers)
     genuine_old = [old.score(n, e) for n in identities for e in old_emb[n]]
     genuine_new = [new_score(n, e) if n in enrolled_new else math.nan for n in identities for e in new_emb[n]]
+    genuine_cos = [new_raw(n, e) if n in enrolled_new else math.nan for n in identities for e in new_emb[n]]
     # held-out impostors among the identities (same conditions as training: the usual EER setting)
-    same_old, same_new = [], []
+    same_old, same_new, same_cos = [], [], []
     for claimed in identities:
         for actual in identities:
             if claimed != actual and "alice" not in (claimed, actual):
                 same_old += [old.score(claimed, e) for e in old_emb[actual][:1]]
                 if claimed in enrolled_new:
                     same_new += [new_score(claimed, e) for e in new_emb[actual][:1]]
+                    same_cos += [new_raw(claimed, e) for e in new_emb[actual][:1]]
 
     if not math.isfinite(old_thr):
         old_thr = old.threshold = threshold_at_eer(genuine_old, same_old)
 
     # ---- impostor voices outside the training conditions, against every identity
     imp_rows = []
-    imp_old, imp_new = [], []
+    imp_old, imp_new, imp_cos = [], [], []
     for label, accent, variant, pitch, rate in IMPOSTORS:
         wavs = [_speech(t, accent, variant, pitch, rate) for t in SENTENCES[:3]]
         eo, en = [old.embed(w) for w in wavs], [new_embed(w) for w in wavs]
@@ -215,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in identities:
             imp_old += [old.score(name, e) for e in eo]
             imp_new += [new_score(name, e) if name in enrolled_new else math.nan for e in en]
+            imp_cos += [new_raw(name, e) if name in enrolled_new else math.nan for e in en]
         imp_rows.append(row)
 
     # ---- non-speech, against every identity
     ns_rows = []
-    ns_old, ns_new = [], []
+    ns_old, ns_new, ns_cos = [], [], []
     signals = {}
     for seed in (0, 1):
         for kind, wav in nonspeech_signals(seconds=4.0, seed=seed).items():
@@ -236,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         sn = [new_score(n, en) if n in enrolled_new else math.nan for n in identities]
         ns_old += so
         ns_new += sn
+        ns_cos += [new_raw(n, en) if n in enrolled_new else math.nan for n in identities]
         ns_rows.append({"signal": label, "accepted_old": int(np.sum(np.nan_to_num(so, nan=-np.inf) >= old_thr)),
                         "accepted_new": int(np.sum(np.nan_to_num(sn, nan=-np.inf) >= new.threshold)),
                         "claims": len(identities)})
@@ -300,11 +310,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rates = {
         "impostor_voices": {"before": _rates(genuine_old, imp_old, old_thr),
-                            "after": _rates(genuine_new, imp_new, new.threshold)},
+                            "after": _rates(genuine_new, imp_new, new.threshold),
+                            "after_cosine": _rates(genuine_cos, imp_cos, cos_thr)},
         "heldout_impostors": {"before": _rates(genuine_old, same_old, old_thr),
-                              "after": _rates(genuine_new, same_new, new.threshold)},
+                              "after": _rates(genuine_new, same_new, new.threshold),
+                              "after_cosine": _rates(genuine_cos, same_cos, cos_thr)},
         "non_speech": {"before": _rates(genuine_old, ns_old, old_thr),
-                       "after": _rates(genuine_new, ns_new, new.threshold)},
+                       "after": _rates(genuine_new, ns_new, new.threshold),
+                       "after_cosine": _rates(genuine_cos, ns_cos, cos_thr)},
     }
     result = {
         "command": "python benchmarks/verifier_impostors.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -354,6 +367,13 @@ def _markdown(r: dict) -> str:
         lines.append(f"| {label} | {_pct(b['far'])} ({b['false_accepts']}/{b['n_impostor']}) | "
                      f"{_pct(a['far'])} ({a['false_accepts']}/{a['n_impostor']}) | {_pct(b['frr'])} | {_pct(a['frr'])} | "
                      f"{_pct(b['eer_scored'])} | {_pct(a['eer_scored'])} |")
+    lines += ["", "Ablation, the same speech detection and embeddings with plain cosine scores and a threshold "
+              f"({r['calibration']['cosine_threshold']:.4f}) for the same FAR on the same public trials:", "",
+              "| trials | FAR | FRR | EER (scored trials) |", "|---|---|---|---|"]
+    for key, label in names.items():
+        c = r["rates"][key]["after_cosine"]
+        lines.append(f"| {label} | {_pct(c['far'])} ({c['false_accepts']}/{c['n_impostor']}) | {_pct(c['frr'])} | "
+                     f"{_pct(c['eer_scored'])} |")
     lines += ["", "FRR after counts the genuine trials refused for too little speech as rejects "
               f"({r['rates']['impostor_voices']['after']['refused_unscored_genuine']} of "
               f"{r['rates']['impostor_voices']['after']['n_genuine']}).", "",

@@ -591,7 +591,8 @@ class Verifier:
         first ``enroll_per_speaker`` recordings and tested with the rest of every calibration
         speaker's recordings. The threshold is the lowest whose false-accept rate on those
         impostor trials is at most ``far``. Recordings with too little speech are skipped.
-        Returns (and keeps in :attr:`calibration`) what was done and the rates reached.
+        Returns (and keeps in :attr:`calibration`) what was done and the rates reached, with the
+        threshold and EER the same trials give on plain cosine scores (for comparison).
 
         >>> import torch
         >>> from privspk.features.config import FeatureConfig
@@ -637,11 +638,13 @@ class Verifier:
         self.set_cohort(cohort, top_n=None if top_n is None else min(top_n, cohort.shape[0]))
         templates = {s: l2_normalise(np.mean(embedded[s][:enroll_per_speaker], axis=0)) for s in calib_spk}
         tests = [(s, e) for s in calib_spk for e in embedded[s][enroll_per_speaker:]]
-        target, nontarget = [], []
+        target, nontarget, raw_target, raw_nontarget = [], [], [], []
         for claimed, template in templates.items():
             for actual, test in tests:
-                value = self._normalise(float(template @ test), template, test)
+                raw = float(template @ test)
+                value = self._normalise(raw, template, test)
                 (target if claimed == actual else nontarget).append(value)
+                (raw_target if claimed == actual else raw_nontarget).append(raw)
         self.threshold = threshold_at_far(target, nontarget, far=far)
         tgt, non = np.array(target), np.array(nontarget)
         self.calibration = {
@@ -657,6 +660,8 @@ class Verifier:
             "far_reached": float(np.mean(non >= self._threshold)),
             "frr_reached": float(np.mean(tgt < self._threshold)),
             "eer": float(eer(tgt, non)),
+            "cosine_threshold": float(threshold_at_far(raw_target, raw_nontarget, far=far)),
+            "cosine_eer": float(eer(raw_target, raw_nontarget)),
             "skipped_recordings": skipped,
             "seed": seed,
         }
