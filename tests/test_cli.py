@@ -141,55 +141,66 @@ def _tone(freq: float) -> torch.Tensor:
     return 0.3 * torch.sin(2 * math.pi * freq * t)
 
 
+def _speech(text: str, variant: str | None = None) -> torch.Tensor:
+    from privspk.audio.io import resample
+    from privspk.corpus.espeak import ESPEAK_SAMPLE_RATE, EspeakVoice, synthesize
+
+    raw = torch.from_numpy(synthesize(text, EspeakVoice(accent="en-us", variant=variant), seed=1) / 32768.0)
+    return resample(raw.to(torch.float32), orig_freq=ESPEAK_SAMPLE_RATE, new_freq=16000)
+
+
 @pytest.fixture
-def run_dir(tmp_path):
-    """A run directory made by hand: tiny encoder checkpoint, config, held-out trials and scores."""
+def run_dir(tmp_path, tmp_path_factory):
+    """A run directory made by hand: tiny encoder checkpoint and config over a 12-speaker corpus (4 public)."""
+    import dataclasses
+
     run = tmp_path / "run"
     run.mkdir()
-    cfg = tiny_config(tmp_path / "data", tmp_path, name="run")
+    cfg = tiny_config(shared_data_dir(tmp_path_factory), tmp_path, name="run")
+    cfg = cfg.replace(corpus=dataclasses.replace(cfg.corpus, n_speakers=12))
     (run / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
     torch.manual_seed(0)
     enc = build_encoder(cfg.model.encoder, in_dim=cfg.features.n_mels)
     save_encoder(run / "encoder.pt", enc, name=cfg.model.encoder, in_dim=cfg.features.n_mels)
-    trials = [Trial(f"e{i}", f"t{i}", target=i % 2 == 0) for i in range(8)]
-    scores = [0.999 if t.target else 0.99 for t in trials]
-    write_trials(run / "trials", trials)
-    write_scores(run / "scores", trials, scores)
-    for name, freq in (("ann1", 200), ("ann2", 200), ("other", 2000)):
-        write_audio(tmp_path / f"{name}.wav", _tone(freq), sample_rate=16000)
+    write_audio(tmp_path / "ann1.wav", _speech("The quick brown fox jumps over the lazy dog."), sample_rate=16000)
+    write_audio(tmp_path / "ann2.wav", _speech("Please call me back when you reach the station."),
+                sample_rate=16000)
+    write_audio(tmp_path / "other.wav", _speech("My voice is my password, verify me now.", "f3"), sample_rate=16000)
+    write_audio(tmp_path / "tone.wav", _tone(200), sample_rate=16000)
     return run
 
 
 def test_enroll_then_verify_exit_codes(run_dir, tmp_path, capsys):
     store = tmp_path / "store"
     wav = lambda n: str(tmp_path / f"{n}.wav")  # noqa: E731
-    rc = main(["enroll", "--run", str(run_dir), "--store", str(store), "ann", wav("ann1")])
+    rc = main(["enroll", "--run", str(run_dir), "--store", str(store), "ann", wav("ann1"), wav("ann2")])
     out = capsys.readouterr().out
-    assert rc == 0 and "enrolled 'ann' from 1 recording(s); 1 speaker(s)" in out
+    assert rc == 0 and "enrolled 'ann' from 2 recording(s); 1 speaker(s)" in out
+    assert "calibrated on 2 public speakers" in out and "false-accept rate <= 0.01" in out
     meta = json.loads((store / "verifier.json").read_text())
-    assert meta["speakers"] == ["ann"]
-    assert meta["threshold"] == pytest.approx(threshold_at_eer([0.999] * 4, [0.99] * 4))
-    assert 0.99 <= meta["threshold"] <= 0.999
+    assert meta["speakers"] == ["ann"] and meta["score"] == "as-norm"
+    assert meta["calibration"]["source"] == "public speakers (never test trials)"
+    assert meta["calibration"]["far"] == 0.01 and meta["calibration"]["far_reached"] <= 0.01
 
-    assert main(["verify", "--run", str(run_dir), "--store", str(store), "ann", wav("ann2")]) == 0
-    assert "-> ACCEPT" in capsys.readouterr().out
-    assert main(["verify", "--run", str(run_dir), "--store", str(store), "ann", wav("other")]) == 1
-    assert "-> REJECT" in capsys.readouterr().out
+    assert main(["verify", "--run", str(run_dir), "--store", str(store), "ann", wav("tone")]) == 1
+    out = capsys.readouterr().out
+    assert "-> REJECT" in out and "s of speech, need 0.5 s" in out
 
     assert main(["enroll", "--run", str(run_dir), "--store", str(store), "ann", wav("other")]) == 2
     assert "ann" in capsys.readouterr().err  # already enrolled: refused without --replace
-    assert main(["enroll", "--run", str(run_dir), "--store", str(store), "--replace", "ann", wav("other")]) == 0
-    capsys.readouterr()
-    assert main(["verify", "--run", str(run_dir), "--store", str(store), "ann", wav("other")]) == 0
+    assert main(["enroll", "--run", str(run_dir), "--store", str(store), "ann", wav("tone"), wav("tone"),
+                 "--replace"]) == 2
+    assert "speech" in capsys.readouterr().err  # a tone cannot be enrolled
+    assert json.loads((store / "verifier.json").read_text()) == meta  # nothing changed
 
 
 def test_enroll_with_a_false_accept_target(run_dir, tmp_path, capsys):
     store = tmp_path / "store_far"
-    rc = main(["enroll", "--run", str(run_dir), "--store", str(store), "--far", "0.0", "bob",
-               str(tmp_path / "ann1.wav")])
+    rc = main(["enroll", "--run", str(run_dir), "--store", str(store), "--far", "0.5", "bob",
+               str(tmp_path / "ann1.wav"), str(tmp_path / "ann2.wav")])
     assert rc == 0
     meta = json.loads((store / "verifier.json").read_text())
-    assert meta["threshold"] == pytest.approx(threshold_at_far([0.999] * 4, [0.99] * 4, far=0.0))
+    assert meta["calibration"]["far"] == 0.5 and meta["calibration"]["far_reached"] <= 0.5
 
 
 def test_verify_before_enrolling_and_unknown_speakers_are_errors(run_dir, tmp_path, capsys):
@@ -197,7 +208,8 @@ def test_verify_before_enrolling_and_unknown_speakers_are_errors(run_dir, tmp_pa
     assert main(["verify", "--run", str(run_dir), "--store", str(tmp_path / "empty"), "ann", wav]) == 2
     err = capsys.readouterr().err
     assert err.startswith("privspk verify: error: ") and "no enrolled speakers here; run `privspk enroll` first" in err
-    main(["enroll", "--run", str(run_dir), "--store", str(tmp_path / "s"), "ann", wav])
+    assert main(["enroll", "--run", str(run_dir), "--store", str(tmp_path / "s"), "ann", wav,
+                 str(tmp_path / "ann2.wav")]) == 0
     capsys.readouterr()
     assert main(["verify", "--run", str(run_dir), "--store", str(tmp_path / "s"), "zoe", wav]) == 2
     assert "zoe" in capsys.readouterr().err

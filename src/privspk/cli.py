@@ -285,11 +285,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: At most this many public speakers, and recordings of each, calibrate a new enrolment store.
+_CALIBRATION_SPEAKERS, _CALIBRATION_UTTS = 40, 6
+
+
 def _verifier(args: argparse.Namespace, *, create: bool):
     from privspk.config import RunConfig
-    from privspk.evaluation.trials import read_scores, read_trials
     from privspk.evaluation.verifier import Verifier
     from privspk.models.checkpoint import load_encoder
+    from privspk.prepare import load_run_corpus
 
     run = Path(args.run)
     encoder, _ = load_encoder(run / "encoder.pt")
@@ -299,18 +303,30 @@ def _verifier(args: argparse.Namespace, *, create: bool):
     if not create:
         raise PrivspkError(f"{store}: no enrolled speakers here; run `privspk enroll` first")
     cfg = RunConfig.load(run / "config.toml")
-    v = Verifier(encoder, cfg.features.feature_config(), threshold=0.5)
-    trials, scores = read_trials(run / "trials"), read_scores(run / "scores")
-    flags = {(t.enroll, t.test): t.target for t in trials}
-    tgt = [s.score for s in scores if flags[(s.enroll, s.test)]]
-    non = [s.score for s in scores if not flags[(s.enroll, s.test)]]
-    rule = "far" if args.far is not None else "eer"
-    v.calibrate(tgt, non, rule=rule, far=args.far if args.far is not None else 0.01)
+    if getattr(args, "data", None):
+        cfg = cfg.replace(data_dir=args.data)
+    v = Verifier(encoder, cfg.features.feature_config(), threshold=0.0)
+    # cohort and threshold from public speakers' recordings, never from the run's test trials
+    corpus, split = load_run_corpus(cfg, progress=False)
+    by_speaker: dict[str, list[Path]] = {}
+    for utt in sorted(corpus.utterances, key=lambda u: u.utt_id):
+        if utt.speaker in split.public:
+            by_speaker.setdefault(utt.speaker, []).append(utt.path)
+    public = {s: by_speaker[s][:_CALIBRATION_UTTS] for s in sorted(by_speaker)[:_CALIBRATION_SPEAKERS]}
+    if len(public) < 4:
+        raise PrivspkError(f"the run's corpus has {len(public)} public speakers; calibrating a verifier needs at "
+                           "least 4 (their recordings give the cohort and the impostor trials)")
+    far = args.far if args.far is not None else 0.01
+    info = v.calibrate_public(public, far=far, seed=cfg.seed)
+    print(f"calibrated on {info['n_calibration_speakers']} public speakers ({info['n_nontarget']} impostor trials; "
+          f"cohort of {info['n_cohort_embeddings']} recordings of {info['n_cohort_speakers']} others): threshold "
+          f"{v.threshold:.4f} for a false-accept rate <= {far:g} (reached {info['far_reached']:.4f}, "
+          f"false rejects {info['frr_reached']:.4f})")
     return v, store
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    """Enroll a speaker from recordings (threshold calibrated on the run's held-out scores)."""
+    """Enroll a speaker from recordings (a new store is calibrated on the run's public speakers)."""
     v, store = _verifier(args, create=True)
     _check_writable(Path(store) / "verifier.json")  # before the recordings are embedded
     v.enroll(args.speaker, args.wavs, replace=args.replace)
@@ -323,10 +339,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a claimed identity; exit status 0 if accepted, 1 if rejected."""
     v, _ = _verifier(args, create=False)
-    score, accepted = v.verify(args.speaker, args.wav)
-    print(f"{args.wav}: claimed {args.speaker!r} score {score:.4f} threshold {v.threshold:.4f} -> "
-          f"{'ACCEPT' if accepted else 'REJECT'}")
-    return 0 if accepted else 1
+    d = v.verify(args.speaker, args.wav)
+    score = "n/a" if d.score != d.score else f"{d.score:.4f}"
+    print(f"{args.wav}: claimed {args.speaker!r} score {score} threshold {v.threshold:.4f} -> "
+          f"{'ACCEPT' if d.accepted else 'REJECT'} ({d.reason}; {d.speech_seconds:.2f} s of speech)")
+    return 0 if d.accepted else 1
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
@@ -557,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("speaker")
         if name == "enroll":
             sp.add_argument("wavs", nargs="+")
-            sp.add_argument("--far", type=float, help="threshold for this false-accept rate (default: EER point)")
+            sp.add_argument("--far", type=float,
+                            help="false-accept rate the threshold is set for, on public speakers (default 0.01)")
+            sp.add_argument("--data", help="data folder of the run (public speakers for calibration)")
             sp.add_argument("--replace", action="store_true", help="replace an enrolled speaker")
         else:
             sp.add_argument("wav")

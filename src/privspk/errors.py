@@ -87,3 +87,11 @@ class LedgerError(PrivspkError):
 
 class CheckpointError(PrivspkError):
     """A checkpoint or run state file is missing, corrupt or incompatible."""
+
+
+class InsufficientSpeechError(AudioError):
+    """A recording holds too little speech (silence, noise, a tone, music, or too short) to enrol.
+
+    >>> str(InsufficientSpeechError("hello.wav", "0.10 s of speech, need 0.5 s"))
+    'hello.wav: 0.10 s of speech, need 0.5 s'
+    """

@@ -35,7 +35,7 @@ def voice(make_tone):
 
 @pytest.fixture
 def enrolled(encoder, voice):
-    v = Verifier(encoder, CFG, threshold=0.0)
+    v = Verifier(encoder, CFG, threshold=0.0, vad=None)  # tone "speakers": no speech detection
     for name in SPEAKERS:
         v.enroll(name, [voice(name, 0), voice(name, 1)])
     return v
@@ -61,7 +61,7 @@ def test_end_to_end_enroll_calibrate_verify(enrolled, voice):
 
 def test_template_is_renormalised_mean_of_unit_embeddings(encoder, voice):
     wavs = [voice("low", 0), voice("low", 1), voice("low", 2)]
-    v = Verifier(encoder, CFG, threshold=0.5)
+    v = Verifier(encoder, CFG, threshold=0.5, vad=None)
     v.enroll("low", wavs)
     emb = embed_features(encoder, {str(i): extract(w, CFG) for i, w in enumerate(wavs)})
     mean = np.mean([emb[str(i)] for i in range(3)], axis=0)
@@ -165,9 +165,10 @@ def test_save_load_round_trip(enrolled, encoder, voice, tmp_path):
     probe = voice("low", 7)
     for name in SPEAKERS:
         # load re-normalises the stored templates and scores with a dot product that may take another
-        # SIMD path: the same score to 1e-12 (it differed in the last bit on an AMD EPYC), not bit-for-bit
-        (got, got_ok), (want, want_ok) = loaded.verify(name, probe), enrolled.verify(name, probe)
-        assert got == pytest.approx(want, rel=0, abs=1e-12) and got_ok == want_ok
+        # SIMD path: the same score to 1e-9, not bit-for-bit (it differed in the last bit on an AMD EPYC)
+        got, want = loaded.verify(name, probe), enrolled.verify(name, probe)
+        assert got.score == pytest.approx(want.score, rel=0, abs=1e-9)
+        assert got.accepted == want.accepted
 
 
 def test_save_load_empty_verifier(encoder, tmp_path):

@@ -245,7 +245,9 @@ def resample(wav: Tensor, *, orig_freq: int, new_freq: int) -> Tensor:
     return out[..., : -(-n_in * b // a)].to(wav.dtype)
 
 
-def read_audio(path: str | os.PathLike[str], *, sample_rate: int = 16000) -> Tensor:
+def read_audio(
+    path: str | os.PathLike[str], *, sample_rate: int = 16000, max_seconds: float | None = None
+) -> Tensor:
     """Read an audio file as a mono float32 tensor at ``sample_rate``.
 
     Multi-channel files are downmixed by the mean over channels; files at another rate
@@ -254,6 +256,8 @@ def read_audio(path: str | os.PathLike[str], *, sample_rate: int = 16000) -> Ten
     Args:
         path: a WAV, FLAC or OGG file.
         sample_rate: the rate to return, in Hz.
+        max_seconds: if set, only the first ``max_seconds`` of the file are decoded (memory
+            stays bounded however long the file is).
 
     Returns:
         1-D ``float32`` tensor in [-1, 1].
@@ -271,12 +275,19 @@ def read_audio(path: str | os.PathLike[str], *, sample_rate: int = 16000) -> Ten
     >>> shutil.rmtree(d)
     """
     rate = _check_rate(sample_rate)
+    if max_seconds is not None and (
+        isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not 0 < max_seconds < math.inf
+    ):
+        raise ConfigError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
     p = _check_file(path)
     reason = _wav_truncation(p)
     if reason is not None:
         raise AudioError(p, reason)
     try:
-        data, file_rate = sf.read(p, dtype="float32", always_2d=True)
+        frames = -1
+        if max_seconds is not None:
+            frames = max(1, math.ceil(max_seconds * sf.info(p).samplerate))
+        data, file_rate = sf.read(p, frames=frames, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError) as exc:
         raise _decode_error(p, exc) from exc
     if data.shape[0] == 0 or data.shape[1] == 0:

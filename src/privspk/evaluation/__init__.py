@@ -27,20 +27,26 @@ from privspk.evaluation.scoring import (
     evaluate_scores,
 )
 from privspk.evaluation.trials import Score, Trial, make_trials, read_scores, read_trials, write_scores, write_trials
-from privspk.evaluation.verifier import Verifier
+from privspk.evaluation.vad import SpeechActivity, VadConfig, detect_speech
+from privspk.evaluation.verifier import Decision, Verifier, encoder_fingerprint
 
 __all__ = [
+    "Decision",
     "EvalResult",
     "Score",
+    "SpeechActivity",
     "Trial",
+    "VadConfig",
     "Verifier",
     "as_norm",
     "closed_set_top1",
     "cohort_scores",
     "cosine_scores",
     "det_curve",
+    "detect_speech",
     "eer",
     "embed_features",
+    "encoder_fingerprint",
     "evaluate",
     "evaluate_scores",
     "l2_normalise",

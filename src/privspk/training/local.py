@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 
 UNITS = ("utterance", "speaker")
 GHOST_MIN_BATCH = 32
+#: torch warns on every backward pass through Opacus' full backward hooks when the first hooked module's
+#: input needs no gradient (features, frozen layers); Opacus reads only output gradients, so it is harmless.
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+
+
+def _backward(loss: torch.Tensor) -> None:
+    """``loss.backward()`` with exactly the harmless full-backward-hook warning silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_HOOK_WARNING, category=UserWarning)
+        loss.backward()
 
 
 @dataclass(frozen=True)
@@ -308,7 +318,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
                     else:
                         loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale,
                                                 reduction="mean" if x.shape[0] else "sum")
-                    loss.backward()
+                    _backward(loss)
                     opt_p.step()
                     opt_p.zero_grad(set_to_none=True)
                     n_ex += int(x.shape[0])
@@ -356,7 +366,7 @@ def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optim
                 grp = torch.tensor(groups[lo : lo + per_chunk]) - groups[lo]
                 x, y = _batch(ds, idx)
                 loss = aam_softmax_loss(gsm(x), y, margin=margin, scale=scale, reduction="sum")
-                loss.backward()
+                _backward(loss)
                 gs = [p.grad_sample for p in params]
                 summed, _ = clip_group_sum(gs, grp, n_groups=int(grp.max()) + 1, clip=dp.clip)
                 for acc, s in zip(total, summed):
