@@ -97,7 +97,8 @@ class DPCheck:
     """The best threshold's epsilon lower bound and whether it contradicts the claimed epsilon.
 
     ``verdict`` is ``PASS`` (no contradiction), ``FAIL`` (the attack provably beats the
-    claimed (epsilon, delta) at the stated confidence) or ``NO CLAIM`` (no epsilon applies).
+    claimed (epsilon, delta) at the stated confidence), ``NO CLAIM`` (no epsilon applies)
+    or ``TOO FEW`` (fewer than 4 scores on a side: nothing can be shown).
     """
 
     epsilon_lower_bound: float
@@ -139,8 +140,10 @@ def dp_check(pos: np.ndarray, neg: np.ndarray, *, epsilon: float | None, delta: 
     'FAIL'
     """
     pos, neg = _check(pos, neg)
-    if pos.size < 4 or neg.size < 4:
-        raise ConfigError("the DP check needs at least 4 member and 4 non-member scores")
+    if pos.size < 4 or neg.size < 4:  # half of each side must choose, the other half measure
+        return DPCheck(epsilon_lower_bound=0.0, claimed_epsilon=epsilon, delta=delta, tpr=float("nan"),
+                       fpr=float("nan"), threshold=float("nan"), direction="", confidence=confidence,
+                       verdict="TOO FEW")
     rng = np.random.default_rng(seed)
     pp, pn = rng.permutation(pos.size), rng.permutation(neg.size)
     pos_a, pos_b = pos[pp[: pos.size // 2]], pos[pp[pos.size // 2:]]
