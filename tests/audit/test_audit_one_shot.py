@@ -51,3 +51,12 @@ def test_bad_input_is_refused():
         one_shot_epsilon(np.array([0.1]), dim=10, delta=1e-5)
     with pytest.raises(ConfigError, match="sigma0"):
         two_gaussian_epsilon(mu0=0, sigma0=0, mu1=1, sigma1=1, delta=1e-5)
+
+
+def test_fitted_null_recovers_the_gaussian_mechanism():
+    from privspk.audit.one_shot import fitted_epsilon
+
+    rng = np.random.default_rng(5)
+    est = fitted_epsilon(rng.normal(1.0, 0.5, 3000), rng.normal(0.0, 0.5, 3000), delta=1e-5, bootstrap=100)
+    true = analytic_gaussian_epsilon(2.0, 1e-5)  # mu / sigma = 2
+    assert est.low <= true <= est.high and est.epsilon == pytest.approx(true, rel=0.1)

@@ -147,11 +147,19 @@ class CanaryRun:
     insertions: int
     steps: int
     views: list[CanaryView] = field(default_factory=list)
+    delta: float = 0.0  # set by bound_views
 
     @property
     def released(self) -> CanaryView:
         """The view of the model released after the last round."""
         return next(v for v in self.views if v.view == "released" and v.round == len(self.released_scores))
+
+    def estimate(self, *, delta: float):
+        """Gaussian-fit epsilon estimate (Andrew et al. 2023 style) of the released view, with bootstrap interval."""
+        from privspk.audit.one_shot import fitted_epsilon
+
+        scores = self.released_scores[-1]
+        return fitted_epsilon(scores[self.included], scores[~self.included], delta=delta)
 
     @property
     def best_round(self) -> CanaryView:
@@ -161,6 +169,7 @@ class CanaryRun:
     def to_dict(self) -> dict:
         """JSON-able summary."""
         return {"label": self.label, "noise": self.noise, "m": self.m, "included": int(self.included.sum()),
+                "gaussian_fit_estimate": self.estimate(delta=self.delta).to_dict() if self.delta else None,
                 "insertions": self.insertions, "dp_steps": self.steps, "views": [v.to_dict() for v in self.views]}
 
 
@@ -277,6 +286,7 @@ def bound_views(run: CanaryRun, *, claimed: Sequence[float] | None, delta: float
     best = max(per_round, key=lambda v: v.bound.epsilon)
     views.append(CanaryView("best round aggregate", best.round, best.bound, best.claimed_epsilon))
     run.views = views
+    run.delta = delta
     return run
 
 

@@ -106,6 +106,11 @@ def lines(rep: AuditReport) -> list[str]:
                 out.append(f"| {run.label} ({run.noise}) | {view.view} (round {view.round}) | {b.epsilon:.2f} | "
                            f"{b.ceiling:.2f} / {b.corrected_ceiling:.2f} | {_f(view.claimed_epsilon)} | "
                            f"{_f(ratio)} |")
+        for run in (ca.dp_run, ca.control):
+            if run is not None:
+                e = run.estimate(delta=ca.delta)
+                out.append(f"- {run.label}: Gaussian-fit estimate of the released view (Andrew et al. 2023 style, "
+                           f"an estimate, not a bound): {e.epsilon:.2f} [{e.low:.2f}, {e.high:.2f}] (bootstrap 95 %)")
         out += ["", f"Verdict: {ca.verdict.verdict} — {ca.verdict.reason}"]
     else:
         out.append(f"Skipped: {rep.skipped.get('canary', 'not run')}")
