@@ -148,6 +148,7 @@ class CanaryRun:
     steps: int
     views: list[CanaryView] = field(default_factory=list)
     delta: float = 0.0  # set by bound_views
+    final_vector: np.ndarray | None = None  # the shared tensors after the last round
 
     @property
     def released(self) -> CanaryView:
@@ -256,7 +257,7 @@ def run_with_canaries(
                           "training going through Opacus' DPOptimizer?)")
     noise = f"sigma {dp[canary_client].noise_multiplier:g}"
     return CanaryRun(label=label, noise=noise, m=m, included=canaries.included, released_scores=released,
-                     round_scores=per_round, insertions=canaries.insertions, steps=canaries.steps)
+                     round_scores=per_round, insertions=canaries.insertions, steps=canaries.steps, final_vector=prev)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -340,10 +341,13 @@ class CanaryAudit:
     verdict: CanaryVerdict
     claimed: list[float] | None
     delta: float
+    shadow: CanaryRun | None = None
+    clients: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-able summary."""
         return {"verdict": self.verdict.to_dict(), "delta": self.delta, "claimed_epsilon_by_round": self.claimed,
+                "clients": list(self.clients),
                 "dp": self.dp_run.to_dict() if self.dp_run is not None else None,
                 "control": self.control.to_dict()}
 
@@ -409,4 +413,5 @@ def canary_audit(
         dp_run = run_with_canaries(encoder, names, clients_data, dp=dp, label="DP", **common)
         bound_views(_relative(dp_run, shadow), claimed=list(claimed)[:rounds], delta=delta)
     return CanaryAudit(dp_run=dp_run, control=control, verdict=verdict(dp_run, control),
-                       claimed=list(claimed)[:rounds] if claimed is not None else None, delta=delta)
+                       claimed=list(claimed)[:rounds] if claimed is not None else None, delta=delta, shadow=shadow,
+                       clients=tuple(clients_data))

@@ -79,7 +79,8 @@ def round_one_updates(
         client = FederatedClient(cid, cdata, copy.deepcopy(encoder), list(names), weight=weights[cid], endpoint=ep,
                                  guard=None, dp=None if dp is None else dp[cid], store=f"{store}/{cid}",
                                  train_args=dict(train_args), local_steps=local_steps, scheme="plain",
-                                 seed=client_seed_base + i, trunk_crops=trunk_crops, crop_frames=crop_frames,
+                                 seed=client_seed_base + i, crop_frames=crop_frames,
+                                 trunk_crops=0 if getattr(cdata, "pooled", None) is not None else trunk_crops,
                                  fixed_head=fixed_head)
         client.run_round(1, start)
         out[cid] = ep.updates[1]

@@ -3,14 +3,18 @@
 ``audit_run(run_dir)`` reads the run's ``config.toml``, ``encoder.pt`` and
 ``ledger.sqlite`` (epsilon is read from the ledger, never recomputed here), prepares
 the run's data (cached), and runs the three attacks of :mod:`privspk.audit`. It
-writes nothing outside ``out_dir`` (default ``RUN/audit``). ``quick`` subsamples
-the membership attack, uses fewer canaries and rounds in the canary re-run.
+writes nothing outside ``out_dir`` (default ``RUN/audit``).
+
+``quick`` (minutes): the re-runs federate only the first client (the canary client)
+for one round with 500 canaries; the membership attack takes 10 utterances per
+speaker; the leakage attack splits that client's speakers into three clients.
+The non-private control of the membership attack is ``RUN_nonprivate`` beside the
+run when it exists, else the canary audit's noise-free shadow re-run.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import tempfile
 import time
@@ -38,6 +42,7 @@ class AuditSettings:
 
     canaries: int = 1000
     canary_rounds: int | None = None  # None: all the run's rounds
+    rerun_clients: int | None = None  # None: all the run's clients take part in the re-runs
     mia_utts_per_speaker: int | None = None  # None: all
     probe_utts: int = 5
     bootstrap: int = 1000
@@ -46,7 +51,8 @@ class AuditSettings:
     @classmethod
     def preset(cls, *, quick: bool) -> AuditSettings:
         """The full or the quick audit."""
-        return cls(canaries=500, canary_rounds=2, mia_utts_per_speaker=10, bootstrap=300) if quick else cls()
+        return (cls(canaries=500, canary_rounds=1, rerun_clients=1, mia_utts_per_speaker=10, bootstrap=300)
+                if quick else cls())
 
 
 @dataclass
@@ -112,20 +118,6 @@ def _subsample(utts: list[str], utt2spk: dict, per_speaker: int | None, seed: in
     return out
 
 
-def _control_encoder(cfg, data, run_dir: Path, out_dir: Path, progress: bool):
-    """The non-private run of the same configuration: ``RUN_nonprivate`` beside the run if it exists, else trained."""
-    from privspk.api import train
-    from privspk.models.checkpoint import load_encoder
-
-    sibling = run_dir.parent / f"{run_dir.name}_nonprivate" / "encoder.pt"
-    if sibling.exists():
-        return load_encoder(sibling)[0], str(sibling)
-    ctrl = cfg.replace(name="control_nonprivate", out_dir=str(out_dir),
-                       privacy=dataclasses.replace(cfg.privacy, enabled=False))
-    res = train(ctrl, progress=progress, overwrite=True, data=data, eval_every=0)
-    return res.encoder, str(res.run_dir / "encoder.pt")
-
-
 def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str | Path | None = None,
               quick: bool = False, progress: bool = True, settings: AuditSettings | None = None) -> AuditReport:
     """Run the three attacks on a trained run (see the module docstring)."""
@@ -158,35 +150,13 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
     released, _ = load_encoder(run_dir / "encoder.pt")
     rep.seconds["data"] = round(time.perf_counter() - t0, 1)
 
-    # ---- 1. membership inference on the released encoder, and on the non-private control
-    t1 = time.perf_counter()
-    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
-                                 seed=cfg.seed)
-    client_spk = {s for group in data.split.clients for s in group}
-    held = set(data.split.heldout)
-    members = _subsample(sorted(u for u, s in data.utt2spk.items() if s in client_spk), data.utt2spk,
-                         st.mia_utts_per_speaker, st.seed)
-    nonmembers = _subsample(sorted(u for u, s in data.utt2spk.items() if s in held), data.utt2spk,
-                            st.mia_utts_per_speaker, st.seed)
-    utts = members + nonmembers
-    emb_public = evaluator.embeddings(public, utts)
-    control, control_path = _control_encoder(cfg, data, run_dir, out_dir, progress)
-    rep.skipped["control_encoder"] = control_path
-    for label, enc, unit, eps in (("dp", released, ledger.unit if ledger else None,
-                                   ledger.epsilon_by_round[-1] if ledger else None),
-                                  ("control", control, None, None)):
-        emb = evaluator.embeddings(enc, utts)
-        rep.membership[label] = membership_attack(emb, emb_public, data.utt2spk, members=members,
-                                                  nonmembers=nonmembers, unit=unit, epsilon=eps, delta=delta,
-                                                  resamples=st.bootstrap, seed=st.seed)
-    rep.seconds["membership"] = round(time.perf_counter() - t1, 1)
-
     # ---- shared set-up of the re-runs: the run's clients, recipe and local training
     base = copy.deepcopy(public)
     apply_recipe(base, cfg.train.recipe)
     names = [n for n, p in base.named_parameters() if p.requires_grad]
     clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
                     for i, group in enumerate(data.split.clients)}
+    rerun = {c: clients_data[c] for c in list(clients_data)[: st.rerun_clients or len(clients_data)]}
     train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum, crop_frames=cfg.train.crop_frames,
                       speaker_batch=cfg.train.speaker_batch, margin=cfg.model.margin, scale=cfg.model.scale,
@@ -195,7 +165,7 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
                   crop_frames=cfg.train.crop_frames, fixed_head=cfg.train.head == "fixed",
                   client_seed_base=cfg.seed * 1000)
 
-    # ---- 2. canary audit
+    # ---- 1. canary audit (its noise-free shadow re-run is also the membership attack's control)
     t2 = time.perf_counter()
     rounds = min(st.canary_rounds or cfg.federation.rounds, cfg.federation.rounds)
     if ledger is not None and ledger.unit != "utterance":
@@ -210,11 +180,51 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
                  {c: sample_rate_for(d, unit="utterance", batch_size=cfg.train.batch_size,
                                      speaker_batch=cfg.train.speaker_batch) for c, d in clients_data.items()})
         clip = next(iter(ledger.dp.values())).clip if ledger else cfg.privacy.clip
-        rep.canary = canary_audit(base, names, clients_data, dp=ledger.dp if ledger else None, clip=clip,
-                                  sample_rates=rates, claimed=ledger.epsilon_by_round if ledger else None,
+        rep.canary = canary_audit(base, names, rerun, dp={c: ledger.dp[c] for c in rerun} if ledger else None,
+                                  clip=clip, sample_rates=rates, claimed=ledger.epsilon_by_round if ledger else None,
                                   delta=delta, m=st.canaries, rounds=rounds, seed=st.seed, progress=progress,
                                   **common)
     rep.seconds["canary"] = round(time.perf_counter() - t2, 1)
+
+    # ---- 2. membership inference on the released encoder, and on the non-private control
+    t1 = time.perf_counter()
+    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
+                                 seed=cfg.seed)
+    held = set(data.split.heldout)
+    nonmembers = _subsample(sorted(u for u, s in data.utt2spk.items() if s in held), data.utt2spk,
+                            st.mia_utts_per_speaker, st.seed)
+
+    def members_of(datas) -> list[str]:
+        spk = {s for d in datas for s in d.speakers}
+        return _subsample(sorted(u for u, s in data.utt2spk.items() if s in spk), data.utt2spk,
+                          st.mia_utts_per_speaker, st.seed)
+
+    members = members_of(clients_data.values())
+    control, control_members = None, []
+    sibling = run_dir.parent / f"{run_dir.name}_nonprivate" / "encoder.pt"
+    if sibling.exists():
+        control, control_members = load_encoder(sibling)[0], members
+        rep.skipped["control_encoder"] = f"the non-private run {sibling.parent}"
+    elif rep.canary is not None:
+        from privspk.training.net import unflatten_into
+
+        control = copy.deepcopy(base)
+        unflatten_into(control, names, torch.from_numpy(rep.canary.shadow.final_vector), add=False)
+        control_members = members_of(rerun.values())
+        rep.skipped["control_encoder"] = (f"the canary audit's shadow re-run (noise 0, clipping kept, no canaries) "
+                                          f"of {', '.join(rerun)}, {rounds} round(s)")
+    utts = sorted(set(members) | set(nonmembers))
+    emb_public = evaluator.embeddings(public, utts)
+    for label, enc, mem, unit, eps in (("dp", released, members, ledger.unit if ledger else None,
+                                        ledger.epsilon_by_round[-1] if ledger else None),
+                                       ("control", control, control_members, None, None)):
+        if enc is None:
+            continue
+        emb = evaluator.embeddings(enc, utts)
+        rep.membership[label] = membership_attack(emb, emb_public, data.utt2spk, members=mem,
+                                                  nonmembers=nonmembers, unit=unit, epsilon=eps, delta=delta,
+                                                  resamples=st.bootstrap, seed=st.seed)
+    rep.seconds["membership"] = round(time.perf_counter() - t1, 1)
 
     # ---- 3. leakage from round-1 updates: plain, DP, opened mask sum
     t3 = time.perf_counter()
@@ -222,13 +232,36 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
         rep.skipped["leakage"] = f"the probe attack reads the embedding layer's update; recipe {cfg.train.recipe!r} " \
                                  "does not train it"
     else:
-        rep.leakage = _leakage(base, names, clients_data, data, ledger, cfg, st, common, progress)
+        targets = clients_data
+        if len(rerun) < 3:  # quick: three clients carved out of the re-run client's speakers
+            targets = _split_client(next(iter(rerun.values())), base, cfg, parts=3, seed=cfg.seed * 1000)
+            rep.skipped["leakage_clients"] = (f"quick: the three clients are {next(iter(rerun))}'s speakers split in "
+                                              f"three; DP update of {next(iter(targets))} only")
+        rep.leakage = _leakage(base, names, targets, data, ledger, cfg, st, common, progress,
+                               dp_only_first=len(rerun) < 3)
     rep.seconds["leakage"] = round(time.perf_counter() - t3, 1)
     rep.seconds["total"] = round(time.perf_counter() - t0, 1)
     return rep
 
 
-def _leakage(base, names, clients_data, data, ledger, cfg, st: AuditSettings, common: dict, progress: bool) -> dict:
+def _split_client(d, base, cfg, *, parts: int, seed: int) -> dict:
+    """``parts`` clients holding disjoint thirds of ``d``'s speakers, on ``d``'s cached pooled statistics."""
+    from privspk.training.data import ClientData
+    from privspk.training.trunk import pooled_crops
+
+    pooled = pooled_crops(base, d.getter, d.utt_ids, crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+                          seed=seed)
+    out = {}
+    for k in range(parts):
+        labels = set(range(k, d.n_speakers, parts))
+        idx = [i for i, lab in enumerate(d.labels) if lab in labels]
+        sub = ClientData.from_pairs(d.getter, [(d.utt_ids[i], d.speakers[d.labels[i]]) for i in idx])
+        out[f"part{k}"] = sub.with_pooled(pooled[idx])
+    return out
+
+
+def _leakage(base, names, clients_data, data, ledger, cfg, st: AuditSettings, common: dict, progress: bool, *,
+             dp_only_first: bool = False) -> dict:
     from tqdm import tqdm
 
     from privspk.audit.leakage import (attribution, linear_probe_scores, opened_mask_sum, round_one_updates,
@@ -263,8 +296,10 @@ def _leakage(base, names, clients_data, data, ledger, cfg, st: AuditSettings, co
         bar.update(1)
         dp = None
         if ledger is not None:
-            dp = round_one_updates(base, names, clients_data, dp=ledger.dp, weights=weights, store=f"{tmp}/dp",
-                                   **common)
+            mech = next(iter(ledger.dp.values()))
+            who = dict(list(clients_data.items())[:1]) if dp_only_first else clients_data
+            dp = round_one_updates(base, names, who, dp={c: mech for c in who}, weights=weights,
+                                   store=f"{tmp}/dp", **common)
         bar.update(1)
         options = dict(cfg.secagg.options)
         options.setdefault("clip", cfg.federation.update_clip)
@@ -274,7 +309,7 @@ def _leakage(base, names, clients_data, data, ledger, cfg, st: AuditSettings, co
     held = {cid: set(d.speakers) for cid, d in clients_data.items()}
     views["plain update"] = {cid: attribution(scores(plain[cid] / weights[cid]), held[cid]) for cid in clients_data}
     if dp is not None:
-        views["DP update"] = {cid: attribution(scores(dp[cid] / weights[cid]), held[cid]) for cid in clients_data}
+        views["DP update"] = {cid: attribution(scores(dp[cid] / weights[cid]), held[cid]) for cid in dp}
     opened_scores = scores(opened)
     views[f"opened mask sum of {len(plain)} plain updates"] = {cid: attribution(opened_scores, held[cid])
                                                               for cid in clients_data}
