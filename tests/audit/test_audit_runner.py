@@ -59,3 +59,23 @@ def test_audit_command_writes_every_section(tiny_run, capsys, monkeypatch):
 def test_an_unfinished_run_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a finished run"):
         audit_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_audit_of_a_run_with_more_speakers(tmp_path_factory):
+    """The quick path: one re-run client, its speakers split in three for the leakage attack."""
+    cfg = tiny_config(tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("runs"), name="tinyquick",
+                      epsilon=3.0)
+    cfg = cfg.replace(corpus=CorpusSection(n_speakers=30, utts_per_speaker=4), split=SplitSection(heldout=4),
+                      train=TrainSection(recipe="embedding", local_steps=5, batch_size=4, physical_batch=16,
+                                         crop_frames=40, trunk_crops=2))
+    privspk.train(cfg, progress=False)
+    rep = audit_run(Path(cfg.out_dir) / cfg.name, progress=False,
+                    settings=AuditSettings(canaries=100, canary_rounds=1, rerun_clients=1, bootstrap=50,
+                                           probe_utts=2, mia_utts_per_speaker=3))
+    assert rep.canary.clients == ("client0",)
+    assert set(rep.membership) == {"dp", "control"}
+    views = list(rep.leakage)
+    assert views[0] == "plain update" and views[1] == "DP update" and views[2].startswith("opened mask sum of 3")
+    assert set(rep.leakage["plain update"]) == {"part0", "part1", "part2"}
+    assert sum(a.held for a in rep.leakage[views[2]].values()) == rep.leakage[views[2]]["part0"].candidates

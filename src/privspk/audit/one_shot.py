@@ -163,14 +163,16 @@ def fitted_epsilon(inserted: np.ndarray, absent: np.ndarray, *, delta: float, bo
         raise ConfigError(f"need >= 2 inserted and >= 2 absent canaries, got {a.size} and {b.size}")
 
     def est(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
-        mu, s1 = float(np.mean(x) - np.mean(y)), max(float(np.std(x, ddof=1)), 1e-300)
-        s0 = max(float(np.std(y, ddof=1)), 1e-300)
+        mu, s1 = float(np.mean(x) - np.mean(y)), max(float(np.std(x, ddof=1)), 1e-12)
+        s0 = max(float(np.std(y, ddof=1)), 1e-12)
         return two_gaussian_epsilon(mu0=0.0, sigma0=s0, mu1=mu, sigma1=s1, delta=delta), mu, s1, s0
 
     eps, mu, s1, s0 = est(a, b)
     rng = np.random.default_rng(seed)
     boot = [est(a[rng.integers(0, a.size, a.size)], b[rng.integers(0, b.size, b.size)])[0] for _ in range(bootstrap)]
     tail = (1 - confidence) / 2
-    low, high = (float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))) if boot else (eps, eps)
+    # "lower"/"higher" pick bootstrap values (no interpolation: an infinite estimate stays inf, not nan)
+    low, high = ((float(np.quantile(boot, tail, method="lower")), float(np.quantile(boot, 1 - tail, method="higher")))
+                 if boot else (eps, eps))
     return OneShotEstimate(epsilon=eps, low=low, high=high, mu=mu, sigma=s1, null_sigma=s0, canaries=int(a.size),
                            dim=0, equal_variance=False)

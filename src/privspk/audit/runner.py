@@ -165,6 +165,16 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
                   crop_frames=cfg.train.crop_frames, fixed_head=cfg.train.head == "fixed",
                   client_seed_base=cfg.seed * 1000)
 
+    if cfg.train.trunk_crops and cfg.train.recipe == "embedding":  # the frozen trunk's cache, once per client
+        from tqdm import tqdm
+
+        from privspk.training.trunk import pooled_crops
+
+        for i, d in enumerate(tqdm(list(rerun.values()), desc="trunk statistics per client", disable=not progress,
+                                   leave=False)):
+            pooled_crops(base, d.getter, d.utt_ids, crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+                         seed=cfg.seed * 1000 + i)  # memoised: the re-runs' clients find it
+
     # ---- 1. canary audit (its noise-free shadow re-run is also the membership attack's control)
     t2 = time.perf_counter()
     rounds = min(st.canary_rounds or cfg.federation.rounds, cfg.federation.rounds)
@@ -233,12 +243,16 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
                                  "does not train it"
     else:
         targets = clients_data
-        if len(rerun) < 3:  # quick: three clients carved out of the re-run client's speakers
+        if len(rerun) < 3 and next(iter(rerun.values())).n_speakers < 3:
+            targets = {}
+            rep.skipped["leakage"] = "quick: the re-run client has fewer than 3 speakers to split into 3 clients"
+        elif len(rerun) < 3:  # quick: three clients carved out of the re-run client's speakers
             targets = _split_client(next(iter(rerun.values())), base, cfg, parts=3, seed=cfg.seed * 1000)
             rep.skipped["leakage_clients"] = (f"quick: the three clients are {next(iter(rerun))}'s speakers split in "
                                               f"three; DP update of {next(iter(targets))} only")
-        rep.leakage = _leakage(base, names, targets, data, ledger, cfg, st, common, progress,
-                               dp_only_first=len(rerun) < 3)
+        if targets:
+            rep.leakage = _leakage(base, names, targets, data, ledger, cfg, st, common, progress,
+                                   dp_only_first=len(rerun) < 3)
     rep.seconds["leakage"] = round(time.perf_counter() - t3, 1)
     rep.seconds["total"] = round(time.perf_counter() - t0, 1)
     return rep
