@@ -258,6 +258,23 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
     return rep
 
 
+def _mechanism_for(ledger: LedgerView, client: str, d, cfg):
+    """The ledger's DP-SGD mechanism for ``client``; for a carved-out client, the first client's
+    noise and clip at a sampling rate Opacus can realise on its size (the ledger's when it can)."""
+    import math
+
+    from privspk.training.local import DPSettings, sample_rate_for
+
+    if client in ledger.dp:
+        return ledger.dp[client]
+    mech = next(iter(ledger.dp.values()))
+    n, batches = len(d), round(1 / mech.sample_rate)
+    q = mech.sample_rate
+    if math.ceil(n / math.ceil(n / batches)) != batches:
+        q = sample_rate_for(d, unit="utterance", batch_size=cfg.train.batch_size, speaker_batch=cfg.train.speaker_batch)
+    return DPSettings(unit=mech.unit, noise_multiplier=mech.noise_multiplier, clip=mech.clip, sample_rate=q)
+
+
 def _split_client(d, base, cfg, *, parts: int, seed: int) -> dict:
     """``parts`` clients holding disjoint thirds of ``d``'s speakers, on ``d``'s cached pooled statistics."""
     from privspk.training.data import ClientData
@@ -310,10 +327,9 @@ def _leakage(base, names, clients_data, data, ledger, cfg, st: AuditSettings, co
         bar.update(1)
         dp = None
         if ledger is not None:
-            mech = next(iter(ledger.dp.values()))
             who = dict(list(clients_data.items())[:1]) if dp_only_first else clients_data
-            dp = round_one_updates(base, names, who, dp={c: mech for c in who}, weights=weights,
-                                   store=f"{tmp}/dp", **common)
+            dp = round_one_updates(base, names, who, dp={c: _mechanism_for(ledger, c, d, cfg) for c, d in who.items()},
+                                   weights=weights, store=f"{tmp}/dp", **common)
         bar.update(1)
         options = dict(cfg.secagg.options)
         options.setdefault("clip", cfg.federation.update_clip)
