@@ -29,7 +29,7 @@ from privspk.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Threat ids of threat_model/README.md each result bears on.
-THREATS = {"membership": ("T19", "T21"), "canary": ("T17", "T22"), "leakage": ("T1", "T18", "T23")}
+THREATS = {"membership": ("T19", "T23"), "canary": ("T17", "T24"), "leakage": ("T1", "T18", "T25")}
 
 
 @dataclass(frozen=True)
