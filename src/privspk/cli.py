@@ -1,7 +1,7 @@
 """The ``privspk`` command line.
 
 Subcommands: ``prepare``, ``demo``, ``train``, ``eval``, ``enroll``, ``verify``,
-``ledger`` and ``bench``; ``serve``, ``join`` and ``run`` deploy on Flower. Each
+``ledger``, ``audit`` and ``bench``; ``serve``, ``join`` and ``run`` deploy on Flower. Each
 prints what it did; errors from the library are shown as one line with what was
 wrong, and exit with status 2.
 
@@ -401,6 +401,19 @@ def _check_chain(led, ledger_path: Path, record_path: str | None) -> bool:
     return False
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Attack a trained run (membership inference, canary epsilon bound, update leakage); exit 1 on a FAIL."""
+    from privspk.audit import report
+    from privspk.audit.runner import audit_run
+
+    out = Path(args.out) if args.out else Path(args.run) / "audit"
+    rep = audit_run(args.run, data_dir=args.data, out_dir=out, quick=args.quick, progress=not args.quiet)
+    paths = report.write(rep, out)
+    print("\n".join(report.lines(rep)), flush=True)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
+    return 1 if "FAIL" in report.verdicts(rep).values() else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark script of benchmarks/ (secagg cost, DP recipes)."""
     import runpy
@@ -593,6 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--server-record", help="the server's record of aggregated chain heads (default: "
                     "aggregated_heads.json beside the ledger)")
     sp.set_defaults(func=cmd_ledger)
+
+    sp = sub.add_parser("audit", help="attack a trained run and put empirical numbers beside its privacy claims")
+    sp.add_argument("run", help="run directory (config.toml, encoder.pt, ledger.sqlite)")
+    sp.add_argument("--quick", action="store_true", help="fewer canaries, rounds and utterances (minutes)")
+    sp.add_argument("--data", help="data folder (default: the run config's)")
+    sp.add_argument("--out", help="output folder (default: RUN/audit)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_audit)
 
     sp = sub.add_parser("bench", help="run a benchmark (secagg | dp)")
     sp.add_argument("which", choices=["secagg", "dp"])
