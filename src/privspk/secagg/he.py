@@ -1167,8 +1167,7 @@ class HeScheme(Scheme):
         :meth:`use_keyholder`: this object then never holds a secret key.
         """
         if self._remote_key is not None:
-            raise ConfigError("this scheme trusts a key holder on another node (use_keyholder); "
-                              "it makes no secret key here")
+            raise ConfigError("this scheme trusts a remote key holder (use_keyholder); it makes no secret key here")
         if self._keyholder is None:
             self._keyholder = KeyHolder(self.codec, registry=MappingProxyType(self._registry),
                                         min_clients=self.config.min_clients, max_clients=self.config.max_clients,
@@ -1190,7 +1189,7 @@ class HeScheme(Scheme):
         >>> s.keyholder()
         Traceback (most recent call last):
         ...
-        privspk.errors.ConfigError: this scheme trusts a key holder on another node (use_keyholder); it makes no secret key here
+        privspk.errors.ConfigError: this scheme trusts a remote key holder (use_keyholder); it makes no secret key here
         """
         key = _raw_ed25519(verify_key, "the key holder's verify key")
         if self._remote_key is not None:
