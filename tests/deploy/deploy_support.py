@@ -37,7 +37,7 @@ PLUGIN = "deploy_plugin"
 
 
 def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "deployed", scheme: str = "mask", dp: bool = True,
-                rounds: int = 2, epsilon: float = 3.0) -> RunConfig:
+                rounds: int = 2, epsilon: float = 3.0, options: dict | None = None) -> RunConfig:
     """The tiny run of ``tests/test_api.py`` (8 eSpeak speakers x 4 utterances, a ~6k-parameter encoder)."""
     import deploy_plugin
 
@@ -52,7 +52,7 @@ def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "deployed", scheme
         # colluders = 0: the fault tests need a 3-client mask round to survive one dropout (with the
         # default of one tolerated colluder, t = 3 of 3 and a dropout fails the round)
         privacy=PrivacySection(enabled=dp, epsilon=epsilon, randomness="simulation"),
-        secagg=SecAggSection(scheme=scheme, colluders=0),
+        secagg=SecAggSection(scheme=scheme, options=dict(options or {}), colluders=0),
         federation=FederationSection(n_clients=3, rounds=rounds),
         eval=EvalSection(max_frames=200, target_per_utt=1, nontarget_per_utt=2),
     )
@@ -82,7 +82,8 @@ class Cluster:
     """A SuperLink and its nodes on loopback; use as a context manager (always torn down)."""
 
     def __init__(self, root: Path, *, data_dir: Path, clients: int = 3, keyholder: bool = False,
-                 node_env: dict[int, dict[str, str]] | None = None, tls: bool = False) -> None:
+                 node_env: dict[int, dict[str, str]] | None = None, tls: bool = False,
+                 audit: Path | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(data_dir)
@@ -95,6 +96,9 @@ class Cluster:
         self.tls = tls
         self.pki: dict[str, Path] = {}
         self.node_ids: dict[int, int] = {}
+        self.audit = Path(audit) if audit is not None else None  # deploy_audit's records, per process
+        if self.audit is not None:
+            self.audit.mkdir(parents=True, exist_ok=True)
         if tls:
             from privspk.runtimes.flower.certs import write_pki
 
@@ -124,8 +128,13 @@ class Cluster:
     # -- processes -----------------------------------------------------------------------------
     def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
+        extra_env = dict(extra_env or {})
+        if self.audit is not None:  # the ServerApp runs inside the SuperLink's process tree
+            role = "server" if name == "superlink" else "keyholder" if name == "keyholder" else "client"
+            extra_env.update(PRIVSPK_PLUGINS=f"{PLUGIN},deploy_audit", PRIVSPK_AUDIT_DIR=str(self.audit),
+                             PRIVSPK_AUDIT_ROLE=role)
         proc = subprocess.Popen([sys.executable, "-m", "privspk.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env(**(extra_env or {})), start_new_session=True, cwd=self.root)
+                                env=env(**extra_env), start_new_session=True, cwd=self.root)
         log.close()
         self.procs[name] = proc
         return proc

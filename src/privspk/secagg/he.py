@@ -369,6 +369,19 @@ def _new_identity() -> tuple[Any, bytes]:
     return key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def _identity_pair(identity: Any) -> tuple[Any, bytes]:
+    """``(signing key, raw public key)``: ``identity`` (an :class:`~privspk.secagg.keys.IdentityKey`) or a fresh key."""
+    if identity is None:
+        return _new_identity()
+    return identity, identity.public_bytes()
+
+
+def _raw_ed25519(public_key: Any, what: str) -> bytes:
+    if not isinstance(public_key, bytes) or len(public_key) != 32:
+        raise ConfigError(f"{what} must be a raw Ed25519 public key (32 bytes)")
+    return public_key
+
+
 def _hex32(value: str, what: str, client: str | None) -> bytes:
     try:
         raw = bytes.fromhex(value)
@@ -454,6 +467,8 @@ class KeyHolder(ClientEndpoint):
         registry: client id -> raw Ed25519 public key (read-only view; the PKI stand-in).
         min_clients: fewest contributions a sum must hold to be opened.
         max_clients: most contributions a sum may hold (the modulus is sized for it).
+        identity: its long-term Ed25519 signing key (a deployed key holder's, kept on its node);
+            a fresh one when omitted.
 
     >>> from privspk.secagg import build_scheme
     >>> kh = build_scheme("bfv", {"he_trust": "no-client-colludes-with-server"}).keyholder()
@@ -463,10 +478,11 @@ class KeyHolder(ClientEndpoint):
 
     client_id = KEYHOLDER
 
-    def __init__(self, codec: HeCodec, *, registry: Mapping[str, bytes], min_clients: int, max_clients: int) -> None:
+    def __init__(self, codec: HeCodec, *, registry: Mapping[str, bytes], min_clients: int, max_clients: int,
+                 identity: Any = None) -> None:
         self._codec = codec
         self._new_key()
-        self._identity, self.verify_key = _new_identity()
+        self._identity, self.verify_key = _identity_pair(identity)
         self._registry = registry
         self._min = min_clients
         self._max = max_clients
@@ -695,14 +711,16 @@ class HeClient(ClientEndpoint):
         codec: the scheme's codec.
         keyholder_key: the key holder's raw Ed25519 public key (from the PKI stand-in).
         rng: randomness for encoding (stochastic rounding); encryption uses SEAL's own CSPRNG.
+        identity: its long-term Ed25519 signing key (a deployed node's); a fresh one when omitted.
     """
 
-    def __init__(self, client_id: str, codec: HeCodec, *, keyholder_key: bytes, rng: np.random.Generator) -> None:
+    def __init__(self, client_id: str, codec: HeCodec, *, keyholder_key: bytes, rng: np.random.Generator,
+                 identity: Any = None) -> None:
         self.client_id = client_id
         self._codec = codec
         self._kh_key = keyholder_key
         self._rng = rng
-        self._identity, self.public_key = _new_identity()
+        self._identity, self.public_key = _identity_pair(identity)
         self._updates: dict[int, np.ndarray] = {}
         self._sent: _Sent | None = None
         self._context: tuple[str, Any] | None = None
@@ -1112,6 +1130,11 @@ class HeScheme(Scheme):
     The key holder is created on first use (``keyholder()``); clients get its public
     key, the server rounds get the registry and that key, never the key holder itself.
 
+    Deployed, each party has its own scheme object: the key-holder node calls
+    ``keyholder(identity=...)``; the server and the client nodes call
+    :meth:`use_keyholder` with the key holder's verify key, so they never make a
+    secret key, and :meth:`register` the other parties' identity keys.
+
     ``ckks`` and ``bfv`` refuse to start unless the ``he_trust`` option accepts that no
     client colludes with the server (:data:`HE_TRUST`, :func:`trust_problem`).
 
@@ -1130,26 +1153,90 @@ class HeScheme(Scheme):
         self._registry: dict[str, bytes] = {}
         self._clients: dict[str, HeClient] = {}
         self._keyholder: KeyHolder | None = None
+        self._remote_key: bytes | None = None  # a key holder on another machine: its verify key only
 
     @abstractmethod
     def _make_codec(self, config: Any) -> HeCodec:
         """The codec for ``config``."""
 
-    def keyholder(self) -> KeyHolder:
-        """The run's key holder (created with a fresh key pair on first call)."""
+    def keyholder(self, *, identity: Any = None) -> KeyHolder:
+        """The run's key holder (created with a fresh key pair on first call).
+
+        ``identity``: its Ed25519 signing key (:class:`~privspk.secagg.keys.IdentityKey`),
+        used when the key holder is created; a fresh one when omitted. Refused after
+        :meth:`use_keyholder`: this object then never holds a secret key.
+        """
+        if self._remote_key is not None:
+            raise ConfigError("this scheme trusts a remote key holder (use_keyholder); it makes no secret key here")
         if self._keyholder is None:
             self._keyholder = KeyHolder(self.codec, registry=MappingProxyType(self._registry),
-                                        min_clients=self.config.min_clients, max_clients=self.config.max_clients)
+                                        min_clients=self.config.min_clients, max_clients=self.config.max_clients,
+                                        identity=identity)
+        elif identity is not None and identity.public_bytes() != self._keyholder.verify_key:
+            raise ConfigError("the key holder already exists with another identity key")
         return self._keyholder
 
-    def client(self, client_id: str) -> HeClient:
-        """The (cached) endpoint of ``client_id``; its public key joins the registry."""
+    def use_keyholder(self, verify_key: bytes) -> None:
+        """Trust the key holder that runs elsewhere and signs with ``verify_key`` (raw Ed25519).
+
+        Clients then check contexts against it and server rounds its signatures; no key
+        holder (no secret key) is created here. The same key again is a no-op; another
+        key is refused, as is a call after a local key holder or a client exists.
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("bfv", {"he_trust": HE_TRUST})
+        >>> s.use_keyholder(b"\x01" * 32)
+        >>> s.keyholder()
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ConfigError: this scheme trusts a remote key holder (use_keyholder); it makes no secret key here
+        """
+        key = _raw_ed25519(verify_key, "the key holder's verify key")
+        if self._remote_key is not None:
+            if key != self._remote_key:
+                raise KeyLeakError("the key holder's verify key is already set; refusing to replace it")
+            return
+        if self._keyholder is not None or self._clients:
+            raise ConfigError("use_keyholder must come before the scheme makes its key holder or any client")
+        self._remote_key = key
+
+    def register(self, client_id: str, public_key: bytes) -> None:
+        """Register the Ed25519 identity key of a client whose endpoint lives elsewhere.
+
+        The same key again is a no-op; another key for a registered client is refused.
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("bfv", {"he_trust": HE_TRUST})
+        >>> s.register("c0", b"\x02" * 32); s.register("c0", b"\x02" * 32)
+        >>> s.register("c0", b"\x03" * 32)
+        Traceback (most recent call last):
+        ...
+        privspk.errors.KeyLeakError: client 'c0' already has an identity key; refusing to replace it
+        """
+        if not isinstance(client_id, str) or not client_id or client_id in (KEYHOLDER, SERVER):
+            raise ConfigError(f"client id must be a non-empty string other than {KEYHOLDER!r}/{SERVER!r}, "
+                              f"got {client_id!r}")
+        key = _raw_ed25519(public_key, f"the identity key of {client_id!r}")
+        if self._registry.get(client_id, key) != key:
+            raise KeyLeakError(f"client {client_id!r} already has an identity key; refusing to replace it")
+        self._registry[client_id] = key
+
+    def _keyholder_key(self) -> bytes:
+        return self._remote_key if self._remote_key is not None else self.keyholder().verify_key
+
+    def client(self, client_id: str, *, identity: Any = None) -> HeClient:
+        """The (cached) endpoint of ``client_id``; its public key joins the registry.
+
+        ``identity``: the client's Ed25519 signing key (a deployed node's); fresh when omitted.
+        """
         if not isinstance(client_id, str) or not client_id or client_id in (KEYHOLDER, SERVER):
             raise ConfigError(f"client id must be a non-empty string other than {KEYHOLDER!r}/{SERVER!r}, "
                               f"got {client_id!r}")
         if client_id not in self._clients:
-            endpoint = HeClient(client_id, self.codec, keyholder_key=self.keyholder().verify_key,
-                                rng=client_rng(self.seed, client_id))
+            if identity is not None:
+                self.register(client_id, identity.public_bytes())
+            endpoint = HeClient(client_id, self.codec, keyholder_key=self._keyholder_key(),
+                                rng=client_rng(self.seed, client_id), identity=identity)
             self._clients[client_id] = endpoint
             self._registry[client_id] = endpoint.public_key
         return self._clients[client_id]
@@ -1161,7 +1248,7 @@ class HeScheme(Scheme):
                               f"this {self.name} configuration is sized for; raise max_clients")
         return HeServerRound(spec, codec_kind=self.codec.kind, layout=self.codec.layout,
                              n_chunks=self.codec.n_chunks(spec.dim), min_clients=self.config.min_clients,
-                             registry=self._registry, keyholder_key=self.keyholder().verify_key)
+                             registry=self._registry, keyholder_key=self._keyholder_key())
 
     def sum_tolerance(self, n_clients: int, *, bound: float = 1.0) -> float:
         """Largest error of one coordinate of the opened sum of ``n_clients`` updates in ``[-bound, bound]``.

@@ -175,8 +175,11 @@ class Node:
         out: dict[str, Any] = {"role": self.settings.role, "setup_seconds": round(self._setup_seconds, 3)}
         if self.settings.role == ROLE_CLIENT:
             out.update(client_id=self.settings.client_id, n_samples=len(self.data))
-        if self.identity is not None:
-            out["identity"] = bind_node(self.identity, run=self.cfg.name, client_id=self.settings.client_id or "",
+        if self.identity is not None:  # the key holder binds its verify key under the id "keyholder"
+            from privspk.secagg import KEYHOLDER
+
+            who = self.settings.client_id if self.settings.role == ROLE_CLIENT else KEYHOLDER
+            out["identity"] = bind_node(self.identity, run=self.cfg.name, client_id=who,
                                         node_id=int(meta.get("node_id", 0)),
                                         node_key=str(meta.get("node_key_fingerprint", "")))
         return out
@@ -188,10 +191,15 @@ class Node:
         return build_scheme(cfg.secagg.scheme, _scheme_options(cfg), seed=cfg.seed)
 
     def _setup_keyholder(self, cfg) -> None:
+        from privspk.runtimes.flower.identity import load_identity
+        from privspk.secagg.he import HeScheme
+
         self.scheme = self._scheme(cfg)
-        self.endpoint = self.scheme.keyholder()
-        if self.endpoint is None:
+        if not isinstance(self.scheme, HeScheme):
             raise ConfigError(f"scheme {cfg.secagg.scheme!r} has no key holder; do not start a keyholder node")
+        # the only process of the run that makes a secret key; its verify key is bound to this Flower node
+        self.identity = load_identity(self.settings.run_root / "identity.key")
+        self.endpoint = self.scheme.keyholder(identity=self.identity)
 
     def _setup_client(self, cfg, body: bytes) -> None:
         from privspk.federation.guard import open_run_ledger
@@ -212,9 +220,14 @@ class Node:
         self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if cfg.privacy.enabled:
             self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg, resume=True)
+        from privspk.secagg.he import HeScheme
+
         self.scheme = self._scheme(cfg)
         self.identity = None
-        if hasattr(self.scheme, "registry"):  # a scheme with identity keys (mask): the node's own, kept on disk
+        if isinstance(self.scheme, HeScheme):  # the endpoint waits for the key holder's verify key (roster)
+            self.identity = load_identity(self.settings.run_root / "identity.key")
+            self.endpoint = None
+        elif hasattr(self.scheme, "registry"):  # a scheme with identity keys (mask): the node's own, kept on disk
             self.identity = load_identity(self.settings.run_root / "identity.key")
             self.endpoint = self.scheme.client(self.settings.client_id, identity=self.identity)
         else:
@@ -223,6 +236,10 @@ class Node:
 
     # ------------------------------------------------------------------ roster
     def roster(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        from privspk.secagg.he import HeScheme
+
+        if isinstance(self.scheme, HeScheme):
+            self._he_roster(meta)
         if self.settings.role == ROLE_KEYHOLDER:
             return {"ok": True}, b""
         weights = meta.get("weights")
@@ -236,6 +253,22 @@ class Node:
         if self.client is None or self.client.weight != float(weights[cid]):
             self.client = self._build_client(float(weights[cid]))
         return {"ok": True}, b""
+
+    def _he_roster(self, meta: dict[str, Any]) -> None:
+        """HE: register the clients' identity keys; a client also learns the key holder's verify key."""
+        try:
+            identities = {str(p): bytes.fromhex(h) for p, h in (meta.get("identities") or {}).items()}
+            kh_key = bytes.fromhex(meta["keyholder"]) if self.settings.role == ROLE_CLIENT else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ProtocolError("HE roster needs hex identity keys and the key holder's verify key",
+                                client="server") from None
+        for peer, pub in sorted(identities.items()):
+            if peer != self.settings.client_id:
+                self.scheme.register(peer, pub)  # another key for a registered client: refused
+        if kh_key is not None:
+            self.scheme.use_keyholder(kh_key)  # another key holder mid-run: refused
+            if self.endpoint is None:
+                self.endpoint = self.scheme.client(self.settings.client_id, identity=self.identity)
 
     def _build_client(self, weight: float):
         from privspk.api import _scheme_options, build_federated_client

@@ -306,6 +306,7 @@ def setup_nodes(grid, cfg, encoder_bytes: bytes, node_ids: list[int], *, setting
     """Send the run to every node; returns client id -> node and the key holder (if any)."""
     from privspk.runtimes.flower.identity import check_binding
     from privspk.runtimes.flower.node import ROLE_CLIENT, ROLE_KEYHOLDER
+    from privspk.secagg import KEYHOLDER
 
     meta = {"kind": "setup", "config": cfg.to_toml()}
     node_keys = registered_node_keys(grid)
@@ -322,7 +323,16 @@ def setup_nodes(grid, cfg, encoder_bytes: bytes, node_ids: list[int], *, setting
         if role == ROLE_KEYHOLDER:
             if keyholder is not None:
                 raise ConfigError(f"two key-holder nodes ({keyholder.node_id} and {node}); start exactly one")
-            keyholder = NodeInfo(node, role, setup_seconds=float(rep.meta.get("setup_seconds", 0.0)))
+            try:  # its verify key, bound to this Flower node (and its registered node key) like a client's
+                binding = rep.meta.get("identity")
+                signed_key = binding.get("node_key") if isinstance(binding, dict) else None
+                identity = check_binding(binding, run=cfg.name, client_id=KEYHOLDER, node_id=node,
+                                         node_key=node_keys.get(node) if signed_key else None)
+            except ProtocolError as exc:
+                log.warning("key-holder node %s refused: %s", node, exc)
+                continue
+            keyholder = NodeInfo(node, role, identity=identity,
+                                 setup_seconds=float(rep.meta.get("setup_seconds", 0.0)))
             continue
         if role != ROLE_CLIENT:
             log.warning("node %s answered setup with role %r; ignored", node, role)
@@ -406,7 +416,9 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     options = _scheme_options(cfg)
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
-    needs_keyholder = scheme.keyholder() is not None
+    from privspk.secagg.he import HeScheme
+
+    needs_keyholder = isinstance(scheme, HeScheme)  # never scheme.keyholder() here: that makes a secret key
     n_nodes = cfg.federation.n_clients + (1 if needs_keyholder else 0)
     node_ids = wait_for_nodes(grid, n_nodes, timeout=settings.wait_timeout, poll=settings.poll)
     t_nodes = time.perf_counter()
@@ -424,6 +436,11 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
             registry.register(cid, c.identity)
     roster = {"kind": "roster", "weights": weights,
               "identities": {cid: c.identity.hex() for cid, c in clients.items() if c.identity is not None}}
+    if needs_keyholder:  # HE: the server and the clients trust the key holder node's bound verify key
+        scheme.use_keyholder(keyholder.identity)
+        for cid, c in clients.items():
+            scheme.register(cid, c.identity)
+        roster["keyholder"] = keyholder.identity.hex()
     nodes = {cid: c.node_id for cid, c in clients.items()}
     targets = list(nodes.values()) + ([keyholder.node_id] if keyholder else [])
     acks = exchange(grid, {n: (roster, b"") for n in targets}, timeout=settings.setup_timeout, poll=settings.poll)
