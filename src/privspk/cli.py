@@ -520,7 +520,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
-    from privspk.config import TRAIN_RECIPES
+    from privspk.config import SECAGG_SCHEMES, TRAIN_RECIPES, TRAIN_UNITS
 
     p = argparse.ArgumentParser(prog="privspk", description="Privacy-preserving federated speaker recognition.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -533,12 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
         if run_opts:
             sp.add_argument("--out", help="folder for run directories")
             sp.add_argument("--name", help="run name (its directory under --out)")
-            sp.add_argument("--secagg", choices=["plain", "mask", "ckks", "bfv"],
+            sp.add_argument("--secagg", choices=SECAGG_SCHEMES,
                             help="aggregation scheme; use mask for deployments (ckks/bfv start only with "
                                  "[secagg.options] he_trust = \"no-client-colludes-with-server\": one client "
                                  "colluding with the server can get the round's HE key)")
             sp.add_argument("--epsilon", type=float, help="per-client epsilon budget")
-            sp.add_argument("--unit", choices=["utterance", "speaker"], help="privacy unit")
+            sp.add_argument("--unit", choices=TRAIN_UNITS, help="privacy unit")
             sp.add_argument("--no-dp", action="store_true", help="train without differential privacy")
             sp.add_argument("--rounds", type=int, help="federated rounds")
             sp.add_argument("--recipe", choices=TRAIN_RECIPES, help="what trains")
