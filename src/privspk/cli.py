@@ -238,6 +238,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kaldi_trials(data_dir: Path, args: argparse.Namespace) -> tuple[list, dict[str, Path]]:
+    """Trials of ``privspk eval --kaldi-dir`` and each trial utterance's file from the dir's ``wav.scp``."""
+    from privspk.corpus.readers import read_wav_scp
+    from privspk.errors import ConfigError, CorpusError
+    from privspk.evaluation.trials import read_trials
+
+    if args.wav_dir:
+        raise ConfigError("--wav-dir and --kaldi-dir exclude each other: with --kaldi-dir the trial ids are "
+                          "utterance ids looked up in its wav.scp")
+    if not args.trials and not (data_dir / "trials").is_file():
+        raise CorpusError(f"{data_dir}: no 'trials' file in the Kaldi data dir; add one "
+                          "('<enroll-utt> <test-utt> target|nontarget' per line) or pass --trials")
+    wavs = read_wav_scp(data_dir)
+    trials = read_trials(args.trials or data_dir / "trials")
+    ids = sorted({t.enroll for t in trials} | {t.test for t in trials})
+    missing = [u for u in ids if u not in wavs]
+    if missing:
+        raise CorpusError(f"{len(missing)} utterance id(s) of the trials have no wav.scp entry in {data_dir}, "
+                          f"e.g. {missing[:3]}; list them in wav.scp or drop those trials")
+    return trials, {u: wavs[u] for u in ids}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on the run's held-out trials, or on a Kaldi trials file."""
     import torch
@@ -253,7 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     encoder, _ = load_encoder(run / "encoder.pt")
     if args.scores:
         _check_writable(Path(args.scores))  # before the embedding work, not after it
-    if args.trials:
+    if args.trials or args.kaldi_dir:
         from privspk.audio.io import read_audio
         from privspk.evaluation.embed import embed_features
         from privspk.evaluation.scoring import cosine_scores, evaluate_scores
@@ -262,11 +284,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         import numpy as np
 
-        trials = read_trials(args.trials)
-        root = Path(args.wav_dir) if args.wav_dir else Path(".")
-        ids = sorted({t.enroll for t in trials} | {t.test for t in trials})
+        if args.kaldi_dir:
+            trials, paths = _kaldi_trials(Path(args.kaldi_dir), args)
+        else:
+            trials = read_trials(args.trials)
+            root = Path(args.wav_dir) if args.wav_dir else Path(".")
+            paths = {u: root / u for t in trials for u in (t.enroll, t.test)}
+        ids = sorted(paths)
         fcfg = cfg.features.feature_config()
-        feats = ((u, extract(read_audio(root / u), fcfg)) for u in ids)
+        feats = ((u, extract(read_audio(paths[u]), fcfg)) for u in ids)
         emb = embed_features(encoder, feats, max_frames=cfg.eval.max_frames)
         scores = cosine_scores(emb, trials)
         if args.scores:
@@ -561,8 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="evaluate a run's encoder")
     sp.add_argument("--run", required=True, help="run directory")
     sp.add_argument("--data", help="data folder")
-    sp.add_argument("--trials", help="Kaldi trials file (ids are wav paths relative to --wav-dir)")
+    sp.add_argument("--trials", help="Kaldi trials file (ids: wav paths relative to --wav-dir, or "
+                                          "utterance ids of --kaldi-dir's wav.scp)")
     sp.add_argument("--wav-dir", help="folder the trial ids are relative to")
+    sp.add_argument("--kaldi-dir", help="Kaldi data dir: wav.scp (utterance id -> wav path) and, unless "
+                                        "--trials is given, trials by utterance id")
     sp.add_argument("--scores", help="write Kaldi scores here")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_eval)
