@@ -152,17 +152,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(cfg, args, *, label: str | None = None) -> dict:
-    from privspk.api import train
-
-    total = cfg.federation.rounds
-    if label:
-        print(f"--- {label} ---", flush=True)
-    res = train(cfg, progress=not args.quiet, overwrite=True, on_round=lambda r: print(_round_line(r, total),
-                                                                                        flush=True))
-    return res.report
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Federated DP training on the built-in corpus, with the numbers that say what DP kept."""
     import torch
