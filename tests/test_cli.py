@@ -194,6 +194,58 @@ def test_enroll_then_verify_exit_codes(run_dir, tmp_path, capsys):
     assert json.loads((store / "verifier.json").read_text()) == meta  # nothing changed
 
 
+def test_eval_on_a_kaldi_data_dir_scores_the_trials_by_utterance_id(run_dir, tmp_path, capsys):
+    """wav.scp (relative and absolute paths) + trials by utterance id give the scores --wav-dir gives."""
+    kdir = tmp_path / "kaldi"
+    (kdir / "audio").mkdir(parents=True)
+    (kdir / "audio" / "a1.wav").write_bytes((tmp_path / "ann1.wav").read_bytes())
+    (kdir / "wav.scp").write_text(f"annA audio/a1.wav\nannB {tmp_path / 'ann2.wav'}\n"
+                                  f"othX {tmp_path / 'other.wav'}\nunused {tmp_path / 'tone.wav'}\n")
+    (kdir / "trials").write_text("annA annB target\nannA othX nontarget\nannB othX nontarget\n")
+    assert main(["eval", "--run", str(run_dir), "--kaldi-dir", str(kdir), "--scores", str(tmp_path / "k.txt")]) == 0
+    assert "EER" in capsys.readouterr().out
+    (tmp_path / "paths.trials").write_text("ann1.wav ann2.wav target\nann1.wav other.wav nontarget\n"
+                                           "ann2.wav other.wav nontarget\n")
+    assert main(["eval", "--run", str(run_dir), "--trials", str(tmp_path / "paths.trials"), "--wav-dir",
+                 str(tmp_path), "--scores", str(tmp_path / "w.txt")]) == 0
+    capsys.readouterr()
+    kaldi = [line.split() for line in (tmp_path / "k.txt").read_text().splitlines()]
+    paths = [line.split() for line in (tmp_path / "w.txt").read_text().splitlines()]
+    assert [row[:2] for row in kaldi] == [["annA", "annB"], ["annA", "othX"], ["annB", "othX"]]
+    assert len(kaldi) == len(paths) == 3
+    assert [row[2] for row in kaldi] == [row[2] for row in paths]  # same files, same code path: same scores
+    # --trials overrides the dir's trials file, ids still looked up in wav.scp
+    (tmp_path / "two.trials").write_text("annA annB target\nannB othX nontarget\n")
+    assert main(["eval", "--run", str(run_dir), "--kaldi-dir", str(kdir), "--trials", str(tmp_path / "two.trials"),
+                 "--scores", str(tmp_path / "two.txt")]) == 0
+    capsys.readouterr()
+    two = [line.split() for line in (tmp_path / "two.txt").read_text().splitlines()]
+    assert [row[:2] for row in two] == [kaldi[0][:2], kaldi[2][:2]]
+    assert np.allclose([float(r[2]) for r in two], [float(kaldi[0][2]), float(kaldi[2][2])], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("scp", "trials", "extra", "match"),
+    [
+        ("annA sox a.flac -t wav - |\n", "annA annA target\n", [], "is a piped command ('sox a.flac -t wav - |')"),
+        ("annA a.wav\n", "annA zoe target\n", [], "1 utterance id(s) of the trials have no wav.scp entry"),
+        ("annA a.wav\n", None, [], "no 'trials' file in the Kaldi data dir"),
+        ("annA a.wav\n", "annA annA target\n", ["--wav-dir", "."], "--wav-dir and --kaldi-dir exclude each other"),
+    ],
+)
+def test_eval_refuses_a_kaldi_dir_it_cannot_read(run_dir, tmp_path, capsys, scp, trials, extra, match):
+    kdir = tmp_path / "kaldi"
+    kdir.mkdir()
+    (kdir / "wav.scp").write_text(scp)
+    if trials is not None:
+        (kdir / "trials").write_text(trials)
+    scores = tmp_path / "scores.txt"
+    assert main(["eval", "--run", str(run_dir), "--kaldi-dir", str(kdir), "--scores", str(scores), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("privspk eval: error: ") and match in err and err.count("\n") == 1
+    assert not scores.exists()
+
+
 def test_enroll_with_a_false_accept_target(run_dir, tmp_path, capsys):
     store = tmp_path / "store_far"
     rc = main(["enroll", "--run", str(run_dir), "--store", str(store), "--far", "0.5", "bob",

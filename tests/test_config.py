@@ -214,6 +214,48 @@ def test_config_recipes_are_the_library_recipes():
     assert TRAIN_RECIPES == RECIPES
 
 
+def test_config_schemes_are_the_registered_secagg_schemes():
+    from privspk.config import SECAGG_SCHEMES
+    from privspk.secagg.registry import scheme_names
+
+    assert sorted(SECAGG_SCHEMES) == list(scheme_names())
+    assert len(set(SECAGG_SCHEMES)) == len(SECAGG_SCHEMES)
+
+
+def test_config_units_are_what_local_training_accepts():
+    import torch
+
+    from privspk.config import TRAIN_UNITS
+    from privspk.privacy.budget import PRIVACY_UNITS
+    from privspk.training.data import ClientData
+    from privspk.training.local import UNITS, sample_rate_for
+
+    assert TRAIN_UNITS == UNITS and set(TRAIN_UNITS) <= set(PRIVACY_UNITS)
+    data = ClientData.from_pairs(lambda u: torch.zeros(1, 1), [(f"u{i}", f"s{i % 4}") for i in range(40)])
+    for unit in TRAIN_UNITS:
+        assert 0 < sample_rate_for(data, unit=unit, batch_size=8, speaker_batch=2) <= 1
+    with pytest.raises(ConfigError, match="privacy unit"):
+        sample_rate_for(data, unit="client", batch_size=8, speaker_batch=2)
+
+
+def test_cli_choices_are_the_config_lists():
+    from privspk.cli import build_parser
+    from privspk.config import SECAGG_SCHEMES, TRAIN_UNITS
+
+    parser = build_parser()
+    for scheme in SECAGG_SCHEMES:
+        assert parser.parse_args(["demo", "--secagg", scheme]).secagg == scheme
+    for unit in TRAIN_UNITS:
+        assert parser.parse_args(["demo", "--unit", unit]).unit == unit
+    for flag, bad in (("--secagg", "rot13"), ("--unit", "client")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["demo", flag, bad])
+    with pytest.raises(ConfigError, match=r"scheme must be plain\|mask\|ckks\|bfv, got 'rot13'"):
+        RunConfig.from_dict({"secagg": {"scheme": "rot13"}})
+    with pytest.raises(ConfigError, match=r"unit must be utterance\|speaker, got 'client'"):
+        RunConfig.from_dict({"privacy": {"unit": "client"}})
+
+
 def test_defaults_are_the_demo_recipe_and_clip():
     """The default recipe, its step/batch/lr and the clip are the sweep's choice, as in the demo."""
     demo, default = RunConfig.preset("demo"), RunConfig()
@@ -265,3 +307,14 @@ def test_he_schemes_are_refused_at_config_load_without_the_trust_acceptance(sche
         RunConfig().replace(secagg=SecAggSection(scheme=scheme, options={"he_trust": "yes"}))
     ok = RunConfig(secagg=SecAggSection(scheme=scheme, options={"he_trust": HE_TRUST}))
     assert RunConfig.from_toml(ok.to_toml()).secagg.options["he_trust"] == HE_TRUST
+
+
+def test_reading_a_config_and_building_the_parser_import_neither_torch_nor_secagg():
+    import subprocess
+    import sys
+
+    code = ("import sys, privspk.config, privspk.cli; privspk.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tenseal', 'opacus') "
+            "or m.startswith('privspk.secagg')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

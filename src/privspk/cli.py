@@ -152,17 +152,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(cfg, args, *, label: str | None = None) -> dict:
-    from privspk.api import train
-
-    total = cfg.federation.rounds
-    if label:
-        print(f"--- {label} ---", flush=True)
-    res = train(cfg, progress=not args.quiet, overwrite=True, on_round=lambda r: print(_round_line(r, total),
-                                                                                        flush=True))
-    return res.report
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Federated DP training on the built-in corpus, with the numbers that say what DP kept."""
     import torch
@@ -238,6 +227,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kaldi_trials(data_dir: Path, args: argparse.Namespace) -> tuple[list, dict[str, Path]]:
+    """Trials of ``privspk eval --kaldi-dir`` and each trial utterance's file from the dir's ``wav.scp``."""
+    from privspk.corpus.readers import read_wav_scp
+    from privspk.errors import ConfigError, CorpusError
+    from privspk.evaluation.trials import read_trials
+
+    if args.wav_dir:
+        raise ConfigError("--wav-dir and --kaldi-dir exclude each other: with --kaldi-dir the trial ids are "
+                          "utterance ids looked up in its wav.scp")
+    if not args.trials and not (data_dir / "trials").is_file():
+        raise CorpusError(f"{data_dir}: no 'trials' file in the Kaldi data dir; add one "
+                          "('<enroll-utt> <test-utt> target|nontarget' per line) or pass --trials")
+    wavs = read_wav_scp(data_dir)
+    trials = read_trials(args.trials or data_dir / "trials")
+    ids = sorted({t.enroll for t in trials} | {t.test for t in trials})
+    missing = [u for u in ids if u not in wavs]
+    if missing:
+        raise CorpusError(f"{len(missing)} utterance id(s) of the trials have no wav.scp entry in {data_dir}, "
+                          f"e.g. {missing[:3]}; list them in wav.scp or drop those trials")
+    return trials, {u: wavs[u] for u in ids}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on the run's held-out trials, or on a Kaldi trials file."""
     import torch
@@ -253,7 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     encoder, _ = load_encoder(run / "encoder.pt")
     if args.scores:
         _check_writable(Path(args.scores))  # before the embedding work, not after it
-    if args.trials:
+    if args.trials or args.kaldi_dir:
         from privspk.audio.io import read_audio
         from privspk.evaluation.embed import embed_features
         from privspk.evaluation.scoring import cosine_scores, evaluate_scores
@@ -262,11 +273,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         import numpy as np
 
-        trials = read_trials(args.trials)
-        root = Path(args.wav_dir) if args.wav_dir else Path(".")
-        ids = sorted({t.enroll for t in trials} | {t.test for t in trials})
+        if args.kaldi_dir:
+            trials, paths = _kaldi_trials(Path(args.kaldi_dir), args)
+        else:
+            trials = read_trials(args.trials)
+            root = Path(args.wav_dir) if args.wav_dir else Path(".")
+            paths = {u: root / u for t in trials for u in (t.enroll, t.test)}
+        ids = sorted(paths)
         fcfg = cfg.features.feature_config()
-        feats = ((u, extract(read_audio(root / u), fcfg)) for u in ids)
+        feats = ((u, extract(read_audio(paths[u]), fcfg)) for u in ids)
         emb = embed_features(encoder, feats, max_frames=cfg.eval.max_frames)
         scores = cosine_scores(emb, trials)
         if args.scores:
@@ -533,7 +548,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``privspk``."""
-    from privspk.config import TRAIN_RECIPES
+    from privspk.config import SECAGG_SCHEMES, TRAIN_RECIPES, TRAIN_UNITS
 
     p = argparse.ArgumentParser(prog="privspk", description="Privacy-preserving federated speaker recognition.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -546,12 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
         if run_opts:
             sp.add_argument("--out", help="folder for run directories")
             sp.add_argument("--name", help="run name (its directory under --out)")
-            sp.add_argument("--secagg", choices=["plain", "mask", "ckks", "bfv"],
+            sp.add_argument("--secagg", choices=SECAGG_SCHEMES,
                             help="aggregation scheme; use mask for deployments (ckks/bfv start only with "
                                  "[secagg.options] he_trust = \"no-client-colludes-with-server\": one client "
                                  "colluding with the server can get the round's HE key)")
             sp.add_argument("--epsilon", type=float, help="per-client epsilon budget")
-            sp.add_argument("--unit", choices=["utterance", "speaker"], help="privacy unit")
+            sp.add_argument("--unit", choices=TRAIN_UNITS, help="privacy unit")
             sp.add_argument("--no-dp", action="store_true", help="train without differential privacy")
             sp.add_argument("--rounds", type=int, help="federated rounds")
             sp.add_argument("--recipe", choices=TRAIN_RECIPES, help="what trains")
@@ -574,8 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="evaluate a run's encoder")
     sp.add_argument("--run", required=True, help="run directory")
     sp.add_argument("--data", help="data folder")
-    sp.add_argument("--trials", help="Kaldi trials file (ids are wav paths relative to --wav-dir)")
+    sp.add_argument("--trials", help="Kaldi trials file (ids: wav paths relative to --wav-dir, or "
+                                          "utterance ids of --kaldi-dir's wav.scp)")
     sp.add_argument("--wav-dir", help="folder the trial ids are relative to")
+    sp.add_argument("--kaldi-dir", help="Kaldi data dir: wav.scp (utterance id -> wav path) and, unless "
+                                        "--trials is given, trials by utterance id")
     sp.add_argument("--scores", help="write Kaldi scores here")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_eval)

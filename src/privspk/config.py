@@ -147,6 +147,11 @@ class PretrainSection:
 # parser) does not import torch; tests/test_config.py checks the two agree
 TRAIN_RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters", "embedding")
 
+# privspk.training.local.UNITS (what DP-SGD training protects) and the names registered in
+# privspk.secagg.registry, spelled out for the same reason; tests/test_config.py checks they agree
+TRAIN_UNITS: tuple[str, ...] = ("utterance", "speaker")
+SECAGG_SCHEMES: tuple[str, ...] = ("plain", "mask", "ckks", "bfv")
+
 
 @dataclass(frozen=True)
 class TrainSection:
@@ -249,8 +254,8 @@ class PrivacySection:
             errs.append(f"epsilon must be a positive finite number, got {self.epsilon}")
         if not 0 < self.delta < 1:
             errs.append(f"delta must be in (0, 1), got {self.delta}")
-        if self.unit not in ("utterance", "speaker"):
-            errs.append(f"unit must be utterance|speaker, got {self.unit!r}")
+        if self.unit not in TRAIN_UNITS:
+            errs.append(f"unit must be {'|'.join(TRAIN_UNITS)}, got {self.unit!r}")
         if self.clip <= 0:
             errs.append(f"clip must be > 0, got {self.clip}")
         if self.accountant not in ("rdp", "prv"):
@@ -280,8 +285,8 @@ class SecAggSection:
 
     def check(self) -> list[str]:
         errs = []
-        if self.scheme not in ("plain", "mask", "ckks", "bfv"):
-            errs.append(f"scheme must be plain|mask|ckks|bfv, got {self.scheme!r}")
+        if self.scheme not in SECAGG_SCHEMES:
+            errs.append(f"scheme must be {'|'.join(SECAGG_SCHEMES)}, got {self.scheme!r}")
         if self.scheme in ("ckks", "bfv") and isinstance(self.options, dict) \
                 and self.options.get("he_trust") != HE_TRUST:
             errs.append(f"scheme {self.scheme!r} refuses to start unless the operator accepts that no client colludes "

@@ -30,6 +30,7 @@ from privspk.corpus.readers import (
     read_kaldi_dir,
     read_librispeech,
     read_voxceleb,
+    read_wav_scp,
 )
 from privspk.corpus.splits import client_sizes, partition_speakers, split_speakers
 from privspk.corpus.types import Corpus, SkippedFile, SpeakerSplit, Utterance
@@ -59,6 +60,7 @@ __all__ = [
     "read_kaldi_dir",
     "read_librispeech",
     "read_voxceleb",
+    "read_wav_scp",
     "render_utterance",
     "split_speakers",
     "synthesize",

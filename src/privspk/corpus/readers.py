@@ -47,6 +47,7 @@ __all__ = [
     "read_kaldi_dir",
     "read_librispeech",
     "read_voxceleb",
+    "read_wav_scp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,69 @@ def _read_table(path: Path, fields: int) -> list[tuple[int, list[str]]]:
     return rows
 
 
+def _refuse_segments(base: Path) -> None:
+    if (base / "segments").exists():
+        raise CorpusError(
+            f"{base}: has a 'segments' file; privspk reads one file per utterance. "
+            "Cut the segments into files first (e.g. Kaldi extract-segments or sox trim) and list those in wav.scp"
+        )
+
+
+def _wav_table(scp: Path, base: Path) -> dict[str, Path]:
+    """``wav.scp`` as utterance id -> file path (relative paths resolved against ``base``)."""
+    wavs: dict[str, Path] = {}
+    for lineno, (utt, rx) in _read_table(scp, 2):
+        where = f"{scp}:{lineno}"
+        if rx.endswith("|"):
+            raise CorpusError(
+                f"{where}: utterance {utt!r} is a piped command ({rx!r}); privspk reads plain audio files only. "
+                "Convert it first, e.g. run the command into a .wav file (or `wav-copy scp:wav.scp ...`) "
+                "and list that file's path"
+            )
+        if rx == "-":
+            raise CorpusError(f"{where}: utterance {utt!r} reads stdin ('-'); list a file path instead")
+        if _ARK_OFFSET.search(rx):
+            raise CorpusError(
+                f"{where}: utterance {utt!r} points into a Kaldi archive ({rx!r}); "
+                "extract it to a .wav file (wav-copy) and list that path"
+            )
+        if utt in wavs:
+            raise CorpusError(f"{where}: utterance {utt!r} is listed twice in wav.scp")
+        p = Path(rx)
+        wavs[utt] = p if p.is_absolute() else base / p
+    return wavs
+
+
+def read_wav_scp(data_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Read a Kaldi data dir's ``wav.scp``: utterance id -> audio file path.
+
+    The same rules as :func:`read_kaldi_dir` (which reads ``wav.scp`` through this
+    function), without ``utt2spk``: relative paths resolve against ``data_dir``;
+    piped commands, stdin, archive offsets and ``segments`` files are refused.
+
+    >>> import tempfile, pathlib, shutil
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "wav.scp").write_text("u1 audio/u1.wav\\nu2 sox u2.flac -t wav - |\\n")
+    >>> try:
+    ...     read_wav_scp(d)
+    ... except CorpusError as exc:
+    ...     print(str(exc).split("wav.scp:")[1][:42])
+    2: utterance 'u2' is a piped command ('sox
+    >>> _ = (d / "wav.scp").write_text("u1 audio/u1.wav\\n")
+    >>> read_wav_scp(d) == {"u1": d / "audio" / "u1.wav"}
+    True
+    >>> shutil.rmtree(d)
+    """
+    base = Path(data_dir)
+    if not base.is_dir():
+        raise CorpusError(f"{base}: Kaldi data dir not found")
+    scp = base / "wav.scp"
+    if not scp.is_file():
+        raise CorpusError(f"{base}: not a Kaldi data dir, missing wav.scp")
+    _refuse_segments(base)
+    return _wav_table(scp, base)
+
+
 def read_kaldi_dir(data_dir: str | os.PathLike[str]) -> Corpus:
     """Read a Kaldi data dir: ``wav.scp`` (plain file paths) and ``utt2spk``.
 
@@ -224,31 +288,8 @@ def read_kaldi_dir(data_dir: str | os.PathLike[str]) -> Corpus:
     missing = [p.name for p in (scp, u2s) if not p.is_file()]
     if missing:
         raise CorpusError(f"{base}: not a Kaldi data dir, missing {missing}; expected wav.scp and utt2spk")
-    if (base / "segments").exists():
-        raise CorpusError(
-            f"{base}: has a 'segments' file; privspk reads one file per utterance. "
-            "Cut the segments into files first (e.g. Kaldi extract-segments or sox trim) and list those in wav.scp"
-        )
-    wavs: dict[str, Path] = {}
-    for lineno, (utt, rx) in _read_table(scp, 2):
-        where = f"{scp}:{lineno}"
-        if rx.endswith("|"):
-            raise CorpusError(
-                f"{where}: utterance {utt!r} is a piped command ({rx!r}); privspk reads plain audio files only. "
-                "Convert it first, e.g. run the command into a .wav file (or `wav-copy scp:wav.scp ...`) "
-                "and list that file's path"
-            )
-        if rx == "-":
-            raise CorpusError(f"{where}: utterance {utt!r} reads stdin ('-'); list a file path instead")
-        if _ARK_OFFSET.search(rx):
-            raise CorpusError(
-                f"{where}: utterance {utt!r} points into a Kaldi archive ({rx!r}); "
-                "extract it to a .wav file (wav-copy) and list that path"
-            )
-        if utt in wavs:
-            raise CorpusError(f"{where}: utterance {utt!r} is listed twice in wav.scp")
-        p = Path(rx)
-        wavs[utt] = p if p.is_absolute() else base / p
+    _refuse_segments(base)
+    wavs = _wav_table(scp, base)
     speakers: dict[str, str] = {}
     for lineno, (utt, spk) in _read_table(u2s, 2):
         if len(spk.split()) != 1:

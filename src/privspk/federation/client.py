@@ -89,10 +89,6 @@ class ClientRoundReport:
     clipped: float = 0.0
 
 
-class FaultInjected(SystemExit):
-    """Raised by the fault-injection hook to emulate a crash at a named point (tests only)."""
-
-
 def _fault(point: str, client_id: str, round_id: int) -> None:
     """Crash here if ``PRIVSPK_FAULT`` names this point (``point:client:round``); for crash tests."""
     spec = os.environ.get("PRIVSPK_FAULT")
