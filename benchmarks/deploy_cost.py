@@ -29,6 +29,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="run config TOML (default: the demo preset)")
     p.add_argument("--data", default="data", help="data folder (prepared with `make corpus`)")
     p.add_argument("--rounds", type=int, default=2, help="rounds to time (default 2)")
-    p.add_argument("--work", default="/tmp/privspk_deploy_cost", help="scratch folder for runs and node state")
+    p.add_argument("--work", help="scratch folder for runs and node state (default: a new temporary folder)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     cfg = RunConfig.load(args.config) if args.config else RunConfig.preset("demo")
-    work = Path(args.work)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="privspk_deploy_cost-"))
     cfg = cfg.replace(data_dir=str(Path(args.data).resolve()), out_dir=str(work / "runs"),
                       federation=dataclasses.replace(cfg.federation, rounds=args.rounds))
     load = os.getloadavg()
