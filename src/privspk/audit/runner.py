@@ -30,7 +30,8 @@ from privspk.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Threat ids of threat_model/README.md each result bears on.
-THREATS = {"membership": ("T19", "T28"), "canary": ("T17", "T29"), "client_canary": ("T29",), "leakage": ("T1", "T18", "T30")}
+THREATS = {"membership": ("T19", "T28"), "canary": ("T17", "T29"), "client_canary": ("T29",),
+           "leakage": ("T1", "T18", "T30")}
 
 
 @dataclass(frozen=True)
