@@ -31,6 +31,7 @@ def summary(rep: AuditReport) -> dict:
                                                        "sample_rate": {c: d.sample_rate for c, d in rep.ledger.dp.items()}},
            "membership": {label: {lvl: r.to_dict() for lvl, r in res.items()} for label, res in rep.membership.items()},
            "canary": rep.canary.to_dict() if rep.canary is not None else None,
+           "client_canary": rep.client_canary.to_dict() if getattr(rep, "client_canary", None) is not None else None,
            "leakage": {view: {"per_client": {c: a.to_dict() for c, a in per.items()},
                               "mean_r_precision": _mean(a.r_precision for a in per.values()),
                               "mean_auc": _mean(a.auc for a in per.values()),
@@ -49,6 +50,8 @@ def verdicts(rep: AuditReport) -> dict:
         v["membership"] = "FAIL" if "FAIL" in checks else ("PASS" if "PASS" in checks else "NO CLAIM")
     if rep.canary is not None:
         v["canary"] = rep.canary.verdict.verdict
+    if getattr(rep, "client_canary", None) is not None:
+        v["client_canary"] = rep.client_canary.verdict.verdict
     if rep.leakage:
         v["leakage"] = "MEASURED"
     return v
@@ -114,6 +117,7 @@ def lines(rep: AuditReport) -> list[str]:
         out += ["", f"Verdict: {ca.verdict.verdict} — {ca.verdict.reason}"]
     else:
         out.append(f"Skipped: {rep.skipped.get('canary', 'not run')}")
+    out += client_canary_lines(rep, v)
     out += ["", f"## 3. What the server learns from updates without secure aggregation — "
                 f"{v.get('leakage', 'SKIPPED')} (threats {', '.join(THREATS['leakage'])})", ""]
     if rep.leakage:
@@ -130,6 +134,36 @@ def lines(rep: AuditReport) -> list[str]:
         out.append(f"Skipped: {rep.skipped.get('leakage', 'not run')}")
     out += ["", "Seconds: " + ", ".join(f"{k} {s}" for k, s in rep.seconds.items())]
     return out
+
+
+def client_canary_lines(rep: AuditReport, v: dict) -> list[str]:
+    """Section 2b: canary clients for client-level DP (or why it does not apply)."""
+    out = ["", f"## 2b. Client-level canary clients: lower bound on client-level epsilon — "
+               f"{v.get('client_canary', 'SKIPPED')} (threats {', '.join(THREATS['client_canary'])})", ""]
+    ca = getattr(rep, "client_canary", None)
+    if ca is None:
+        return out + [f"Skipped: {rep.skipped.get('client_canary', 'not run')}"]
+    m = ca.control.run.m
+    out += [f"{m} canary clients (random unit directions at the client clip, each in with probability 1/2) submit "
+            f"through DistributedDP's quantiser; {ca.control.honest_clients} counted honest clients "
+            f"({ca.honest_updates} updates) add their noise shares. Score: cosine of each direction with the "
+            f"aggregate delta. One-run bound (Steinke, Nasr & Jagielski 2023) at 95 %.", "",
+            "| re-run | view | eps lower bound | ceiling (m) / with the search | ledger client eps | bound / ledger |",
+            "|---|---|---|---|---|---|"]
+    for res in (ca.dp_run, ca.control):
+        if res is None:
+            continue
+        for view in (res.run.released, res.run.best_round):
+            b = view.bound
+            ratio = b.epsilon / view.claimed_epsilon if view.claimed_epsilon else None
+            out.append(f"| {res.run.label} | {view.view} (round {view.round}) | {b.epsilon:.2f} | {b.ceiling:.2f} / "
+                       f"{b.corrected_ceiling:.2f} | {_f(view.claimed_epsilon)} | {_f(ratio)} |")
+    for res in (ca.dp_run, ca.control):
+        if res is not None:
+            e = res.estimate
+            out.append(f"- {res.run.label}: Andrew et al. (2023) estimate of the released view (an estimate, not a "
+                       f"bound): {_f(e.epsilon)} [{_f(e.low)}, {_f(e.high)}] (bootstrap 95 %)")
+    return out + ["", f"Verdict: {ca.verdict.verdict} — {ca.verdict.reason}"]
 
 
 def write(rep: AuditReport, out_dir: str | Path) -> dict[str, Path]:

@@ -2,7 +2,8 @@
 
 ``audit_run(run_dir)`` reads the run's ``config.toml``, ``encoder.pt`` and
 ``ledger.sqlite`` (epsilon is read from the ledger, never recomputed here), prepares
-the run's data (cached), and runs the three attacks of :mod:`privspk.audit`. It
+the run's data (cached), and runs the three attacks of :mod:`privspk.audit` (and, for a client-level DP run, the
+client-level canary clients of :mod:`privspk.audit.client_canary`). It
 writes nothing outside ``out_dir`` (default ``RUN/audit``).
 
 ``quick`` (minutes): the re-runs federate only the first client (the canary client)
@@ -29,7 +30,8 @@ from privspk.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Threat ids of threat_model/README.md each result bears on.
-THREATS = {"membership": ("T19", "T28"), "canary": ("T17", "T29"), "leakage": ("T1", "T18", "T30")}
+THREATS = {"membership": ("T19", "T28"), "canary": ("T17", "T29"), "client_canary": ("T29",),
+           "leakage": ("T1", "T18", "T30")}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class AuditReport:
     ledger: LedgerView | None
     membership: dict = field(default_factory=dict)  # "dp"/"control" -> {"utterance": MembershipResult, ...}
     canary: object = None  # CanaryAudit
+    client_canary: object = None  # ClientCanaryAudit (client-level DP runs only)
     leakage: dict = field(default_factory=dict)  # view -> Attribution per client
     skipped: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
@@ -182,7 +185,8 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
         rep.skipped["canary"] = f"gradient canaries need utterance-level DP-SGD through Opacus, the run's unit is " \
                                 f"{ledger.unit!r}"
     elif cfg.privacy.client_level:
-        rep.skipped["canary"] = "client-level DP canary clients (Andrew et al.) are not implemented in the runner"
+        rep.skipped["canary"] = "gradient canaries are not re-run with client-level DP; see the client-level " \
+                                "canary clients (section 2b)"
     else:
         from privspk.training.local import sample_rate_for
 
@@ -195,6 +199,13 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
                                   delta=delta, m=st.canaries, rounds=rounds, seed=st.seed, progress=progress,
                                   **common)
     rep.seconds["canary"] = round(time.perf_counter() - t2, 1)
+    t2 = time.perf_counter()
+    if not cfg.privacy.client_level:
+        rep.skipped["client_canary"] = "does not apply: the run has no client-level DP ([privacy] client_level is " \
+                                       "false)"
+    else:
+        rep.client_canary = _client_canary(run_dir / "ledger.sqlite", cfg, st, rounds, rep.skipped)
+    rep.seconds["client_canary"] = round(time.perf_counter() - t2, 1)
 
     # ---- 2. membership inference on the released encoder, and on the non-private control
     t1 = time.perf_counter()
@@ -256,6 +267,46 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
     rep.seconds["leakage"] = round(time.perf_counter() - t3, 1)
     rep.seconds["total"] = round(time.perf_counter() - t0, 1)
     return rep
+
+
+def _client_canary(ledger_path: Path, cfg, st: AuditSettings, rounds: int, skipped: dict):
+    """Client-level canary audit of a client-level DP run, against the ledger's client-level epsilon.
+
+    The encoder is re-planned from the run's configuration (``api.plan_client_level``) and
+    must give the mechanism the ledger recorded; honest clients' updates are synthetic
+    (random directions at the client clip: only the counted noise shares and the clip
+    matter to a canary client's privacy).
+    """
+    from privspk.api import plan_client_level
+    from privspk.audit.client_canary import client_canary_audit
+    from privspk.privacy import Ledger
+
+    if not ledger_path.exists():
+        skipped["client_canary"] = "the run has no ledger: no client-level epsilon to audit"
+        return None
+    by_round, mech, rate = {}, None, None
+    with Ledger(ledger_path, readonly=True) as led:
+        for client in led.clients():
+            for row in led.rows(client):
+                if row.client_level is None:
+                    continue
+                mech, rate = row.client_level.mechanism, row.client_level.sample_rate
+                by_round[row.round] = max(by_round.get(row.round, 0.0), row.client_level.epsilon_after)
+    if mech is None:
+        skipped["client_canary"] = "the ledger records no client-level spend"
+        return None
+    if rate != 1.0:
+        skipped["client_canary"] = f"canary clients take part in every round; the ledger's client sampling rate is " \
+                                   f"{rate:g} (amplification not modelled here)"
+        return None
+    dp, _ = plan_client_level(cfg, dim=mech.dim)
+    if dp.mechanism() != mech:
+        skipped["client_canary"] = f"re-planning the configuration gives {dp.mechanism().to_dict()}, the ledger " \
+                                   f"recorded {mech.to_dict()}"
+        return None
+    claimed = [by_round[r] for r in sorted(by_round)][:rounds]
+    return client_canary_audit(dp, m=st.canaries, rounds=len(claimed), claimed=claimed,
+                               delta=cfg.privacy.delta, seed=st.seed, bootstrap=st.bootstrap)
 
 
 def _mechanism_for(ledger: LedgerView, client: str, d, cfg):
