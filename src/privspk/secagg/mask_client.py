@@ -25,7 +25,6 @@ before sending the masked update and before unmasking, and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -385,15 +384,3 @@ def sum_context(clients) -> str:
     """
     return json.dumps({"scheme": SCHEME, "clients": sorted(clients)}, sort_keys=True, separators=(",", ":"))
 
-
-def stochastic_rng(seed: int | None, client_id: str) -> np.random.Generator:
-    """The rounding generator of one client: seeded per (scheme seed, client id), or fresh entropy.
-
-    >>> a = stochastic_rng(1, "c0").random(); b = stochastic_rng(1, "c0").random()
-    >>> a == b, a != stochastic_rng(1, "c1").random()
-    (True, True)
-    """
-    if seed is None:
-        return np.random.default_rng()
-    tag = int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:8], "big")
-    return np.random.default_rng([seed, tag])
