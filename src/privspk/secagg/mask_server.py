@@ -196,7 +196,16 @@ class MaskServerRound(ServerRound):
 
     def _view(self) -> dict[str, list[str]]:
         """The round's view that clients confirm (and see again at unmask)."""
-        return {"survivors": sorted(self._survivors), "shared": sorted(self._u2)}
+        key = (self._survivors, self._u2)
+        if getattr(self, "_view_memo", (None,))[0] != key:  # sorted once per stage, not once per client
+            view = {"survivors": sorted(self._survivors), "shared": sorted(self._u2)}
+            self._view_memo = (key, view, confirm_statement(self.params.digest, view))
+        return {k: list(v) for k, v in self._view_memo[1].items()}
+
+    def _view_statement(self) -> bytes:
+        """The bytes each confirmation signs (for the current view)."""
+        self._view()
+        return self._view_memo[2]
 
     def _dropped_of(self, c: str) -> list[str]:
         return sorted(set(self.params.graph.neighbours(c)) & self._dropped_needed)
@@ -244,7 +253,7 @@ class MaskServerRound(ServerRound):
         if len(body) != SIGNATURE_BYTES:
             raise ProtocolError(f"a confirmation is one {SIGNATURE_BYTES}-byte signature, got {len(body)} bytes",
                                 client=sender)
-        self._registry.verify(sender, body, confirm_statement(self.params.digest, self._view()))
+        self._registry.verify(sender, body, self._view_statement())
         self._confirm_sigs[sender] = bytes(body)
 
     def _take_unmask(self, sender: str, header: dict, body: bytes) -> None:
