@@ -139,6 +139,22 @@ class ClientEndpoint(ABC):
     def submit(self, round_id: int, update: np.ndarray) -> None:
         """Hand over this client's float update for ``round_id`` (before the stage that sends it)."""
 
+    def submit_integers(self, round_id: int, codes: np.ndarray, *, min_survivors: int | None = None) -> None:
+        """Hand over already-quantised signed integer codes (client-level distributed DP) for ``round_id``.
+
+        Only a scheme that sums integers in its own quantiser's units (``mask``) takes them;
+        ``min_survivors`` is the smallest opened sum whose noise shares the ledger counts. The
+        other schemes refuse with a ConfigError (the config check refuses such a run first).
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").client("a").submit_integers(0, np.array([3]))
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ConfigError: client a: scheme endpoint PlainClient takes float updates only; integer codes (client-level DP) need the 'mask' scheme
+        """
+        raise ConfigError(f"client {self.client_id}: scheme endpoint {type(self).__name__} takes float updates only; "
+                          "integer codes (client-level DP) need the 'mask' scheme")
+
     @abstractmethod
     def handle(self, request: bytes) -> bytes | None:
         """Answer one server request; ``None`` when there is nothing to send back.
