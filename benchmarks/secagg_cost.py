@@ -8,9 +8,9 @@ upload bytes per parameter and the largest error of the opened sum, and writes
 
 How each party is timed
 -----------------------
-*privspk*: each scheme's stages are driven in-process like
-:func:`privspk.secagg.simulate.run_round`, but every call is timed for the party that
-makes it. The stage that carries the update (``collect``) gives ``client_s`` (mean of
+*privspk*: each scheme's stages are driven in-process by
+:func:`privspk.secagg.simulate.run_round` itself, whose ``hooks`` time every call for the
+party that makes it. The stage that carries the update (``collect``) gives ``client_s`` (mean of
 the clients' ``handle()`` calls) and ``server_s`` (the server's ``outbox()``,
 ``receive()`` and ``advance()`` of that stage); stages before it are key setup
 (``setup_client_s``, ``setup_server_s``); stages after it, up to the opened vector,
@@ -63,6 +63,7 @@ from privspk.errors import ConfigError, PrivspkError, ProtocolError
 from privspk.secagg import KEYHOLDER, RoundSpec, build_scheme
 from privspk.secagg.graph import default_degree, threshold_for
 from privspk.secagg.mask_protocol import MaskConfig
+from privspk.secagg.simulate import RoundHooks, run_round
 
 log = logging.getLogger("secagg_cost")
 
@@ -294,6 +295,32 @@ def _phase_of(stage: str, collect_seen: bool) -> str:
     return "open" if collect_seen else "setup"
 
 
+class _Timers(RoundHooks):
+    """Times privspk's own round loop (:func:`privspk.secagg.simulate.run_round`) by party and phase."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.up: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.down: dict[str, int] = defaultdict(int)
+        self.phase = "setup"
+        self._collect_seen = False
+
+    def stage(self, stage: str) -> None:
+        self.phase = _phase_of(stage, self._collect_seen)
+        self._collect_seen = self._collect_seen or stage == "collect"
+
+    def span(self, party: str, stage: str) -> contextlib.AbstractContextManager[None]:
+        return self.clock.span(party, self.phase)
+
+    def message(self, party: str, stage: str, *, up: bool, n_bytes: int) -> None:
+        if party == KEYHOLDER:
+            return
+        if up:
+            self.up[party][self.phase] += n_bytes
+        else:
+            self.down[party] += n_bytes
+
+
 class PrivspkSession:
     """One privspk scheme with K client endpoints, reused over rounds (as in a run).
 
@@ -326,48 +353,9 @@ class PrivspkSession:
             self.clients[c].submit(rid, inputs[i].astype(np.float64))
         spec = RoundSpec(run_id="bench", round_id=rid, clients=tuple(self.ids), dim=dim)
         silent = {self.ids[i]: drop_stage for i in drop}
-        clock = Clock()
-        server = self.scheme.server_round(spec)
-        keyholder = self.scheme.keyholder()
-        gone: set[str] = set()
-        up: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        down: dict[str, int] = defaultdict(int)
-        collect_seen = False
-        while True:
-            stage = server.stage
-            phase = _phase_of(stage, collect_seen)
-            collect_seen = collect_seen or stage == "collect"
-            with clock.span("server", phase):
-                outbox = server.outbox()
-            for dest, request in outbox.items():
-                if dest == KEYHOLDER:
-                    endpoint, party = keyholder, "keyholder"
-                else:
-                    if dest in gone or silent.get(dest) == stage:
-                        gone.add(dest)
-                        continue
-                    endpoint, party = self.clients[dest], dest
-                    down[dest] += len(request)
-                try:
-                    with clock.span(party, phase):
-                        reply = endpoint.handle(request)
-                except PrivspkError as exc:
-                    log.warning("%s refused the %s request: %s", dest, stage, exc)
-                    continue
-                if reply is None:
-                    continue
-                if party != "keyholder":
-                    up[dest][phase] += len(reply)
-                try:
-                    with clock.span("server", phase):
-                        server.receive(dest, reply)
-                except ProtocolError as exc:
-                    log.warning("server rejected %s at %s: %s", dest, stage, exc)
-            with clock.span("server", phase):
-                more = server.advance()
-            if not more:
-                break
-        result = server.result()
+        hooks = _Timers()
+        result = run_round(self.scheme, spec, self.clients, silent=silent, hooks=hooks)
+        clock, up, down = hooks.clock, hooks.up, hooks.down
         included = [self.ids.index(c) for c in result.included]
         truth = exact_sum(inputs, included)
         m: dict[str, float] = {"included": float(len(included))}

@@ -21,6 +21,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "privspk.evaluation": (),
     "privspk.features": ("cache", "config", "crops", "extract"),
     "privspk.models": ("checkpoint", "ecapa", "finetune", "heads", "registry"),
+    "privspk.secagg": (),
 }
 MODULES = [importlib.import_module(p) for p in PACKAGES] + [
     importlib.import_module(f"{p}.{m}") for p, subs in PACKAGES.items() for m in subs

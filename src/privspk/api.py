@@ -52,7 +52,9 @@ def _bucket(feats: torch.Tensor) -> torch.Tensor:
 class HeldoutEvaluator:
     """Embeds the held-out utterances and scores the trials (EER, minDCF, top-1)."""
 
-    def __init__(self, data: PreparedData, *, max_frames: int, enroll_per_speaker: int, seed: int) -> None:
+    def __init__(self, data: PreparedData, *, max_frames: int, enroll_per_speaker: int, seed: int,
+                 device: str | torch.device = "cpu") -> None:
+        self.device = device  # where the encoder embeds (it is moved there and back)
         self.data = data
         self.max_frames = max_frames
         self.enroll_per_speaker = enroll_per_speaker
@@ -69,9 +71,14 @@ class HeldoutEvaluator:
         by the trunk's fingerprint, so re-evaluating an encoder whose trunk did not change
         (the ``embedding`` recipe) only runs the embedding layer.
         """
+        from privspk.device import on_device
+
+        with on_device(encoder, self.device) as dev:
+            return self._embeddings(encoder, self.utts if utts is None else utts, dev)
+
+    def _embeddings(self, encoder: nn.Module, utts, dev: torch.device) -> dict:
         from privspk.evaluation.embed import embed_features
 
-        utts = self.utts if utts is None else utts
         if hasattr(encoder, "pooled") and hasattr(encoder, "embedding"):
             from privspk.training.trunk import pooled_utterances, trunk_fingerprint
 
@@ -79,18 +86,19 @@ class HeldoutEvaluator:
             cache = self._pooled.setdefault(key, {})
             missing = [u for u in utts if u not in cache]
             if missing:
-                cache.update(pooled_utterances(encoder, ((u, _bucket(self.data.features.get(u))) for u in missing)))
+                cache.update(pooled_utterances(encoder, ((u, _bucket(self.data.features.get(u))) for u in missing),
+                                               device=dev))
             was_training = encoder.training
             encoder.eval()
             try:
                 with torch.no_grad():
-                    out = encoder.embedding(torch.stack([cache[u] for u in utts]))
+                    out = encoder.embedding(torch.stack([cache[u] for u in utts]).to(dev)).cpu()
             finally:
                 encoder.train(was_training)
             out = torch.nn.functional.normalize(out, dim=1).numpy()
             return dict(zip(utts, out))
         return embed_features(encoder, ((u, _bucket(self.data.features.get(u))) for u in utts),
-                              batch_size=64, max_frames=self.max_frames)
+                              batch_size=64, max_frames=self.max_frames, device=dev)
 
     def evaluate(self, encoder: nn.Module, *, top1: bool = False, write_to: Path | None = None) -> dict[str, Any]:
         """EER and minDCF on the trials; closed-set top-1 on all held-out utterances when asked.
@@ -124,6 +132,13 @@ class HeldoutEvaluator:
 
 
 # --------------------------------------------------------------------------- pretraining
+def _device(cfg: RunConfig) -> torch.device:
+    """The torch device ``[run] device`` resolves to here (ConfigError for ``cuda`` without CUDA)."""
+    from privspk.device import resolve_device
+
+    return resolve_device(cfg.run.device)
+
+
 def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = True) -> tuple[nn.Module, dict]:
     """The encoder pretrained (non-privately) on the public speakers, cached by its settings."""
     from privspk.models import build_encoder
@@ -149,7 +164,8 @@ def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = T
     public = ClientData.from_pairs(data.features.get, data.utterances_of(data.split.public))
     rep = pretrain(encoder, public, steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size,
                    lr=cfg.pretrain.lr, crop_frames=cfg.pretrain.crop_frames, seed=seed,
-                   margin=cfg.model.margin, scale=cfg.model.scale, progress=progress)
+                   margin=cfg.model.margin, scale=cfg.model.scale, progress=progress,
+                   device=_device(cfg))
     info = {"enabled": True, "steps": rep.steps, "seconds": round(rep.seconds, 1),
             "final_loss": rep.losses[-1] if rep.losses else None, "train_accuracy": rep.train_accuracy,
             "public_speakers": len(data.split.public)}
@@ -258,6 +274,7 @@ def check_run_config(cfg: RunConfig) -> None:
     """
     from privspk.secagg import build_scheme
 
+    _device(cfg)  # "cuda" without a CUDA device is refused before any work
     if cfg.name.strip() in ("", ".", "..") or any(c in cfg.name for c in "/\\"):
         raise ConfigError(f"run name {cfg.name!r} must name one folder under out_dir (not empty, no '/')")
     k = cfg.federation.n_clients
@@ -386,7 +403,7 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
                       optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
                       crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
                       margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema,
-                      randomness=privacy.randomness)
+                      randomness=privacy.randomness, device=_device(cfg))
     return FederatedClient(
         client_id, data, copy.deepcopy(encoder), names, weight=weight, endpoint=endpoint,
         guard=guard, dp=dp, store=store, train_args=train_args,
@@ -494,7 +511,8 @@ def _train(
     base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
     t_pre = time.perf_counter()
     evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames,
-                                 enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed)
+                                 enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed,
+                                 device=_device(cfg))
     pretrain_eval = evaluator.evaluate(base, top1=True)
 
     encoder = copy.deepcopy(base)

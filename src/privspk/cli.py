@@ -282,7 +282,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ids = sorted(paths)
         fcfg = cfg.features.feature_config()
         feats = ((u, extract(read_audio(paths[u]), fcfg)) for u in ids)
-        emb = embed_features(encoder, feats, max_frames=cfg.eval.max_frames)
+        from privspk.device import on_device, resolve_device
+
+        with on_device(encoder, resolve_device(cfg.run.device)) as dev:
+            emb = embed_features(encoder, feats, max_frames=cfg.eval.max_frames, device=dev)
         scores = cosine_scores(emb, trials)
         if args.scores:
             write_scores(args.scores, trials, scores)
@@ -291,11 +294,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(res)
         return 0
     from privspk.api import HeldoutEvaluator
+    from privspk.device import resolve_device
     from privspk.prepare import prepare_data
 
     data = prepare_data(cfg, progress=not args.quiet)
     ev = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
-                          seed=cfg.seed).evaluate(encoder, top1=True)
+                          seed=cfg.seed, device=resolve_device(cfg.run.device)).evaluate(encoder, top1=True)
     _print_eval(f"{run.name} on {len(data.trials)} held-out trials", ev)
     return 0
 

@@ -34,6 +34,28 @@ from privspk.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class RunSection:
+    """Where the run computes: ``device`` is ``cpu`` (default, the CI path), ``cuda`` or ``auto``.
+
+    Public pretraining, local DP-SGD and embedding extraction run on it; ``auto`` takes CUDA
+    when torch sees a device, ``cuda`` refuses to start without one (checked when the run
+    starts, see :func:`privspk.device.resolve_device`).
+
+    >>> RunSection(device="gpu").check()
+    ["device must be auto|cpu|cuda, got 'gpu'"]
+    """
+
+    device: str = "cpu"
+
+    def check(self) -> list[str]:
+        from privspk.device import DEVICES
+
+        if self.device not in DEVICES:
+            return [f"device must be {'|'.join(DEVICES)}, got {self.device!r}"]
+        return []
+
+
+@dataclass(frozen=True)
 class CorpusSection:
     """Where the audio comes from.
 
@@ -333,6 +355,7 @@ class EvalSection:
 
 
 _SECTIONS = {
+    "run": RunSection,
     "corpus": CorpusSection,
     "split": SplitSection,
     "features": FeaturesSection,
@@ -355,6 +378,7 @@ class RunConfig:
     threads: int = 2
     data_dir: str = "data"
     out_dir: str = "runs"
+    run: RunSection = field(default_factory=RunSection)
     corpus: CorpusSection = field(default_factory=CorpusSection)
     split: SplitSection = field(default_factory=SplitSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)

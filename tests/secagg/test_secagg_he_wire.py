@@ -208,3 +208,35 @@ def test_vector_words_refuses_a_ciphertext_of_other_parameters() -> None:
     other = CipherLayout(poly_degree=4096, moduli=ntt_primes(4096, [36, 21])[:-1])
     with pytest.raises(ProtocolError):
         vector_words(ts.bfv_vector(ctx, [1, 2, 3]), other)
+
+
+def test_the_tenseal_frame_format_is_the_one_he_wire_parses() -> None:
+    """Fails loudly when a TenSEAL/SEAL release changes what he_wire.py reads by hand: the SEAL header
+    (magic, size, version, compression) inside TenSEAL's public ``serialize()`` output, and the zstd
+    stream the PyPI ``zstandard`` binding decompresses to exactly two polynomials of 64-bit residues."""
+    import struct
+
+    import zstandard
+
+    from privspk.secagg import he_wire
+
+    ctx = _bfv_context()
+    layout = CipherLayout(poly_degree=4096, moduli=ntt_primes(4096, [40, 30])[:-1])
+    blob = ts.bfv_vector(ctx, [1, 2, 3]).serialize()
+    at = blob.find(struct.pack("<H", he_wire._SEAL_MAGIC))
+    assert at >= 0, f"tenseal {ts.__version__}: no SEAL frame (magic 0xA15E) in a serialised BFV vector"
+    magic, hsize, major, minor, compr, _res, size = he_wire._SEAL_HEADER.unpack_from(blob, at)
+    assert (hsize, major, compr) == (16, 4, he_wire._COMPR_ZSTD), (
+        f"tenseal {ts.__version__} writes SEAL header size {hsize}, version {major}.{minor}, compression {compr}; "
+        "secagg/he_wire.py parses header size 16, SEAL 4.x, zstd: check the frame format before upgrading")
+    payload = blob[at + hsize: at + size]
+    members = zstandard.ZstdDecompressor().stream_reader(payload).read(1 << 22)
+    assert len(members) >= 2 * len(layout.moduli) * 4096 * 8
+    assert vector_words(ts.bfv_vector(ctx, [1, 2, 3]), layout).shape == (1, 2, len(layout.moduli), 4096)
+
+
+def test_a_corrupt_zstd_stream_is_a_protocol_error() -> None:
+    from privspk.secagg.he_wire import _zstd_decompress
+
+    with pytest.raises(ProtocolError, match="zstd could not decompress"):
+        _zstd_decompress(b"\x28\xb5\x2f\xfd" + b"\x00garbage" * 4, 100)

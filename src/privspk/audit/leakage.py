@@ -54,7 +54,7 @@ class CaptureEndpoint(ClientEndpoint):
         """Keep the float update."""
         self.updates[round_id] = np.asarray(update, dtype=np.float64).copy()
 
-    def submit_integers(self, round_id: int, codes: np.ndarray) -> None:
+    def submit_integers(self, round_id: int, codes: np.ndarray, *, min_survivors: int | None = None) -> None:
         """Distributed-DP integer codes are not float updates: not supported here."""
         raise ConfigError("the leakage attack reads float updates; client-level DP codes are not supported")
 

@@ -26,6 +26,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from privspk.device import torch_device
 from privspk.errors import ConfigError, FeatureError, ModelError
 
 __all__ = ["FeatureSource", "embed_features", "l2_normalise"]
@@ -121,10 +122,7 @@ def embed_features(
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     if max_frames is not None and (type(max_frames) is not int or max_frames < 1):
         raise ConfigError(f"max_frames must be a positive int or None, got {max_frames!r}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+    dev = torch_device(device)
     _check_device(encoder, dev)
     items = [(utt, _middle(mat, max_frames)) for utt, mat in _items(feats)]
 

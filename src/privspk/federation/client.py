@@ -181,7 +181,8 @@ class FederatedClient:
             # crops drawn like the rounds' (secret unless train_args say randomness = "simulation")
             crop_seed = RoundSeeds.draw(self.train_args.get("randomness", "secret"), seed=self.seed).crops
             data = data.with_pooled(pooled_crops(encoder, data.getter, data.utt_ids, crops=trunk_crops,
-                                                 crop_frames=crop_frames, seed=crop_seed))
+                                                 crop_frames=crop_frames, seed=crop_seed,
+                                                 device=self.train_args.get("device", "cpu")))
             self.data = data
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
         if fixed_head:

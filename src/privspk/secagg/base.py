@@ -76,6 +76,10 @@ class AggregateResult:
     ``total`` is the float64 sum of the included clients' updates as the scheme
     encodes them (clipped and quantised for ``mask``/``bfv``, CKKS-approximate for
     ``ckks``). ``dropped`` maps each excluded client to the reason.
+
+    >>> r = AggregateResult(total=np.array([3.0]), included=("a", "b"), dropped={"c": "silent"})
+    >>> r.total.tolist(), r.included, r.stages
+    ([3.0], ('a', 'b'), ())
     """
 
     total: np.ndarray
@@ -92,7 +96,12 @@ derived from its update (see :meth:`ClientEndpoint.bind`); raises a PrivspkError
 
 
 class ClientEndpoint(ABC):
-    """A client's side of a scheme; lives for the whole run (keys, contexts)."""
+    """A client's side of a scheme; lives for the whole run (keys, contexts).
+
+    >>> from privspk.secagg import build_scheme
+    >>> isinstance(build_scheme("plain").client("a"), ClientEndpoint)
+    True
+    """
 
     client_id: str
     run_id: str | None = None
@@ -125,19 +134,56 @@ class ClientEndpoint(ABC):
         self.release_gate = gate
 
     def check_run(self, run_id: object, *, who: str | None = None) -> None:
-        """Refuse (ProtocolError) a request of a run other than the bound one."""
+        """Refuse (ProtocolError) a request of a run other than the bound one.
+
+        >>> from privspk.secagg import build_scheme
+        >>> c = build_scheme("plain").client("a")
+        >>> c.check_run("any run")  # not bound: every run is served
+        """
         if self.run_id is not None and run_id != self.run_id:
             raise ProtocolError(f"request is for run {run_id!r}; client {self.client_id} serves run "
                                 f"{self.run_id!r} only", client=who)
 
     def check_release(self, *, run_id: str, round_id: int, context: str, opens: bool) -> None:
-        """Ask the bound gate (if any) whether this release may happen; it raises to refuse."""
+        """Ask the bound gate (if any) whether this release may happen; it raises to refuse.
+
+        >>> from privspk.errors import ProtocolError
+        >>> from privspk.secagg import build_scheme
+        >>> c = build_scheme("plain").client("a")
+        >>> def gate(**kw):
+        ...     raise ProtocolError(f"not into {kw['context']}")
+        >>> c.bind(run_id="r", gate=gate)
+        >>> c.check_release(run_id="r", round_id=0, context="sum-1", opens=True)
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ProtocolError: not into sum-1
+        """
         if self.release_gate is not None:
             self.release_gate(run_id=run_id, round_id=round_id, context=context, opens=opens)
 
     @abstractmethod
     def submit(self, round_id: int, update: np.ndarray) -> None:
-        """Hand over this client's float update for ``round_id`` (before the stage that sends it)."""
+        """Hand over this client's float update for ``round_id`` (before the stage that sends it).
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").client("a").submit(0, np.array([0.5, -0.5]))
+        """
+
+    def submit_integers(self, round_id: int, codes: np.ndarray, *, min_survivors: int | None = None) -> None:
+        """Hand over already-quantised signed integer codes (client-level distributed DP) for ``round_id``.
+
+        Only a scheme that sums integers in its own quantiser's units (``mask``) takes them;
+        ``min_survivors`` is the smallest opened sum whose noise shares the ledger counts. The
+        other schemes refuse with a ConfigError (the config check refuses such a run first).
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").client("a").submit_integers(0, np.array([3]))
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ConfigError: client a: scheme endpoint PlainClient takes float updates only; integer codes (client-level DP) need the 'mask' scheme
+        """
+        raise ConfigError(f"client {self.client_id}: scheme endpoint {type(self).__name__} takes float updates only; "
+                          "integer codes (client-level DP) need the 'mask' scheme")
 
     @abstractmethod
     def handle(self, request: bytes) -> bytes | None:
@@ -145,27 +191,69 @@ class ClientEndpoint(ABC):
 
         A malformed or unexpected request raises :class:`~privspk.errors.ProtocolError`;
         the client then sends nothing (the server sees it as dropped).
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").client("a").handle(b"not a request")
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ProtocolError: ...
         """
 
 
 class ServerRound(ABC):
-    """The server's side of one round. It never holds a secret that opens one update."""
+    """The server's side of one round. It never holds a secret that opens one update.
+
+    A driver (:func:`privspk.secagg.simulate.run_round`, or a runtime over the network)
+    sends each stage's :meth:`outbox`, hands the replies to :meth:`receive` and calls
+    :meth:`advance` until it returns ``False``.
+
+    >>> from privspk.secagg import build_scheme
+    >>> s = build_scheme("plain"); a = s.client("a"); a.submit(0, np.array([1.5]))
+    >>> r = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a",), dim=1))
+    >>> while True:
+    ...     for dest, request in r.outbox().items():
+    ...         r.receive(dest, a.handle(request))
+    ...     if not r.advance():
+    ...         break
+    >>> r.result().total.tolist()
+    [1.5]
+    """
 
     spec: RoundSpec
 
     @property
     @abstractmethod
     def stage(self) -> str:
-        """Name of the current stage (``"done"`` when finished)."""
+        """Name of the current stage (``"done"`` when finished).
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("plain"); a = s.client("a"); a.submit(0, np.array([2.0]))
+        >>> r = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a",), dim=1))
+        >>> r.stage
+        'collect'
+        """
 
     @abstractmethod
     def outbox(self) -> dict[str, bytes]:
-        """Requests of the current stage, keyed by recipient (client id or :data:`KEYHOLDER`)."""
+        """Requests of the current stage, keyed by recipient (client id or :data:`KEYHOLDER`).
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("plain"); a = s.client("a"); a.submit(0, np.array([2.0]))
+        >>> r = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a",), dim=1))
+        >>> sorted(r.outbox())
+        ['a']
+        """
 
     @abstractmethod
     def receive(self, sender: str, payload: bytes) -> None:
         """Take one reply. A bad reply raises ProtocolError and its sender counts as dropped;
-        what was already aggregated is kept."""
+        what was already aggregated is kept.
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("plain"); a = s.client("a"); a.submit(0, np.array([2.0]))
+        >>> r = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a",), dim=1))
+        >>> r.receive("a", a.handle(r.outbox()["a"]))
+        """
 
     @abstractmethod
     def advance(self) -> bool:
@@ -173,11 +261,28 @@ class ServerRound(ABC):
 
         Raises :class:`~privspk.errors.AggregationError` when the round cannot finish
         (e.g. fewer survivors than the threshold); nothing is opened then.
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("plain"); a = s.client("a"); a.submit(0, np.array([2.0]))
+        >>> r = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a",), dim=1))
+        >>> r.advance()  # nobody answered
+        Traceback (most recent call last):
+        ...
+        privspk.errors.AggregationError: ...
         """
 
     @abstractmethod
     def result(self) -> AggregateResult:
-        """The opened sum, after :meth:`advance` returned ``False``."""
+        """The opened sum, after :meth:`advance` returned ``False``.
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("plain"); a = s.client("a"); a.submit(0, np.array([2.0]))
+        >>> r = s.server_round(RoundSpec(run_id="r", round_id=0, clients=("a",), dim=1))
+        >>> r.receive("a", a.handle(r.outbox()["a"])); r.advance()
+        False
+        >>> r.result().total.tolist(), r.result().included
+        ([2.0], ('a',))
+        """
 
 
 class Scheme(ABC):
@@ -185,6 +290,11 @@ class Scheme(ABC):
 
     Subclasses set ``name`` and ``Config`` (a dataclass of their options) and are
     registered with :func:`register_scheme`.
+
+    >>> from privspk.secagg import build_scheme
+    >>> s = build_scheme("mask")
+    >>> s.name, isinstance(s, Scheme)
+    ('mask', True)
     """
 
     name: ClassVar[str]
@@ -196,14 +306,30 @@ class Scheme(ABC):
 
     @abstractmethod
     def client(self, client_id: str) -> ClientEndpoint:
-        """The endpoint for ``client_id`` (created once, then reused)."""
+        """The endpoint for ``client_id`` (created once, then reused).
+
+        >>> from privspk.secagg import build_scheme
+        >>> s = build_scheme("plain")
+        >>> s.client("a") is s.client("a")
+        True
+        """
 
     @abstractmethod
     def server_round(self, spec: RoundSpec) -> ServerRound:
-        """A fresh server state machine for one round."""
+        """A fresh server state machine for one round.
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").server_round(RoundSpec(run_id="r", round_id=0, clients=("a", "b"), dim=4)).stage
+        'collect'
+        """
 
     def keyholder(self) -> ClientEndpoint | None:
-        """The key holder's endpoint (HE schemes); ``None`` when the scheme has none."""
+        """The key holder's endpoint (HE schemes); ``None`` when the scheme has none.
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("mask").keyholder() is None
+        True
+        """
         return None
 
     # What the shared test suite (and callers) may rely on. Optional: the defaults
@@ -214,6 +340,10 @@ class Scheme(ABC):
         whose coordinates lie in ``[-bound, bound]``, against the exact float64 sum.
 
         The default, 0.0, claims an exact sum; schemes that round or approximate override it.
+
+        >>> from privspk.secagg import build_scheme
+        >>> 0 <= build_scheme("plain").sum_tolerance(3) < build_scheme("mask").sum_tolerance(3)  # float32 vs 16 bits
+        True
         """
         return 0.0
 
@@ -223,12 +353,21 @@ class Scheme(ABC):
 
         Schemes may need more answers in later stages (``mask`` needs ``t`` of each
         neighbourhood to unmask); :meth:`dropout_tolerance` is what always survives.
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").min_survivors(5)
+        1
         """
         return 1
 
     def dropout_tolerance(self, n_clients: int) -> int:
         """How many of ``n_clients`` may drop out, at any stages, with the round still
-        guaranteed to finish (default ``n_clients - 1``)."""
+        guaranteed to finish (default ``n_clients - 1``).
+
+        >>> from privspk.secagg import build_scheme
+        >>> build_scheme("plain").dropout_tolerance(5)
+        4
+        """
         return n_clients - 1
 
 

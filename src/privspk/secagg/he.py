@@ -361,19 +361,12 @@ def _verify(public: bytes, signature: str, *parts: Any, what: str, client: str |
         raise ProtocolError(f"bad signature on {what}", client=client) from None
 
 
-def _new_identity() -> tuple[Any, bytes]:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    key = Ed25519PrivateKey.generate()
-    return key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
 def _identity_pair(identity: Any) -> tuple[Any, bytes]:
-    """``(signing key, raw public key)``: ``identity`` (an :class:`~privspk.secagg.keys.IdentityKey`) or a fresh key."""
-    if identity is None:
-        return _new_identity()
-    return identity, identity.public_bytes()
+    """``(signing key, raw public key)``: ``identity`` (an :class:`~privspk.secagg.keys.IdentityKey`) or a fresh one."""
+    from privspk.secagg.keys import IdentityKey
+
+    key = identity if identity is not None else IdentityKey.generate()
+    return key, key.public_bytes()
 
 
 def _raw_ed25519(public_key: Any, what: str) -> bytes:

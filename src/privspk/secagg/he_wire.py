@@ -24,7 +24,6 @@ True
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import struct
 import zlib
@@ -437,22 +436,29 @@ def _proto_fields(buf: bytes) -> dict[int, list[Any]]:
     return out
 
 
-_ZSTD: Any = None
+def _zstd_decompress(payload: bytes, limit: int) -> bytes:
+    """Decompress a zstd stream with the PyPI ``zstandard`` binding, reading at most ``limit`` bytes out.
 
+    The bound keeps a hostile peer's stream from expanding without limit; the caller
+    checks the length it needs (reading one byte past it tells a longer stream apart).
 
-def _zstd() -> Any:
-    """zstd's decompressor, from the copy statically linked into TenSEAL (no extra package)."""
-    global _ZSTD
-    if _ZSTD is None:
-        import _tenseal_cpp  # tenseal's compiled core exports the zstd symbols SEAL uses
+    >>> import zstandard
+    >>> _zstd_decompress(zstandard.ZstdCompressor().compress(b"abc" * 4), 100)
+    b'abcabcabcabc'
+    """
+    import zstandard
 
-        lib = ctypes.CDLL(_tenseal_cpp.__file__)
-        lib.ZSTD_decompress.restype = ctypes.c_size_t
-        lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
-        lib.ZSTD_isError.restype = ctypes.c_uint
-        lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
-        _ZSTD = lib
-    return _ZSTD
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+            while len(out) < limit:
+                chunk = reader.read(limit - len(out))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"zstd could not decompress a SEAL ciphertext ({exc})") from None
+    return bytes(out)
 
 
 def _seal_members(blob: bytes, expect_len: int) -> np.ndarray:
@@ -464,12 +470,8 @@ def _seal_members(blob: bytes, expect_len: int) -> np.ndarray:
         raise ProtocolError("not a SEAL-framed object (bad magic, header size or length)")
     payload = bytes(blob[_SEAL_HEADER.size :])
     if compr == _COMPR_ZSTD:
-        lib = _zstd()
-        members = np.empty(expect_len + 1, dtype=np.uint8)  # one spare byte: a longer stream is an error
-        n = lib.ZSTD_decompress(members.ctypes.data, members.size, payload, len(payload))
-        if lib.ZSTD_isError(n):
-            raise ProtocolError("zstd could not decompress a SEAL ciphertext")
-        members = members[:n]
+        # one spare byte: a longer stream is an error
+        members = np.frombuffer(_zstd_decompress(payload, expect_len + 1), dtype=np.uint8)
     elif compr == _COMPR_NONE:
         members = np.frombuffer(payload, dtype=np.uint8)
     elif compr == _COMPR_ZLIB:

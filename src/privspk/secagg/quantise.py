@@ -109,28 +109,53 @@ class Quantiser:
 
     @property
     def levels(self) -> int:
-        """Largest magnitude of one code, ``2**(bits-1) - 1``."""
+        """Largest magnitude of one code, ``2**(bits-1) - 1``.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.levels
+        127
+        """
         return (1 << (self.bits - 1)) - 1
 
     @property
     def scale(self) -> float:
-        """Integer units per unit of the input."""
+        """Integer units per unit of the input.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.scale
+        63.5
+        """
         return self.levels / float(self.clip)
 
     @property
     def word_bits(self) -> int:
-        """Width of the storage word: 16, 32 or 64."""
+        """Width of the storage word: 16, 32 or 64.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.word_bits, Quantiser(clip=1.0, bits=20, n_clients=3).word_bits
+        (16, 32)
+        """
         need = self.bits + headroom_for(self.n_clients) + self.headroom_bits
         return next(w for w in (16, 32, 64) if w >= need)
 
     @property
     def dtype(self) -> type[np.unsignedinteger]:
-        """Numpy unsigned dtype of the words."""
+        """Numpy unsigned dtype of the words.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.dtype.__name__
+        'uint16'
+        """
         return _WORDS[self.word_bits]
 
     @property
     def bytes_per_value(self) -> int:
-        """Bytes one quantised value takes on the wire."""
+        """Bytes one quantised value takes on the wire.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.bytes_per_value
+        2
+        """
         return self.word_bits // 8
 
     def to_integers(self, x: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
@@ -153,7 +178,12 @@ class Quantiser:
         return np.clip(q, -self.levels, self.levels, out=q)  # y + u may round up to levels + 1
 
     def wrap(self, ints: np.ndarray) -> np.ndarray:
-        """Signed integers -> words modulo ``2**word_bits`` (two's complement; integer casts wrap)."""
+        """Signed integers -> words modulo ``2**word_bits`` (two's complement; integer casts wrap).
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.wrap(np.array([1, -1])).tolist()
+        [1, 65535]
+        """
         return np.asarray(ints, dtype=np.int64).astype(self.dtype)
 
     def _signed(self, words: np.ndarray) -> np.ndarray:
@@ -161,7 +191,12 @@ class Quantiser:
         return np.asarray(words, dtype=self.dtype).view(f"int{self.word_bits}")
 
     def unwrap(self, words: np.ndarray) -> np.ndarray:
-        """Words -> signed int64, reading the top half of the ring as negative."""
+        """Words -> signed int64, reading the top half of the ring as negative.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.unwrap(q.wrap(np.array([5, -7]))).tolist()
+        [5, -7]
+        """
         return self._signed(words).astype(np.int64)
 
     def encode(self, x: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
@@ -183,7 +218,12 @@ class Quantiser:
         return out
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Sum of two word vectors modulo ``2**word_bits`` (numpy unsigned overflow wraps)."""
+        """Sum of two word vectors modulo ``2**word_bits`` (numpy unsigned overflow wraps).
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.unwrap(q.add(q.wrap(np.array([-3])), q.wrap(np.array([5])))).tolist()
+        [2]
+        """
         return np.add(a, b, dtype=self.dtype)
 
     def decode_sum(self, words: np.ndarray, *, n_summands: int) -> np.ndarray:
@@ -192,6 +232,14 @@ class Quantiser:
         ``n_summands`` only bounds-checks (when there is no noise headroom): a value
         outside ``n_summands * levels`` means the words were not a sum of this many
         codes (a wrong key, wrong members, or a corrupted word).
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.decode_sum(q.wrap(np.array([127, -254])), n_summands=2).tolist()
+        [2.0, -4.0]
+        >>> q.decode_sum(q.wrap(np.array([300])), n_summands=2)
+        Traceback (most recent call last):
+        ...
+        privspk.errors.ProtocolError: decoded sum exceeds 2 x 127: the words are not a sum of 2 quantised updates (wrong key, wrong members, or overflow)
         """
         s = self._signed(words)
         limit = n_summands * self.levels
@@ -203,11 +251,21 @@ class Quantiser:
         return s.astype(np.float64) / self.scale
 
     def words_to_bytes(self, words: np.ndarray) -> bytes:
-        """Little-endian wire form of a word vector."""
+        """Little-endian wire form of a word vector.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.words_to_bytes(q.wrap(np.array([1, -1])))
+        b'\\x01\\x00\\xff\\xff'
+        """
         return np.ascontiguousarray(words, dtype=np.dtype(self.dtype).newbyteorder("<")).tobytes()
 
     def words_from_bytes(self, blob: bytes, *, dim: int, client: str | None = None) -> np.ndarray:
-        """Parse a word vector of exactly ``dim`` values; wrong length -> ProtocolError."""
+        """Parse a word vector of exactly ``dim`` values; wrong length -> ProtocolError.
+
+        >>> q = Quantiser(clip=2.0, bits=8, n_clients=3)
+        >>> q.unwrap(q.words_from_bytes(b"\\x01\\x00\\xff\\xff", dim=2)).tolist()
+        [1, -1]
+        """
         want = dim * self.bytes_per_value
         if len(blob) != want:
             raise ProtocolError(

@@ -3,7 +3,9 @@
 It routes each request of the server to its client (or to the key holder), feeds
 back the replies, and counts bytes each way. Fault injection for tests and
 benchmarks: ``silent`` makes a client stop answering from a given stage on
-(a dropout), ``tamper`` rewrites a reply in flight.
+(a dropout), ``tamper`` rewrites a reply in flight. ``hooks`` (a :class:`RoundHooks`)
+sees each stage begin, times every server and endpoint call and every delivered message,
+so a benchmark measures the library's own round loop instead of copying it.
 
 >>> import numpy as np
 >>> from privspk.secagg import build_scheme, RoundSpec
@@ -14,12 +16,22 @@ benchmarks: ``silent`` makes a client stop answering from a given stage on
 >>> res = run_round(s, spec, eps, tamper=lambda who, stage, blob: blob[:-1] if who == "b" else blob)
 >>> res.total.tolist(), sorted(res.dropped)
 ([1.0], ['b'])
+>>> class Count(RoundHooks):
+...     def __init__(self): self.calls = []
+...     def message(self, party, stage, *, up, n_bytes): self.calls.append((party, stage, up))
+>>> eps["a"].submit(1, np.array([1.0])); eps["b"].submit(1, np.array([2.0]))
+>>> hooks = Count()
+>>> _ = run_round(s, RoundSpec(run_id="r", round_id=1, clients=("a", "b"), dim=1), eps, hooks=hooks)
+>>> sorted(hooks.calls)
+[('a', 'collect', False), ('a', 'collect', True), ('b', 'collect', False), ('b', 'collect', True)]
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from typing import ContextManager
 
 from privspk.errors import PrivspkError, ProtocolError
 from privspk.secagg.base import KEYHOLDER, AggregateResult, ClientEndpoint, RoundSpec, Scheme
@@ -27,6 +39,24 @@ from privspk.secagg.base import KEYHOLDER, AggregateResult, ClientEndpoint, Roun
 log = logging.getLogger(__name__)
 
 Tamper = Callable[[str, str, bytes], bytes]
+
+
+class RoundHooks:
+    """What :func:`run_round` reports while it drives a round; every method does nothing here.
+
+    Subclass and override what you need (e.g. a benchmark's timers). ``party`` is
+    ``"server"``, :data:`~privspk.secagg.base.KEYHOLDER` or a client id.
+    """
+
+    def stage(self, stage: str) -> None:
+        """A new stage of the server begins (called before its outbox is built)."""
+
+    def span(self, party: str, stage: str) -> ContextManager[None]:
+        """Wraps each call of ``party`` in ``stage``: the server's outbox/receive/advance, an endpoint's handle."""
+        return contextlib.nullcontext()
+
+    def message(self, party: str, stage: str, *, up: bool, n_bytes: int) -> None:
+        """A request delivered to ``party`` (``up=False``) or its reply that reached the server (``up=True``)."""
 
 
 def run_round(
@@ -37,6 +67,7 @@ def run_round(
     silent: Mapping[str, str] | None = None,
     tamper: Tamper | None = None,
     server=None,
+    hooks: RoundHooks | None = None,
 ) -> AggregateResult:
     """Run one round to the end and return its :class:`AggregateResult`.
 
@@ -47,7 +78,9 @@ def run_round(
         silent: client id -> first stage at which it stops answering.
         tamper: ``f(sender, stage, reply) -> reply`` applied to every reply in flight.
         server: an existing :class:`ServerRound` to drive (default: a new one).
+        hooks: a :class:`RoundHooks` that sees stages, timed calls and delivered messages.
     """
+    hooks = hooks if hooks is not None else RoundHooks()
     silent = dict(silent or {})
     server = server if server is not None else scheme.server_round(spec)
     keyholder = scheme.keyholder()
@@ -58,7 +91,10 @@ def run_round(
     while True:
         stage = server.stage
         stages.append(stage)
-        for dest, request in server.outbox().items():
+        hooks.stage(stage)
+        with hooks.span("server", stage):
+            outbox = server.outbox()
+        for dest, request in outbox.items():
             bytes_down[dest] = bytes_down.get(dest, 0) + len(request)
             if dest == KEYHOLDER:
                 endpoint = keyholder
@@ -69,8 +105,10 @@ def run_round(
                 endpoint = clients.get(dest)
             if endpoint is None:
                 continue
+            hooks.message(dest, stage, up=False, n_bytes=len(request))
             try:
-                reply = endpoint.handle(request)
+                with hooks.span(dest, stage):
+                    reply = endpoint.handle(request)
             except PrivspkError as exc:  # the endpoint refused the request: it sends nothing
                 log.warning("%s refused %s request: %s", dest, stage, exc)
                 continue
@@ -79,11 +117,15 @@ def run_round(
             if tamper is not None:
                 reply = tamper(dest, stage, reply)
             bytes_up[dest] = bytes_up.get(dest, 0) + len(reply)
+            hooks.message(dest, stage, up=True, n_bytes=len(reply))
             try:
-                server.receive(dest, reply)
+                with hooks.span("server", stage):
+                    server.receive(dest, reply)
             except ProtocolError as exc:
                 log.warning("server rejected %s at %s: %s", dest, stage, exc)
-        if not server.advance():
+        with hooks.span("server", stage):
+            more = server.advance()
+        if not more:
             break
     result = server.result()
     result.bytes_up = {k: v for k, v in bytes_up.items() if k != KEYHOLDER}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privspk.device import torch_device
 from privspk.errors import ConfigError
 from privspk.features.crops import CropDataset
 from privspk.models.heads import aam_softmax_loss
@@ -191,6 +192,7 @@ def train_local(
     seed: int = 0,
     ema: float = 0.0,
     randomness: str = "secret",
+    device: str | torch.device = "cpu",
 ) -> LocalResult:
     """Train ``net`` in place for ``steps`` optimizer steps on ``data``.
 
@@ -202,7 +204,8 @@ def train_local(
     round's noise, Poisson batch membership, speaker sample and crops from generators seeded
     by the operating system's CSPRNG, one per use (nobody can replay them, ``seed`` only
     seeds the global torch generator); ``simulation`` derives them from ``seed`` (a run
-    repeats bit for bit; its epsilon assumes nothing).
+    repeats bit for bit; its epsilon assumes nothing). ``net`` and the batches go to ``device``
+    (the DP noise is drawn there too) and ``net`` is handed back on the CPU, also when training fails.
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
@@ -210,27 +213,31 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (check the fine-tuning recipe)")
+    dev = torch_device(device)
     torch.manual_seed(seed)
-    net.train()
+    net.to(dev).train()
     start = time.perf_counter()
-    averager = ParamEMA(params, decay=ema) if ema else None
-    draws = RoundSeeds.draw(randomness, seed=seed)
-    if dp is None:
-        losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
-                                    optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                    margin=margin, scale=scale, draws=draws, ema=averager)
-    elif dp.unit == "utterance":
-        losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
-                                           lr=lr, optimizer=optimizer, momentum=momentum,
-                                           crop_frames=crop_frames, margin=margin, scale=scale, draws=draws,
-                                           ema=averager)
-    else:
-        losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
-                                         lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                         speaker_batch=speaker_batch, margin=margin, scale=scale, draws=draws,
-                                         ema=averager)
-    if averager is not None:
-        averager.apply()
+    try:
+        averager = ParamEMA(params, decay=ema) if ema else None
+        draws = RoundSeeds.draw(randomness, seed=seed)
+        if dp is None:
+            losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
+                                        optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
+                                        margin=margin, scale=scale, draws=draws, ema=averager, dev=dev)
+        elif dp.unit == "utterance":
+            losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
+                                               lr=lr, optimizer=optimizer, momentum=momentum,
+                                               crop_frames=crop_frames, margin=margin, scale=scale, draws=draws,
+                                               ema=averager, dev=dev)
+        else:
+            losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
+                                             lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
+                                             speaker_batch=speaker_batch, margin=margin, scale=scale, draws=draws,
+                                             ema=averager, dev=dev)
+        if averager is not None:
+            averager.apply()
+    finally:
+        net.to("cpu")  # results leave on the CPU (staging, ledger digest, secure aggregation)
     seconds = time.perf_counter() - start
     net.eval()
     return LocalResult(steps=steps, loss=float(np.mean(losses)) if losses else float("nan"), seconds=seconds,
@@ -238,7 +245,7 @@ def train_local(
 
 
 def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, draws,
-                 ema=None):
+                 ema=None, dev=None):
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
     rng = draws.numpy("sampling")
@@ -251,7 +258,7 @@ def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentu
             epoch += 1
             order = np.concatenate([order, rng.permutation(len(ds))])
         idx, order = order[:batch_size], order[batch_size:]
-        x, y = _batch(ds, idx)
+        x, y = _batch(ds, idx, dev)
         loss = aam_softmax_loss(net(x), y, margin=margin, scale=scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -261,13 +268,13 @@ def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentu
     return losses, n_ex
 
 
-def _batch(ds: CropDataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(ds: CropDataset, idx, dev: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*(ds[int(i)] for i in idx))
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+    return torch.stack(xs).to(dev), torch.tensor(ys, dtype=torch.long).to(dev)
 
 
 def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                        margin, scale, draws, ema=None):
+                        margin, scale, draws, ema=None, dev=None):
     """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode.
 
     Opacus' Poisson sampler takes the loader's own generator (else torch's global one)."""
@@ -282,7 +289,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
     loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches), generator=draws.torch("sampling"))
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     engine = PrivacyEngine(accountant="rdp")
-    gen = draws.torch("noise")
+    gen = draws.torch("noise", device=dev or "cpu")  # Opacus draws the noise on the parameters' device
     # Fast gradient clipping ("ghost": per-sample norms without per-sample gradients) needs
     # non-empty batches; below an expected batch of 32 an empty Poisson batch is plausible,
     # so small batches use per-sample-gradient hooks, which handle it.
@@ -311,6 +318,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
                 ds.set_epoch(epoch)
                 epoch += 1
                 for x, y in mem_loader:
+                    x, y = x.to(dev), y.to(dev)
                     # An empty Poisson batch still costs a (pure-noise) step: it goes through the model
                     # too, so that Opacus sees empty per-sample gradients (a sum, as a mean of nothing is NaN).
                     if mode == "ghost":
@@ -334,14 +342,14 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
 
 
 def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                      speaker_batch, margin, scale, draws, ema=None):
+                      speaker_batch, margin, scale, draws, ema=None, dev=None):
     """Speaker-level DP-SGD: Poisson over speakers, per-speaker clipping of summed gradients."""
     from opacus.grad_sample import GradSampleModule
 
     opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
     ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
     rng = draws.numpy("sampling")
-    gen = draws.torch("noise")
+    gen = draws.torch("noise", device=dev or "cpu")
     expected_speakers = dp.sample_rate * data.n_speakers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -363,8 +371,8 @@ def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optim
             per_chunk = max(1, physical_batch // speaker_batch) * speaker_batch
             for lo in range(0, len(items), per_chunk):
                 idx = items[lo : lo + per_chunk]
-                grp = torch.tensor(groups[lo : lo + per_chunk]) - groups[lo]
-                x, y = _batch(ds, idx)
+                grp = (torch.tensor(groups[lo : lo + per_chunk]) - groups[lo]).to(dev)
+                x, y = _batch(ds, idx, dev)
                 loss = aam_softmax_loss(gsm(x), y, margin=margin, scale=scale, reduction="sum")
                 _backward(loss)
                 gs = [p.grad_sample for p in params]
@@ -377,7 +385,8 @@ def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optim
                 step_loss += float(loss.detach())
                 n_ex += len(idx)
             for p, acc in zip(params, total):
-                noise = torch.normal(0.0, dp.noise_multiplier * dp.clip, size=p.shape, generator=gen)
+                noise = torch.normal(0.0, dp.noise_multiplier * dp.clip, size=p.shape, generator=gen,
+                                     device=p.device)
                 p.grad = (acc + noise) / expected_speakers
             opt.step()
             opt.zero_grad(set_to_none=True)

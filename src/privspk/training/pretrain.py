@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privspk.device import torch_device
 from privspk.errors import ConfigError
 from privspk.features.crops import CropDataset
 from privspk.models.heads import AAMHead, aam_softmax_loss
@@ -69,13 +70,28 @@ def pretrain(
     margin: float = 0.2,
     scale: float = 30.0,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> PretrainReport:
-    """Train ``encoder`` (in place) with a fresh AAM head on ``data`` for ``steps`` batches."""
+    """Train ``encoder`` (in place) with a fresh AAM head on ``data`` for ``steps`` batches.
+
+    The encoder and the batches go to ``device`` for training; the encoder is handed back
+    on the CPU (also when training fails).
+    """
     if steps < 0 or batch_size < 1:
         raise ConfigError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+    dev = torch_device(device)
     torch.manual_seed(seed)
     head = AAMHead(encoder.embed_dim, data.n_speakers)
-    net = SpeakerNet(encoder, head).train()
+    net = SpeakerNet(encoder, head).to(dev).train()
+    try:
+        return _pretrain_steps(net, data, steps=steps, batch_size=batch_size, lr=lr, crop_frames=crop_frames,
+                               seed=seed, margin=margin, scale=scale, progress=progress, dev=dev)
+    finally:
+        net.to("cpu")
+
+
+def _pretrain_steps(net: SpeakerNet, data: ClientData, *, steps: int, batch_size: int, lr: float, crop_frames: int,
+                    seed: int, margin: float, scale: float, progress: bool, dev: torch.device) -> PretrainReport:
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     ds = CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
     rng = np.random.default_rng(seed)
@@ -95,8 +111,8 @@ def pretrain(
             order = np.concatenate([order, rng.permutation(len(ds))])
         idx, order = order[:batch_size], order[batch_size:]
         xs, ys = zip(*(ds[int(i)] for i in idx))
-        x = torch.stack(xs)
-        y = torch.tensor(ys)
+        x = torch.stack(xs).to(dev)
+        y = torch.tensor(ys).to(dev)
         for g in opt.param_groups:
             g["lr"] = lr * cosine_lr(step, steps, warmup=max(1, steps // 20))
         cos = net(x)

@@ -94,14 +94,14 @@ class RoundSeeds:
         """
         return np.random.default_rng(self._seed(use))
 
-    def torch(self, use: str) -> torch.Generator:
-        """A torch generator for ``use`` (``sampling`` or ``noise``), seeded with at most 63 bits.
+    def torch(self, use: str, *, device: str | torch.device = "cpu") -> torch.Generator:
+        """A torch generator on ``device`` for ``use`` (``sampling`` or ``noise``), seeded with at most 63 bits.
 
         >>> s = RoundSeeds.draw("simulation", seed=0)
         >>> bool(torch.rand(1, generator=s.torch("noise")) == torch.rand(1, generator=s.torch("noise")))
         True
         """
-        return torch.Generator().manual_seed(self._seed(use) & ((1 << 63) - 1))
+        return torch.Generator(device=device).manual_seed(self._seed(use) & ((1 << 63) - 1))
 
     def _seed(self, use: str) -> int:
         if use not in _TAGS:

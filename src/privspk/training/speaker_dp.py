@@ -56,7 +56,7 @@ def clip_group_sum(
         acc = torch.zeros(n_groups, flat.shape[1], dtype=flat.dtype, device=flat.device)
         acc.index_add_(0, groups, flat)
         per_group.append(acc)
-    sq = sum((acc.pow(2).sum(1) for acc in per_group), torch.zeros(n_groups, dtype=per_group[0].dtype))
+    sq = sum((acc.pow(2).sum(1) for acc in per_group), torch.zeros(n_groups, dtype=per_group[0].dtype, device=per_group[0].device))
     norms = sq.sqrt()
     factor = (clip / (norms + 1e-6)).clamp(max=1.0)
     summed = [

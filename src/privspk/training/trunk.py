@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from privspk.device import torch_device
 from privspk.errors import ConfigError
 from privspk.features.crops import random_crop
 
@@ -77,22 +78,26 @@ def trunk_fingerprint(encoder: nn.Module) -> str:
 
 
 @torch.no_grad()
-def _pool_by_length(encoder: nn.Module, items: Iterable[tuple[object, Tensor]], *, batch: int) -> dict:
+def _pool_by_length(encoder: nn.Module, items: Iterable[tuple[object, Tensor]], *, batch: int,
+                    device: str | torch.device = "cpu") -> dict:
+    """Pooled statistics on ``device`` (the encoder goes there and back), returned on the CPU."""
+    dev = torch_device(device)
     groups: dict[int, list[tuple[object, Tensor]]] = {}
     for key, feats in items:
         groups.setdefault(int(feats.shape[0]), []).append((key, feats))
     out: dict = {}
     was_training = encoder.training
-    encoder.eval()
+    home = next(encoder.parameters()).device
+    encoder.to(dev).eval()
     try:
         for group in groups.values():
             for lo in range(0, len(group), batch):
                 chunk = group[lo : lo + batch]
-                pooled = encoder.pooled(torch.stack([f for _, f in chunk]).float())
+                pooled = encoder.pooled(torch.stack([f for _, f in chunk]).float().to(dev)).cpu()
                 for (key, _), vec in zip(chunk, pooled):
                     out[key] = vec.clone()
     finally:
-        encoder.train(was_training)
+        encoder.to(home).train(was_training)
     return out
 
 
@@ -109,13 +114,14 @@ def pooled_crops(
     crop_frames: int,
     seed: int,
     batch: int = 64,
+    device: str | torch.device = "cpu",
 ) -> Tensor:
     """Pooled statistics of ``crops`` random crops of each utterance: ``(N, crops, pool_dim)``.
 
     Crop ``m`` of utterance ``i`` is drawn from ``np.random.default_rng([seed, i, m])``.
     Results are memoised in this process by (trunk fingerprint, feature source, utterances,
     crops, crop length, seed), so several runs over the same client data (a benchmark
-    sweep) compute them once.
+    sweep) compute them once. The trunk runs on ``device``; the result is on the CPU.
     """
     if type(crops) is not int or crops < 1:
         raise ConfigError(f"crops must be a positive int, got {crops!r}")
@@ -128,7 +134,7 @@ def pooled_crops(
         feats = getter(utt)
         for m in range(crops):
             items.append(((i, m), random_crop(feats, n_frames=crop_frames, rng=np.random.default_rng([seed, i, m]))))
-    pooled = _pool_by_length(encoder, items, batch=batch)
+    pooled = _pool_by_length(encoder, items, batch=batch, device=device)
     out = torch.stack([torch.stack([pooled[(i, m)] for m in range(crops)]) for i in range(len(utt_ids))])
     if len(_MEMO) >= _MEMO_MAX:
         _MEMO.pop(next(iter(_MEMO)))
@@ -136,9 +142,10 @@ def pooled_crops(
     return out
 
 
-def pooled_utterances(encoder: nn.Module, items: Iterable[tuple[str, Tensor]], *, batch: int = 64) -> dict[str, Tensor]:
-    """Pooled statistics of whole utterances (batched by equal length), by utterance id."""
-    return _pool_by_length(encoder, items, batch=batch)
+def pooled_utterances(encoder: nn.Module, items: Iterable[tuple[str, Tensor]], *, batch: int = 64,
+                      device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Pooled statistics of whole utterances (batched by equal length, run on ``device``), by utterance id."""
+    return _pool_by_length(encoder, items, batch=batch, device=device)
 
 
 class PooledDataset(Dataset):
