@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from privspk.errors import AggregationError, ConfigError, PrivspkError, ProtocolError
-from privspk.runtimes.flower.exchange import Reply, StageTiming, exchange
+from privspk.runtimes.flower.exchange import Posted, Reply, StageTiming, collect, exchange, post
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,21 @@ class FlowerFederation:
         self.rejoin = rejoin
         self._tried: set[int] = set()
         self.suspect: set[str] = set()  # clients that timed out: pinged (stage timeout) before they get work
+        self._notices: Posted | None = None  # the last round's "aggregated" notices, not yet answered
+
+    def confirm_notices(self, timing: StageTiming | None = None) -> None:
+        """Wait for the answers to the last round's ``aggregated`` notices (logged when missing).
+
+        The notices are pushed at the end of a round and their answers taken here, before
+        anything else goes to the nodes: the nodes mark their ledgers while the server
+        evaluates and saves, and a node still gets them before its next request.
+        """
+        if self._notices is None:
+            return
+        posted, self._notices = self._notices, None
+        for node, rep in collect(self.grid, posted, poll=self.settings.poll, timing=timing).items():
+            if rep.error:
+                log.warning("node %s did not confirm the last aggregation: %s", node, rep.error)
 
     def refresh_nodes(self) -> dict[str, int]:
         """Set up nodes that connected since the last round (a restarted node gets a new Flower id).
@@ -140,9 +155,10 @@ class FlowerFederation:
         from privspk.secagg import KEYHOLDER
 
         start = time.perf_counter()
+        transport = StageTiming()
+        self.confirm_notices(transport)
         moved = self.refresh_nodes()
         self.suspect -= set(moved)
-        transport = StageTiming()
         train_dropped: dict[str, str] = {}
         if self.suspect:  # a node that timed out before answers a ping first (a dead one costs one stage timeout)
             pings = exchange(self.grid, {self.clients[c]: ({"kind": "ping"}, b"") for c in sorted(self.suspect)},
@@ -198,16 +214,14 @@ class FlowerFederation:
             self.server.save(self.state_path, completed_round=round_id)
         if self.on_aggregated is not None:
             self.on_aggregated(round_id, result.included)
-        done = exchange(self.grid, {node: ({"kind": "aggregated", "round": round_id,
-                                            "included": list(result.included)}, b"")
-                                    for cid, node in self.clients.items() if cid in senders},
-                        timeout=self.settings.stage_timeout, poll=self.settings.poll, timing=transport)
-        for node, rep in done.items():
-            if rep.error:
-                log.warning("round %d: node %s did not confirm aggregation: %s", round_id, node, rep.error)
+        # answered before the next request (confirm_notices): the nodes mark their ledgers meanwhile
+        self._notices = post(self.grid, {node: ({"kind": "aggregated", "round": round_id,
+                                                  "included": list(result.included)}, b"")
+                                         for cid, node in self.clients.items() if cid in senders},
+                             timeout=self.settings.stage_timeout)
+        transport.push += time.perf_counter() - self._notices.start
         report.round_seconds = time.perf_counter() - start
-        extra.update(push_seconds=round(transport.push, 3), wait_seconds=round(transport.wait, 3),
-                     polls=transport.polls, stages=list(result.stages),
+        extra.update(**transport.summary(), stages=list(result.stages),
                      node_crypto_seconds=round(self.node_crypto, 4), server_crypto_seconds=round(self.server_crypto, 4))
         return report
 
@@ -499,6 +513,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
     save_encoder(run_dir / "encoder.pt", server.encoder, name=cfg.model.encoder, in_dim=in_dim,
                  extra={"run": cfg.name, "recipe": cfg.train.recipe})
+    fed.confirm_notices()
     nodes = dict(fed.clients)  # restarted nodes rejoined under new Flower ids
     byes = exchange(grid, {n: ({"kind": "bye"}, b"") for n in nodes.values()}, timeout=settings.stage_timeout,
                     poll=settings.poll)
