@@ -93,7 +93,7 @@ class FlowerFederation:
 
     def __init__(self, grid, server, scheme, clients: Mapping[str, int], *, keyholder: int | None,
                  settings: DeploySettings, state_path: Path | None = None, on_aggregated=None,
-                 rejoin=None) -> None:
+                 rejoin=None, identities: Mapping[str, bytes] | None = None) -> None:
         self.grid = grid
         self.server = server
         self.scheme = scheme
@@ -103,6 +103,8 @@ class FlowerFederation:
         self.state_path = state_path
         self.on_aggregated = on_aggregated
         self.rejoin = rejoin
+        self.identities = dict(identities or {})  # client id -> its bound identity key (signs its ledger heads)
+        self._heads: dict[str, Any] = {}
         self._tried: set[int] = set()
         self.suspect: set[str] = set()  # clients that timed out: pinged (stage timeout) before they get work
         self._notices: Posted | None = None  # the last round's "aggregated" notices, not yet answered
@@ -144,6 +146,35 @@ class FlowerFederation:
             log.info("%s rejoined as Flower node %s (was %s)", cid, node, self.clients.get(cid))
             self.clients[cid] = node
         return moved
+
+    def record_heads(self, round_id: int, included) -> None:
+        """Keep the included clients' signed ledger heads of ``round_id`` (``server.heads``, when it keeps them).
+
+        A head must be signed by the identity key bound to the client's Flower node and
+        must verify (:class:`~privspk.privacy.ledger.AggregatedHeads`); one that does not is
+        refused with a warning and not recorded (that client's ledger then has no
+        server record for the round, which ``privspk ledger --check`` reports).
+        """
+        from privspk.errors import LedgerError
+        from privspk.privacy.ledger import SignedHead
+
+        if getattr(self.server, "heads", None) is None:
+            return
+        for cid in included:
+            raw = self._heads.get(cid)
+            if raw is None:
+                continue
+            try:
+                head = SignedHead(client=str(raw["client"]), round=int(raw["round"]), seq=int(raw["seq"]),
+                                  head=str(raw["head"]), public_key=bytes.fromhex(raw["public_key"]),
+                                  signature=bytes.fromhex(raw["signature"]))
+                if head.client != cid:
+                    raise LedgerError(f"head names client {head.client!r}")
+                if cid in self.identities and head.public_key != self.identities[cid]:
+                    raise LedgerError("head signed with another key than the identity bound to its node")
+                self.server.record_heads(round_id, [head])
+            except (LedgerError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("round %d: %s's signed ledger head refused: %s", round_id, cid, exc)
 
     def last_completed_round(self) -> int:
         """The last round in the saved server state (0 when none)."""
@@ -189,6 +220,7 @@ class FlowerFederation:
                 continue
             fields = {k: rep.meta[k] for k in ClientRoundReport.__dataclass_fields__ if k in rep.meta}
             reports[cid] = ClientRoundReport(**fields)
+            self._heads[cid] = rep.meta.get("signed_head")
         train_seconds = time.perf_counter() - start
         senders = [cid for cid, r in reports.items() if r.status in ("sent", "resent")]
         report = RoundReport(round_id, reports, train_seconds=train_seconds)
@@ -214,6 +246,8 @@ class FlowerFederation:
         report.included = result.included
         report.dropped.update(result.dropped)
         report.bytes_up = int(sum(v for k, v in result.bytes_up.items() if k != KEYHOLDER))
+        # as in-process: the signed heads are recorded before the round counts as done
+        self.record_heads(round_id, result.included)
         if self.state_path is not None:
             self.server.save(self.state_path, completed_round=round_id)
         if self.on_aggregated is not None:
@@ -467,6 +501,11 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
             log.warning("node %s refused the roster: %s", node, rep.error)
     t_setup = time.perf_counter()
     server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    if cfg.privacy.enabled:  # the signed ledger heads it aggregates, as in-process (`privspk ledger --check`)
+        from privspk.api import AGGREGATED_HEADS
+        from privspk.privacy.ledger import AggregatedHeads
+
+        server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
 
     def rejoin(new_nodes: list[int]) -> dict[str, int]:
         back, _ = setup_nodes(grid, cfg, encoder_bytes, new_nodes, settings=settings)
@@ -486,7 +525,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
         return moved
 
     fed = FlowerFederation(grid, server, scheme, nodes, keyholder=keyholder.node_id if keyholder else None,
-                           settings=settings, state_path=state_path, rejoin=rejoin)
+                           settings=settings, state_path=state_path, rejoin=rejoin,
+                           identities={cid: c.identity for cid, c in clients.items() if c.identity is not None})
     last_done = fed.last_completed_round() if settings.resume else 0
     emit({"event": "start", "clients": nodes, "keyholder": keyholder.node_id if keyholder else None,
           "resume_from": last_done, "startup_seconds": {
