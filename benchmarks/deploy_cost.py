@@ -164,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     inproc = in_process(cfg.replace(name="bench_inprocess"))
     print(f"deployed on loopback ...", flush=True)
     dep, startup, total = deployed(cfg.replace(name="bench_deployed"), work / "processes")
+    config_label = "demo preset"  # never a path of this machine
+    if args.config:
+        config_label = (f"demo preset with [run] threads = {cfg.threads} ({Path(args.config).name})"
+                        if cfg.name == "demo" else Path(args.config).name)
     payload = {
-        "meta": {"config": (f"demo preset with [run] threads = {cfg.threads}" if args.config and cfg.name == "demo" else Path(args.config).name) if args.config else "demo preset", "rounds": args.rounds, "clients": cfg.federation.n_clients,
+        "meta": {"config": config_label, "rounds": args.rounds, "clients": cfg.federation.n_clients,
                  "scheme": cfg.secagg.scheme, "machine": f"{platform.processor() or platform.machine()}, "
                  f"{os.cpu_count()} CPUs", "loadavg": [round(x, 2) for x in load],
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
