@@ -84,7 +84,10 @@ def summarise(inproc: list[dict], dep: list[dict]) -> dict:
                      "polls": mean([r["transport"].get("polls", 0) for r in dep]),
                      "node_crypto_s": mean([r["transport"].get("node_crypto_seconds", 0) for r in dep]),
                      "server_crypto_s": mean([r["transport"].get("server_crypto_seconds", 0) for r in dep]),
-                     "eval_s": mean([r.get("eval_seconds", 0) for r in dep])},
+                     "eval_s": mean([r.get("eval_seconds", 0) for r in dep]),
+                     "exchanges": mean([r["transport"].get("exchanges", 0) for r in dep]),
+                     "legs_s": {leg: mean([r["transport"].get("legs_seconds", {}).get(leg, 0) for r in dep])
+                                for leg in ("down", "start", "app", "up")}},
     }
     d, i = out["deployed"], out["in_process"]
     out["ratio_round"] = round(d["round_s"] / i["round_s"], 2) if i["round_s"] else None
@@ -116,6 +119,13 @@ def markdown(payload: dict) -> str:
         f"| ServerApp waiting for replies (s) | - | {d['wait_s']} |",
         f"| polls of the push/pull loop | - | {d['polls']} |",
         f"| held-out evaluation (s, not in the round) | {i['eval_s']} | {d['eval_s']} |",
+        f"| Flower exchanges (one message per node each) | - | {d.get('exchanges')} |",
+        "",
+        "Path of each exchange's last reply, summed over the round's exchanges (wall clocks of the "
+        "processes; loopback only): push end -> ClientApp forked on the node (`down`, negative when the "
+        "node starts before the ServerApp's push returns), fork -> ClientApp handler (`start`: the ClientApp "
+        "pulls its message), handler (`app`: the node's privspk work, training included), handler end -> "
+        f"reply seen by the ServerApp (`up`): {json.dumps(d.get('legs_s'))}.",
         "",
         f"Deployed / in-process round: **{s['ratio_round']}x** (target <= {TARGET_RATIO}x: "
         f"{'met' if s['target']['met'] else 'NOT met'}).",
@@ -154,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     inproc = in_process(cfg.replace(name="bench_inprocess"))
     print(f"deployed on loopback ...", flush=True)
     dep, startup, total = deployed(cfg.replace(name="bench_deployed"), work / "processes")
+    config_label = "demo preset"  # never a path of this machine
+    if args.config:
+        config_label = (f"demo preset with [run] threads = {cfg.threads} ({Path(args.config).name})"
+                        if cfg.name == "demo" else Path(args.config).name)
     payload = {
-        "meta": {"config": args.config or "demo preset", "rounds": args.rounds, "clients": cfg.federation.n_clients,
+        "meta": {"config": config_label, "rounds": args.rounds, "clients": cfg.federation.n_clients,
                  "scheme": cfg.secagg.scheme, "machine": f"{platform.processor() or platform.machine()}, "
                  f"{os.cpu_count()} CPUs", "loadavg": [round(x, 2) for x in load],
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -369,8 +369,12 @@ def _has_spends(run_dir: Path) -> bool:
 
 def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, encoder: nn.Module,
                            names: list[str], weight: float, endpoint, run_dir: Path, ledger, plan, sample_rate,
-                           client_dp=None, options: dict) -> Any:
+                           client_dp=None, options: dict, identity=None) -> Any:
     """One :class:`~privspk.federation.FederatedClient` as every runtime builds it.
+
+    ``identity`` (an :class:`~privspk.secagg.keys.IdentityKey`) signs the ledger's chain
+    heads; without it the client's own key in its store does (a deployed node passes
+    the identity key bound to its Flower node).
 
     The in-process runtime (:func:`train`) and a deployed node
     (:mod:`privspk.runtimes.flower`) both call this, so a client trains, spends, signs its
@@ -391,7 +395,8 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
         b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
         dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
                         sample_rate=sample_rate)
-        identity = client_identity(store / "identity.key")
+        if identity is None:
+            identity = client_identity(store / "identity.key")
         client_level = {}
         if client_dp is not None:
             client_level = dict(client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,

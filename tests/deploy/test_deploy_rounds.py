@@ -17,7 +17,9 @@ import torch
 import privspk
 from deploy_support import Cluster, prepared_data, tiny_config
 from privspk.models.checkpoint import load_encoder
+from privspk.api import AGGREGATED_HEADS
 from privspk.privacy import Ledger
+from privspk.privacy.ledger import AggregatedHeads
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
@@ -67,10 +69,43 @@ def test_mask_two_rounds_deployed_equal_in_process(tmp_path, data_dir):
     assert np.max(np.abs(vec - ref)) <= tol, f"deployed differs by {np.max(np.abs(vec - ref))} > {tol}"
     assert not np.array_equal(vec, trainable_vector(_pretrained(data_dir), "last")), "the rounds changed the model"
     assert done["epsilon_spent"] == pytest.approx(ref_eps, rel=1e-12)
+    record = AggregatedHeads.load(Path(cluster_out(tmp_path)) / "deployed" / AGGREGATED_HEADS)
+    assert {r: sorted(h) for r, h in record.rounds.items()} == {r: ["client0", "client1", "client2"] for r in (1, 2)}
     for i in range(3):  # each node's own ledger: its own two spends, both aggregated
         with Ledger(cluster.node_dir(i) / "deployed" / "ledger.sqlite", readonly=True) as led:
             assert sorted((r.client, r.round, r.status) for r in led.rows()) == [
                 (f"client{i}", 1, "aggregated"), (f"client{i}", 2, "aggregated")]
+            # the server kept the heads it aggregated, signed by the identity bound to the node
+            assert led.verify_chain(_only(record, f"client{i}")) == []
+            assert record.keys[f"client{i}"] == led.signed_head(f"client{i}", 2).public_key.hex()
+    # the check can fail: a record naming a round client0's ledger lacks (a truncated ledger) is caught
+    with Ledger(cluster.node_dir(0) / "deployed" / "ledger.sqlite", readonly=True) as led:
+        assert led.verify_chain(_with_extra_round(_only(record, "client0"), led)) != []
+
+
+def cluster_out(tmp_path: Path) -> Path:
+    return tmp_path / "server_runs"
+
+
+def _only(record, client: str):
+    """The server's record restricted to one client (a node's ledger holds its own client only)."""
+    import copy
+
+    other = copy.deepcopy(record)
+    other.rounds = {r: {c: h for c, h in hs.items() if c == client} for r, hs in other.rounds.items()}
+    other.keys = {c: k for c, k in other.keys.items() if c == client}
+    return other
+
+
+def _with_extra_round(record, led):
+    """The record with round 2's head of client0 moved to round 3 (the ledger has no round 3)."""
+    import copy
+    import dataclasses
+
+    other = copy.deepcopy(record)
+    head = other.rounds[2]["client0"]
+    other.rounds[3] = {"client0": dataclasses.replace(head, round=3)}
+    return other
 
 
 @pytest.mark.slow

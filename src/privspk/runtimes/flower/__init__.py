@@ -17,7 +17,8 @@ Who does what:
   ``flower-supernode`` and ``flwr run`` as ``privspk serve``, ``privspk join`` and
   ``privspk run``.
 
-Payloads travel as ``uint8`` arrays in an ``ArrayRecord`` (Flower chunks them) and
-small metadata as one JSON string in a ``ConfigRecord``
-(:mod:`~privspk.runtimes.flower.messages`). Nothing here parses a scheme's bytes.
+Small metadata travels as one JSON string in a ``ConfigRecord``; a payload of up to
+1 MiB travels as bytes in the same record, a larger one as a ``uint8`` array in an
+``ArrayRecord`` (Flower chunks it) (:mod:`~privspk.runtimes.flower.messages`). Nothing
+here parses a scheme's bytes.
 """

@@ -20,10 +20,13 @@ def handle(msg: Message, context: Context) -> Message:
     A node without an agent, or an agent that refuses the request, answers with
     ``{"error": ...}`` in the header; the ServerApp counts it out of that stage.
     """
+    import time
+
     from privspk.errors import PrivspkError
     from privspk.runtimes.flower.bridge import call
     from privspk.runtimes.flower.messages import from_content, to_content
 
+    t_app = time.time()
     run_dir = str(context.node_config.get("run-dir", ""))
     try:
         if not run_dir:
@@ -33,4 +36,8 @@ def handle(msg: Message, context: Context) -> Message:
         out_meta, out_body = call(run_dir, meta, body)
     except PrivspkError as exc:
         out_meta, out_body = {"error": f"{type(exc).__name__}: {exc}"}, b""
+    from privspk.runtimes.flower import fastexec
+
+    # wall-clock stamps for the transport breakdown (fork, ClientApp start, ClientApp end); loopback only
+    out_meta["t_node"] = [fastexec.FORKED_AT or t_app, t_app, time.time()]
     return Message(to_content(out_meta, out_body), reply_to=msg)

@@ -30,20 +30,58 @@ class Reply:
     body: bytes = b""
     error: str = ""
     seconds: float = 0.0
+    seen: float = 0.0
 
 
 @dataclass
 class StageTiming:
-    """Where a stage's wall time went, as seen from the ServerApp."""
+    """Where a stage's wall time went, as seen from the ServerApp.
+
+    ``legs`` sums, over the exchanges, the path of each exchange's last reply: ``down``
+    (end of the push to the ClientApp's fork on the node), ``start`` (fork to the
+    ClientApp handler), ``app`` (the handler: the node's privspk work and the local
+    hop to its agent) and ``up`` (handler end to the reply seen by the ServerApp). They
+    come from wall clocks of different processes, so they mean something on one
+    machine (loopback) only.
+    """
 
     push: float = 0.0
     wait: float = 0.0
     polls: int = 0
+    exchanges: int = 0
+    legs: dict[str, float] = field(default_factory=lambda: {"down": 0.0, "start": 0.0, "app": 0.0, "up": 0.0})
+
+    def add_legs(self, t_pushed: float, last: Reply | None) -> None:
+        """Add the legs of an exchange whose last reply is ``last`` (pushed at wall time ``t_pushed``)."""
+        self.exchanges += 1
+        stamps = last.meta.get("t_node") if last is not None else None
+        if not (isinstance(stamps, list) and len(stamps) == 3 and last.seen):
+            return
+        fork, app, end = (float(x) for x in stamps)
+        for name, value in (("down", fork - t_pushed), ("start", app - fork), ("app", end - app),
+                            ("up", last.seen - end)):
+            self.legs[name] += value
+
+    def summary(self) -> dict[str, Any]:
+        """Rounded figures for a report."""
+        return {"push_seconds": round(self.push, 3), "wait_seconds": round(self.wait, 3), "polls": self.polls,
+                "exchanges": self.exchanges, "legs_seconds": {k: round(v, 3) for k, v in self.legs.items()}}
 
 
-def exchange(grid, requests: Mapping[int, tuple[dict[str, Any], bytes]], *, timeout: float, poll: float = 0.02,
-             timing: StageTiming | None = None) -> dict[int, Reply]:
-    """Send ``requests`` (node id -> (meta, body)) and collect one reply per node within ``timeout`` s."""
+@dataclass
+class Posted:
+    """Requests pushed by :func:`post` whose replies :func:`collect` has not taken yet."""
+
+    pending: dict[str, int]
+    replies: dict[int, Reply]
+    timeout: float
+    start: float
+    pushed: float
+    wall_pushed: float
+
+
+def post(grid, requests: Mapping[int, tuple[dict[str, Any], bytes]], *, timeout: float) -> Posted:
+    """Push ``requests`` (node id -> (meta, body)); their replies are due within ``timeout`` s."""
     from flwr.app import Message
 
     start = time.perf_counter()
@@ -52,9 +90,14 @@ def exchange(grid, requests: Mapping[int, tuple[dict[str, Any], bytes]], *, time
             for node, (meta, body) in requests.items()]
     ids = list(grid.push_messages(msgs))
     pending = {mid: node for mid, node in zip(ids, requests) if mid}
-    replies: dict[int, Reply] = {node: Reply(error="the message could not be delivered")
-                                 for mid, node in zip(ids, requests) if not mid}
-    t_push = time.perf_counter()
+    replies = {node: Reply(error="the message could not be delivered") for mid, node in zip(ids, requests) if not mid}
+    return Posted(pending, replies, float(timeout), start, time.perf_counter(), time.time())
+
+
+def collect(grid, posted: Posted, *, poll: float = 0.02, timing: StageTiming | None = None) -> dict[int, Reply]:
+    """Pull the replies of :func:`post`'s requests until all answered or their timeout passed."""
+    start, pending, replies, timeout = posted.start, posted.pending, posted.replies, posted.timeout
+    t_wait = time.perf_counter()
     polls = 0
     deadline = start + timeout
     while pending:
@@ -64,6 +107,7 @@ def exchange(grid, requests: Mapping[int, tuple[dict[str, Any], bytes]], *, time
             if node is None:
                 continue
             elapsed = time.perf_counter() - start
+            seen = time.time()
             if msg.has_error():
                 replies[node] = Reply(error=f"Flower error {msg.error.code}: {msg.error.reason}", seconds=elapsed)
                 continue
@@ -75,14 +119,23 @@ def exchange(grid, requests: Mapping[int, tuple[dict[str, Any], bytes]], *, time
             if "error" in meta:
                 replies[node] = Reply(error=str(meta["error"]), seconds=elapsed)
             else:
-                replies[node] = Reply(meta=meta, body=body, seconds=elapsed)
+                replies[node] = Reply(meta=meta, body=body, seconds=elapsed, seen=seen)
         if not pending or time.perf_counter() >= deadline:
             break
         time.sleep(poll)
     for node in pending.values():
         replies[node] = Reply(error=f"no answer within {timeout:g} s (timed out)", seconds=timeout)
+    pending.clear()
     if timing is not None:
-        timing.push += t_push - start
-        timing.wait += time.perf_counter() - t_push
+        timing.push += posted.pushed - start
+        timing.wait += time.perf_counter() - t_wait
         timing.polls += polls
+        answered = [r for r in replies.values() if r.seen]
+        timing.add_legs(posted.wall_pushed, max(answered, key=lambda r: r.seen) if answered else None)
     return replies
+
+
+def exchange(grid, requests: Mapping[int, tuple[dict[str, Any], bytes]], *, timeout: float, poll: float = 0.02,
+             timing: StageTiming | None = None) -> dict[int, Reply]:
+    """Send ``requests`` (node id -> (meta, body)) and collect one reply per node within ``timeout`` s."""
+    return collect(grid, post(grid, requests, timeout=timeout), poll=poll, timing=timing)

@@ -16,9 +16,12 @@ import os
 import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 FORK_ENV = "PRIVSPK_FORK_CLIENTAPP"
+FORKED_AT: float | None = None
+"""In a forked ClientApp child: the wall-clock time of the fork (for the transport breakdown)."""
 
 
 def install_shim(bin_dir: Path) -> Path:
@@ -41,6 +44,8 @@ def _forking_launch(original):
         pid = os.fork()
         if pid:
             return LaunchResult.accepted()
+        global FORKED_AT
+        FORKED_AT = time.time()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         code = 0
         try:  # the child: Flower's own ClientApp process body
@@ -72,6 +77,9 @@ def main() -> None:
         import flwr.supernode.runtime.run_clientapp  # noqa: F401 - imported once, before forking
         import privspk.runtimes.flower.clientapp  # noqa: F401
 
+        from privspk.runtimes.flower.launch import patch_object_pull_backoff
+
+        patch_object_pull_backoff()  # the forked ClientApps pull their message from the SuperNode
         cls = subprocess_executor.SubprocessExecutor
         cls.launch = _forking_launch(cls.launch)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel

@@ -165,6 +165,46 @@ def patch_supernode_polling(cap: float) -> bool:
     return True
 
 
+PULL_BACKOFF = (0.01, 0.25)
+"""First and longest wait (s) between tries to pull a message object that is not there yet."""
+
+
+def patch_object_pull_backoff(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKOFF[1]) -> bool:
+    """Retry pulls of message objects after ``initial`` s (doubling up to ``cap`` s) instead of 1 s (up to 10 s).
+
+    A Flower message becomes visible to its receiver before all its objects are
+    uploaded (the ServerApp pushes a message, then its objects; a SuperNode creates the
+    ClientApp task, then pulls the objects). The receiver's first pull of a missing
+    object then waits Flower's initial backoff of 1 s, on each of the three hops
+    (SuperLink -> SuperNode -> ClientApp -> ... -> ServerApp): about 1 s per hop per
+    stage of a round, for objects that arrive milliseconds later. The total wait for
+    an object keeps Flower's bound (``max_time``); the count of tries is lifted so that
+    short waits cannot run out of tries before it. False if Flower changed shape.
+
+    >>> patch_object_pull_backoff(0.01, 0.25)
+    True
+    >>> from flwr.supercore.inflatable import inflatable_utils as u
+    >>> u.pull_objects.__kwdefaults__["initial_backoff"], u.pull_objects.__kwdefaults__["backoff_cap"]
+    (0.01, 0.25)
+    """
+    try:
+        from flwr.supercore.inflatable import inflatable_utils as u
+    except ImportError:
+        return False
+    patched = False
+    for fn in (getattr(u, "pull_objects", None), getattr(u, "pull_and_inflate_object_from_tree", None)):
+        defaults = getattr(fn, "__kwdefaults__", None)
+        if not defaults or "initial_backoff" not in defaults or "backoff_cap" not in defaults:
+            log.warning("flwr's object pull has no initial_backoff/backoff_cap any more; keeping its stock waits")
+            return False
+        defaults["initial_backoff"] = float(initial)
+        defaults["backoff_cap"] = float(cap)
+        if "max_tries_per_object" in defaults:
+            defaults["max_tries_per_object"] = None  # bounded by max_time instead
+        patched = True
+    return patched
+
+
 def node_key_fingerprint(private_key_path: str | None) -> str:
     """SHA-256 (hex) of the SuperNode auth key's public half in DER; '' without one."""
     if not private_key_path:
@@ -238,6 +278,7 @@ def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, pa
     shim = install_shim(settings.run_root / "bin")  # forks ClientApps instead of starting a Python per message
     os.environ["PATH"] = os.pathsep.join([str(shim.parent), os.environ.get("PATH", "")])
     patched = patch_supernode_polling(poll)
+    patch_object_pull_backoff()
     print(f"privspk join: {describe(settings)} agent at {agent.address}; polling "
           f"{'every %gs' % poll if patched else 'Flower stock (3 s)'}", flush=True)
     from flwr.supernode.cli.flower_supernode import flower_supernode

@@ -288,7 +288,7 @@ class Node:
                                       data=self.data, encoder=self.encoder, names=self.names, weight=weight,
                                       endpoint=self.endpoint, run_dir=self.run_dir, ledger=self.ledger,
                                       plan=self.plan if privacy.enabled else None, sample_rate=q,
-                                      options=_scheme_options(cfg))
+                                      options=_scheme_options(cfg), identity=self.identity)
 
     # ------------------------------------------------------------------ a round
     def train(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -307,6 +307,8 @@ class Node:
         rep = self.client.run_round(round_id, torch.from_numpy(vector.copy()))
         out = dict(vars(rep))
         out["epsilon_spent"] = self.client.epsilon()
+        head = self.client.signed_head(round_id)  # the server keeps it if the round is aggregated
+        out["signed_head"] = {"client": self.settings.client_id, **head.to_dict()} if head is not None else None
         return out, b""
 
     def _trainable(self):

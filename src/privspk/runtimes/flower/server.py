@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from privspk.errors import AggregationError, ConfigError, PrivspkError, ProtocolError
-from privspk.runtimes.flower.exchange import Reply, StageTiming, exchange
+from privspk.runtimes.flower.exchange import Posted, Reply, StageTiming, collect, exchange, post
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class FlowerFederation:
 
     def __init__(self, grid, server, scheme, clients: Mapping[str, int], *, keyholder: int | None,
                  settings: DeploySettings, state_path: Path | None = None, on_aggregated=None,
-                 rejoin=None) -> None:
+                 rejoin=None, identities: Mapping[str, bytes] | None = None) -> None:
         self.grid = grid
         self.server = server
         self.scheme = scheme
@@ -103,8 +103,29 @@ class FlowerFederation:
         self.state_path = state_path
         self.on_aggregated = on_aggregated
         self.rejoin = rejoin
+        self.identities = dict(identities or {})  # client id -> its bound identity key (signs its ledger heads)
+        self._heads: dict[str, Any] = {}
         self._tried: set[int] = set()
         self.suspect: set[str] = set()  # clients that timed out: pinged (stage timeout) before they get work
+        self._notices: Posted | None = None  # the last round's "aggregated" notices, not yet answered
+
+    def confirm_notices(self, timing: StageTiming | None = None) -> None:
+        """Wait for the answers to the last round's ``aggregated`` notices (logged when missing).
+
+        The notices are pushed at the end of a round and their answers taken here, before
+        anything else goes to the nodes: the nodes mark their ledgers while the server
+        evaluates and saves, and a node still gets them before its next request.
+        """
+        if self._notices is None:
+            return
+        posted, self._notices = self._notices, None
+        t0 = time.perf_counter()
+        answers = collect(self.grid, posted, poll=self.settings.poll)  # no legs: answered long before, if all is well
+        if timing is not None:
+            timing.wait += time.perf_counter() - t0
+        for node, rep in answers.items():
+            if rep.error:
+                log.warning("node %s did not confirm the last aggregation: %s", node, rep.error)
 
     def refresh_nodes(self) -> dict[str, int]:
         """Set up nodes that connected since the last round (a restarted node gets a new Flower id).
@@ -126,6 +147,35 @@ class FlowerFederation:
             self.clients[cid] = node
         return moved
 
+    def record_heads(self, round_id: int, included) -> None:
+        """Keep the included clients' signed ledger heads of ``round_id`` (``server.heads``, when it keeps them).
+
+        A head must be signed by the identity key bound to the client's Flower node and
+        must verify (:class:`~privspk.privacy.ledger.AggregatedHeads`); one that does not is
+        refused with a warning and not recorded (that client's ledger then has no
+        server record for the round, which ``privspk ledger --check`` reports).
+        """
+        from privspk.errors import LedgerError
+        from privspk.privacy.ledger import SignedHead
+
+        if getattr(self.server, "heads", None) is None:
+            return
+        for cid in included:
+            raw = self._heads.get(cid)
+            if raw is None:
+                continue
+            try:
+                head = SignedHead(client=str(raw["client"]), round=int(raw["round"]), seq=int(raw["seq"]),
+                                  head=str(raw["head"]), public_key=bytes.fromhex(raw["public_key"]),
+                                  signature=bytes.fromhex(raw["signature"]))
+                if head.client != cid:
+                    raise LedgerError(f"head names client {head.client!r}")
+                if cid in self.identities and head.public_key != self.identities[cid]:
+                    raise LedgerError("head signed with another key than the identity bound to its node")
+                self.server.record_heads(round_id, [head])
+            except (LedgerError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("round %d: %s's signed ledger head refused: %s", round_id, cid, exc)
+
     def last_completed_round(self) -> int:
         """The last round in the saved server state (0 when none)."""
         if self.state_path is None or not self.state_path.exists():
@@ -140,9 +190,10 @@ class FlowerFederation:
         from privspk.secagg import KEYHOLDER
 
         start = time.perf_counter()
+        transport = StageTiming()
+        self.confirm_notices(transport)
         moved = self.refresh_nodes()
         self.suspect -= set(moved)
-        transport = StageTiming()
         train_dropped: dict[str, str] = {}
         if self.suspect:  # a node that timed out before answers a ping first (a dead one costs one stage timeout)
             pings = exchange(self.grid, {self.clients[c]: ({"kind": "ping"}, b"") for c in sorted(self.suspect)},
@@ -169,6 +220,7 @@ class FlowerFederation:
                 continue
             fields = {k: rep.meta[k] for k in ClientRoundReport.__dataclass_fields__ if k in rep.meta}
             reports[cid] = ClientRoundReport(**fields)
+            self._heads[cid] = rep.meta.get("signed_head")
         train_seconds = time.perf_counter() - start
         senders = [cid for cid, r in reports.items() if r.status in ("sent", "resent")]
         report = RoundReport(round_id, reports, train_seconds=train_seconds)
@@ -194,20 +246,20 @@ class FlowerFederation:
         report.included = result.included
         report.dropped.update(result.dropped)
         report.bytes_up = int(sum(v for k, v in result.bytes_up.items() if k != KEYHOLDER))
+        # as in-process: the signed heads are recorded before the round counts as done
+        self.record_heads(round_id, result.included)
         if self.state_path is not None:
             self.server.save(self.state_path, completed_round=round_id)
         if self.on_aggregated is not None:
             self.on_aggregated(round_id, result.included)
-        done = exchange(self.grid, {node: ({"kind": "aggregated", "round": round_id,
-                                            "included": list(result.included)}, b"")
-                                    for cid, node in self.clients.items() if cid in senders},
-                        timeout=self.settings.stage_timeout, poll=self.settings.poll, timing=transport)
-        for node, rep in done.items():
-            if rep.error:
-                log.warning("round %d: node %s did not confirm aggregation: %s", round_id, node, rep.error)
+        # answered before the next request (confirm_notices): the nodes mark their ledgers meanwhile
+        self._notices = post(self.grid, {node: ({"kind": "aggregated", "round": round_id,
+                                                  "included": list(result.included)}, b"")
+                                         for cid, node in self.clients.items() if cid in senders},
+                             timeout=self.settings.stage_timeout)
+        transport.push += time.perf_counter() - self._notices.start
         report.round_seconds = time.perf_counter() - start
-        extra.update(push_seconds=round(transport.push, 3), wait_seconds=round(transport.wait, 3),
-                     polls=transport.polls, stages=list(result.stages),
+        extra.update(**transport.summary(), stages=list(result.stages),
                      node_crypto_seconds=round(self.node_crypto, 4), server_crypto_seconds=round(self.server_crypto, 4))
         return report
 
@@ -449,6 +501,11 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
             log.warning("node %s refused the roster: %s", node, rep.error)
     t_setup = time.perf_counter()
     server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    if cfg.privacy.enabled:  # the signed ledger heads it aggregates, as in-process (`privspk ledger --check`)
+        from privspk.api import AGGREGATED_HEADS
+        from privspk.privacy.ledger import AggregatedHeads
+
+        server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
 
     def rejoin(new_nodes: list[int]) -> dict[str, int]:
         back, _ = setup_nodes(grid, cfg, encoder_bytes, new_nodes, settings=settings)
@@ -468,7 +525,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
         return moved
 
     fed = FlowerFederation(grid, server, scheme, nodes, keyholder=keyholder.node_id if keyholder else None,
-                           settings=settings, state_path=state_path, rejoin=rejoin)
+                           settings=settings, state_path=state_path, rejoin=rejoin,
+                           identities={cid: c.identity for cid, c in clients.items() if c.identity is not None})
     last_done = fed.last_completed_round() if settings.resume else 0
     emit({"event": "start", "clients": nodes, "keyholder": keyholder.node_id if keyholder else None,
           "resume_from": last_done, "startup_seconds": {
@@ -499,6 +557,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
     save_encoder(run_dir / "encoder.pt", server.encoder, name=cfg.model.encoder, in_dim=in_dim,
                  extra={"run": cfg.name, "recipe": cfg.train.recipe})
+    fed.confirm_notices()
     nodes = dict(fed.clients)  # restarted nodes rejoined under new Flower ids
     byes = exchange(grid, {n: ({"kind": "bye"}, b"") for n in nodes.values()}, timeout=settings.stage_timeout,
                     poll=settings.poll)

@@ -13,7 +13,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Drive the run named by the run config (see :class:`~privspk.runtimes.flower.server.DeploySettings`)."""
+    from privspk.runtimes.flower.launch import patch_object_pull_backoff
     from privspk.runtimes.flower.server import serve_run
+
+    patch_object_pull_backoff()  # replies become visible before their objects are uploaded
 
     logger = logging.getLogger("privspk")
     logger.setLevel(logging.INFO)
