@@ -473,7 +473,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
     root = Path(__file__).resolve().parents[2] / "benchmarks"
-    script = root / {"secagg": "secagg_cost.py", "dp": "dp_recipes.py"}[args.which]
+    script = root / {"secagg": "secagg_cost.py", "dp": "dp_recipes.py", "domains": "domains.py"}[args.which]
     if not script.exists():
         raise PrivspkError(f"{script} not found: the benchmarks ship with the source checkout, not the wheel")
     sys.argv = [str(script), *args.rest]
@@ -672,8 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_audit)
 
-    sp = sub.add_parser("bench", help="run a benchmark (secagg | dp)")
-    sp.add_argument("which", choices=["secagg", "dp"])
+    sp = sub.add_parser("bench", help="run a benchmark (secagg | dp | domains)")
+    sp.add_argument("which", choices=["secagg", "dp", "domains"])
     sp.add_argument("rest", nargs=argparse.REMAINDER)
     sp.set_defaults(func=cmd_bench)
 
