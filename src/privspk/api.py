@@ -60,7 +60,8 @@ class HeldoutEvaluator:
         held = set(data.split.heldout)
         self.utts = sorted({t.enroll for t in data.trials} | {t.test for t in data.trials})
         self.heldout_utt2spk = {u: s for u, s in data.utt2spk.items() if s in held}
-        self._pooled: dict[str, dict[str, torch.Tensor]] = {}
+        # shared through the data: runs on the same data (a sweep, the demo's --reference) pay the trunk once
+        self._pooled: dict[str, dict[str, torch.Tensor]] = getattr(data, "pooled", {})
 
     def embeddings(self, encoder: nn.Module, utts=None) -> dict:
         """Unit-length embeddings of the given (default: trial) utterances.

@@ -34,6 +34,8 @@ class PreparedData:
     speaker_domains: dict[str, str] = field(default_factory=dict)
     #: evaluation condition (``<domain>``, ``<domain>/cross``) -> its held-out trials
     domain_trials: dict[str, list] = field(default_factory=dict)
+    #: pooled statistics of evaluated utterances by trunk fingerprint, shared by every evaluator of this data
+    pooled: dict = field(default_factory=dict, repr=False, compare=False)
 
     def utterances_of(self, speakers) -> list[tuple[str, str]]:
         """``(utt_id, speaker)`` pairs of the given speakers, in corpus order.
