@@ -70,6 +70,7 @@ def base_config(args):
     cfg = RunConfig.preset("demo")
     return cfg.replace(
         out_dir=str(args.runs), data_dir=str(args.data), threads=args.threads,
+        corpus=dataclasses.replace(cfg.corpus, domains=()),  # this sweep is about clean clients
         model=ModelSection(encoder=cfg.model.encoder),
         pretrain=cfg.pretrain,
         secagg=SecAggSection(scheme="plain"),

@@ -62,7 +62,8 @@ class HeldoutEvaluator:
         held = set(data.split.heldout)
         self.utts = sorted({t.enroll for t in data.trials} | {t.test for t in data.trials})
         self.heldout_utt2spk = {u: s for u, s in data.utt2spk.items() if s in held}
-        self._pooled: dict[str, dict[str, torch.Tensor]] = {}
+        # shared through the data: runs on the same data (a sweep, the demo's --reference) pay the trunk once
+        self._pooled: dict[str, dict[str, torch.Tensor]] = getattr(data, "pooled", {})
 
     def embeddings(self, encoder: nn.Module, utts=None) -> dict:
         """Unit-length embeddings of the given (default: trial) utterances.
@@ -100,6 +101,28 @@ class HeldoutEvaluator:
         return embed_features(encoder, ((u, _bucket(self.data.features.get(u))) for u in utts),
                               batch_size=64, max_frames=self.max_frames, device=dev)
 
+    def evaluate_domains(self, encoder: nn.Module) -> dict[str, dict[str, float]]:
+        """EER and minDCF per channel-domain condition (``<domain>``: in-domain, ``<domain>/cross``: clean enrolment).
+
+        Empty without ``[corpus] domains``.
+        """
+        import numpy as np
+
+        from privspk.evaluation.scoring import cosine_scores, evaluate_scores
+
+        conds = self.data.domain_trials
+        if not conds:
+            return {}
+        utts = sorted({u for trials in conds.values() for t in trials for u in (t.enroll, t.test)})
+        emb = self.embeddings(encoder, utts)
+        out = {}
+        for name, trials in conds.items():
+            res = evaluate_scores(cosine_scores(emb, trials), np.array([t.target for t in trials], dtype=bool),
+                                  p_targets=(0.01, 0.05))
+            out[name] = {"eer": res.eer, "min_dcf_0.01": res.min_dcf[0.01], "min_dcf_0.05": res.min_dcf[0.05],
+                         "n_target": res.n_target, "n_nontarget": res.n_nontarget}
+        return out
+
     def evaluate(self, encoder: nn.Module, *, top1: bool = False, write_to: Path | None = None) -> dict[str, Any]:
         """EER and minDCF on the trials; closed-set top-1 on all held-out utterances when asked.
 
@@ -124,6 +147,8 @@ class HeldoutEvaluator:
             write_scores(Path(write_to) / "scores", self.data.trials, scores)
         out = {"eer": res.eer, "min_dcf_0.01": res.min_dcf[0.01], "min_dcf_0.05": res.min_dcf[0.05],
                "n_target": res.n_target, "n_nontarget": res.n_nontarget, "threshold_eer": res.threshold_eer}
+        if self.data.domain_trials:
+            out["domains"] = self.evaluate_domains(encoder)
         if top1:
             out["top1"] = closed_set_top1(emb, self.heldout_utt2spk, enroll_per_speaker=self.enroll_per_speaker,
                                           seed=self.seed)
@@ -151,8 +176,10 @@ def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = T
     if not cfg.pretrain.enabled or cfg.pretrain.steps == 0:
         torch.manual_seed(seed)
         return build_encoder(cfg.model.encoder, in_dim=in_dim), {"enabled": False}
-    key = RunConfig(corpus=cfg.corpus, split=cfg.split, features=cfg.features, model=cfg.model,
-                    pretrain=cfg.pretrain).fingerprint("corpus", "split", "features", "model", "pretrain")
+    # public speakers stay clean whatever [corpus] domains says: the key leaves the domains out
+    key = RunConfig(corpus=dataclasses.replace(cfg.corpus, domains=()), split=cfg.split, features=cfg.features,
+                    model=cfg.model, pretrain=cfg.pretrain).fingerprint("corpus", "split", "features", "model",
+                                                                        "pretrain")
     path = Path(cfg.data_dir) / "pretrained" / f"{data.corpus_id}_{key}.pt"
     if path.exists():
         encoder, meta = load_encoder(path)

@@ -106,6 +106,39 @@ def _print_eval(label: str, ev: dict) -> None:
     print(line, flush=True)
 
 
+def _domain_label(cond: str) -> str:
+    domain, _, cross = cond.partition("/")
+    return (f"{domain}, clean enrolment -> {domain} test" if cross else f"{domain}, enrolment and test in {domain}")
+
+
+def _print_domains(rep: dict, *, dp: bool) -> None:
+    """The held-out EER per client-domain condition, before and after federated training."""
+    pre, fin = rep["pretrain_eval"].get("domains") or {}, rep["final_eval"].get("domains") or {}
+    if not fin:
+        return
+    doms = rep["config"]["corpus"]["domains"]
+    print(f"client domains: {', '.join(doms)} (public speakers clean); held-out speakers through each channel:",
+          flush=True)
+    for cond, r in fin.items():
+        print(f"  {_domain_label(cond)}: EER {_pct(pre[cond]['eer'])} pretrain only -> {_pct(r['eer'])} "
+              f"federated{' DP' if dp else ''}", flush=True)
+
+
+def _print_domain_gain(rep: dict, ref: dict) -> dict[str, dict]:
+    """Non-private EER and the gain DP kept, per client-domain condition."""
+    out = {}
+    for cond, r in rep["final_eval"]["domains"].items():
+        e_pre, e_dp = rep["pretrain_eval"]["domains"][cond]["eer"], r["eer"]
+        e_np = ref["final_eval"]["domains"][cond]["eer"]
+        gain = (e_pre - e_dp) / (e_pre - e_np) if e_pre != e_np else float("nan")
+        rel = (e_pre - e_np) / e_pre if e_pre else float("nan")
+        print(f"  {_domain_label(cond)}: EER pretrain {_pct(e_pre)}, non-private {_pct(e_np)} "
+              f"({100 * rel:+.0f} % relative gain), DP {_pct(e_dp)}: gain kept {gain:.2f}", flush=True)
+        out[cond] = {"eer_pretrain": e_pre, "eer_nonprivate": e_np, "eer_dp": e_dp, "gain_kept": gain,
+                     "nonprivate_relative_gain": rel}
+    return out
+
+
 def baseline_eval(data, *, cache_dir: Path) -> dict:
     """Nearest-centroid-free MFCC baseline EER on the held-out trials (cached)."""
     from privspk.audio.io import read_audio
@@ -139,6 +172,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(f"corpus: {len(data.corpus.speakers)} speakers, {len(data.corpus)} utterances; split "
           f"{len(s.public)} public / {' + '.join(str(len(g)) for g in s.clients)} client / {len(s.heldout)} held-out "
           f"speakers; {len(data.trials)} trials  [{t1 - t0:.1f} s]", flush=True)
+    if cfg.corpus.domains:
+        print(f"client domains {', '.join(cfg.corpus.domains)}: channel features of the client and held-out "
+              f"speakers [{data.seconds['domains']:.1f} s of the above]", flush=True)
     base = baseline_eval(data, cache_dir=Path(cfg.data_dir) / "baselines")
     print(f"baseline (mean+std MFCC, cosine, no training): EER {_pct(base['eer'])}", flush=True)
     encoder, info = pretrained_encoder(cfg, data, progress=True)
@@ -181,6 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rep = res.report
     _print_eval("after public pretraining only", rep["pretrain_eval"])
     _print_eval("after federated " + ("DP " if p.enabled else "") + "training", rep["final_eval"])
+    _print_domains(rep, dp=p.enabled)
     run_seconds = time.perf_counter() - t0
     out = {"baseline_mfcc": base, "pretrain": rep["pretrain_eval"], "federated": rep["final_eval"],
            "run_seconds": round(run_seconds, 1)}
@@ -206,6 +243,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"({_pct(e_pre)} - {_pct(e_dp)}) / ({_pct(e_pre)} - {_pct(e_np)}) = {gain:.2f}", flush=True)
         out["nonprivate"] = ref["final_eval"]
         out["gain_kept"] = gain
+        if rep["final_eval"].get("domains"):
+            out["domain_gain_kept"] = _print_domain_gain(rep, ref)
     (res.run_dir / "demo_summary.json").write_text(json.dumps(out, indent=2))
     print(f"run report: {res.run_dir / 'report.json'}  checkpoint: {res.run_dir / 'encoder.pt'}"
           f"{'  ledger: ' + str(res.run_dir / 'ledger.sqlite') if p.enabled else ''}", flush=True)
@@ -438,7 +477,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
     root = Path(__file__).resolve().parents[2] / "benchmarks"
-    script = root / {"secagg": "secagg_cost.py", "dp": "dp_recipes.py"}[args.which]
+    script = root / {"secagg": "secagg_cost.py", "dp": "dp_recipes.py", "domains": "domains.py"}[args.which]
     if not script.exists():
         raise PrivspkError(f"{script} not found: the benchmarks ship with the source checkout, not the wheel")
     sys.argv = [str(script), *args.rest]
@@ -637,8 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_audit)
 
-    sp = sub.add_parser("bench", help="run a benchmark (secagg | dp)")
-    sp.add_argument("which", choices=["secagg", "dp"])
+    sp = sub.add_parser("bench", help="run a benchmark (secagg | dp | domains)")
+    sp.add_argument("which", choices=["secagg", "dp", "domains"])
     sp.add_argument("rest", nargs=argparse.REMAINDER)
     sp.set_defaults(func=cmd_bench)
 

@@ -33,6 +33,10 @@ from typing import Any
 from privspk.errors import ConfigError
 
 
+#: Client channel domains (equal to ``privspk.audio.channels.DOMAINS``; listed here without importing torch).
+CORPUS_DOMAINS: tuple[str, ...] = ("callcentre", "phone", "car", "smarthome")
+
+
 @dataclass(frozen=True)
 class RunSection:
     """Where the run computes: ``device`` is ``cpu`` (default, the CI path), ``cuda`` or ``auto``.
@@ -60,6 +64,8 @@ class CorpusSection:
     """Where the audio comes from.
 
     ``path`` empty means the built-in synthesised corpus (built under ``data_dir``).
+    ``domains``: channel domains dealt to the clients round-robin (see
+    :mod:`privspk.corpus.domains`); empty keeps every client clean wideband.
     """
 
     path: str = ""
@@ -68,6 +74,7 @@ class CorpusSection:
     n_speakers: int = 200
     utts_per_speaker: int = 40
     seed: int = 0
+    domains: tuple[str, ...] = ()
 
     def check(self) -> list[str]:
         errs = []
@@ -79,6 +86,9 @@ class CorpusSection:
             errs.append(f"n_speakers must be >= 8, got {self.n_speakers}")
         if self.utts_per_speaker < 4:
             errs.append(f"utts_per_speaker must be >= 4, got {self.utts_per_speaker}")
+        bad = [d for d in self.domains if d not in CORPUS_DOMAINS]
+        if bad:
+            errs.append(f"domains: unknown {', '.join(map(repr, bad))}; known: {', '.join(CORPUS_DOMAINS)}")
         return errs
 
 
@@ -484,6 +494,8 @@ class RunConfig:
         True
         """
         d = self.to_dict()
+        if not d["corpus"]["domains"]:  # added later: left out when unset, so earlier fingerprints (caches) stay valid
+            del d["corpus"]["domains"]
         keys = sections or tuple(sorted(d))
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -545,6 +557,12 @@ def _coerce(value: Any, typ: Any) -> tuple[Any, str | None]:
         if isinstance(value, dict):
             return dict(value), None
         return value, f"expected a table, got {type(value).__name__}"
+    if origin is tuple and typing.get_args(typ)[1:] == (Ellipsis,):
+        if not isinstance(value, (list, tuple)):
+            return value, f"expected a list, got {type(value).__name__} {value!r}"
+        items = [_coerce(v, typing.get_args(typ)[0]) for v in value]
+        errs = [e for _, e in items if e]
+        return (tuple(v for v, _ in items), None) if not errs else (value, f"list item: {errs[0]}")
     if typ is type(None):
         return (None, None) if value is None else (value, "expected nothing")
     return value, None

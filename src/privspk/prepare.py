@@ -30,11 +30,22 @@ class PreparedData:
     trials: list
     corpus_id: str
     seconds: dict[str, float] = field(default_factory=dict)
+    #: client speaker -> its client's channel domain (empty: every speaker clean)
+    speaker_domains: dict[str, str] = field(default_factory=dict)
+    #: evaluation condition (``<domain>``, ``<domain>/cross``) -> its held-out trials
+    domain_trials: dict[str, list] = field(default_factory=dict)
+    #: pooled statistics of evaluated utterances by trunk fingerprint, shared by every evaluator of this data
+    pooled: dict = field(default_factory=dict, repr=False, compare=False)
 
     def utterances_of(self, speakers) -> list[tuple[str, str]]:
-        """``(utt_id, speaker)`` pairs of the given speakers, in corpus order."""
+        """``(utt_id, speaker)`` pairs of the given speakers, in corpus order.
+
+        A speaker of a client in a channel domain gives its domain utterances (``<utt_id>@<domain>``).
+        """
         wanted = set(speakers)
-        return [(u.utt_id, u.speaker) for u in self.corpus.utterances if u.speaker in wanted]
+        dom = self.speaker_domains
+        return [(f"{u.utt_id}@{dom[u.speaker]}" if u.speaker in dom else u.utt_id, u.speaker)
+                for u in self.corpus.utterances if u.speaker in wanted]
 
 
 def builtin_dir(cfg: RunConfig) -> Path:
@@ -104,6 +115,28 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> PreparedData:
     trials = make_trials({u: s for u, s in utt2spk.items() if s in heldout},
                          n_target_per_utt=cfg.eval.target_per_utt,
                          n_nontarget_per_utt=cfg.eval.nontarget_per_utt, seed=cfg.seed)
-    return PreparedData(corpus=corpus, split=split, features=cache, utt2spk=utt2spk, trials=trials,
-                        corpus_id=corpus_id,
-                        seconds={"corpus": t1 - t0, "features": t2 - t1, "trials": time.perf_counter() - t2})
+    t3 = time.perf_counter()
+    seconds = {"corpus": t1 - t0, "features": t2 - t1, "trials": t3 - t2}
+    features: object = cache
+    speaker_domains: dict[str, str] = {}
+    domain_trials: dict[str, list] = {}
+    if cfg.corpus.domains:
+        from privspk.corpus.domains import DomainFeatures, build_domain_caches, client_domains, domain_conditions
+
+        per_client = client_domains(cfg.corpus.domains, n_clients=len(split.clients))
+        speaker_domains = {s: d for group, d in zip(split.clients, per_client) for s in group}
+        wanted: dict[str, list] = {d: [] for d in dict.fromkeys(per_client)}
+        for u in corpus.utterances:
+            if u.speaker in speaker_domains:
+                wanted[speaker_domains[u.speaker]].append(u)
+        held_utts = [u for u in corpus.utterances if u.speaker in heldout]
+        for d in wanted:
+            wanted[d] += held_utts
+        caches = build_domain_caches(Path(cfg.data_dir) / "features" / corpus_id, cfg.features.feature_config(),
+                                     wanted, seed=cfg.corpus.seed, workers=cfg.threads, progress=progress)
+        features = DomainFeatures(cache, caches)
+        domain_trials = domain_conditions(trials, wanted)
+        seconds["domains"] = time.perf_counter() - t3
+    return PreparedData(corpus=corpus, split=split, features=features, utt2spk=utt2spk, trials=trials,
+                        corpus_id=corpus_id, seconds=seconds, speaker_domains=speaker_domains,
+                        domain_trials=domain_trials)
