@@ -297,38 +297,23 @@ def _encode_plain(update: torch.Tensor, *, clip: float, rng: np.random.Generator
 def _secure_sum(codes: dict[str, np.ndarray], *, dropped: set[str], cfg: RunConfig, round_id: int,
                 headroom_bits: int, min_survivors: int | None) -> tuple[np.ndarray, tuple[str, ...], dict[str, float]]:
     """Masked SecAgg+ round over ``codes``; ``dropped`` stop after sharing keys. Returns (integer sum, included, seconds)."""
-    from privspk.secagg import build_scheme
-    from privspk.secagg.base import RoundSpec
-    from privspk.secagg.simulate import run_round
-
     ids = tuple(sorted(codes))
     if cfg.secagg.scheme == "plain":
         t0 = time.perf_counter()
         included = tuple(d for d in ids if d not in dropped)
         total = np.sum([codes[d] for d in included], axis=0)
         return total, included, {"masking": 0.0, "aggregation": time.perf_counter() - t0, "unmasking": 0.0}
-    try:
-        from privspk.secagg.crossdevice import aggregate_round
-    except ImportError:
-        aggregate_round = None
-    if aggregate_round is not None:
-        res = aggregate_round(codes, dropped=dropped, clip=cfg.crossdevice.device_clip, bits=QUANT_BITS,
-                              noise_headroom_bits=headroom_bits, colluders=cfg.secagg.colluders,
-                              run_id=cfg.name, round_id=round_id, min_survivors=min_survivors)
-        return np.asarray(res.total, dtype=np.int64), tuple(res.included), dict(res.seconds)
-    # the round as the mask scheme runs it in the cross-silo mode (slower at K in the hundreds)
-    t0 = time.perf_counter()
-    scheme = build_scheme("mask", {"clip": cfg.crossdevice.device_clip, "bits": QUANT_BITS,
-                                   "noise_headroom_bits": headroom_bits, "colluders": cfg.secagg.colluders},
-                          seed=cfg.seed)
-    endpoints = {d: scheme.client(d) for d in ids}
-    for d in ids:
-        endpoints[d].submit_integers(round_id, codes[d], min_survivors=min_survivors)
-    spec = RoundSpec(run_id=cfg.name, round_id=round_id, clients=ids, dim=int(codes[ids[0]].size))
-    res = run_round(scheme, spec, endpoints, silent={d: "collect" for d in dropped})
-    q = scheme.quantiser(len(ids))
-    total = np.rint(np.asarray(res.total, dtype=np.float64) * q.scale).astype(np.int64)
-    return total, tuple(res.included), {"masking": 0.0, "aggregation": time.perf_counter() - t0, "unmasking": 0.0}
+    from privspk.secagg.crossdevice import aggregate_round
+    from privspk.secagg.mask_protocol import MaskConfig
+
+    config = MaskConfig(clip=cfg.crossdevice.device_clip, bits=QUANT_BITS, noise_headroom_bits=headroom_bits,
+                        colluders=cfg.secagg.colluders)
+    res = aggregate_round(codes, config=config, dropped={d: "collect" for d in dropped}, min_survivors=min_survivors,
+                          run_id=cfg.name, round_id=round_id)
+    t = res.timings
+    seconds = {"key_agreement": t.get("key_agreement", 0.0), "masking": t.get("masking", 0.0),
+               "aggregation": t.get("aggregation", 0.0), "unmasking": t.get("unmasking", 0.0)}
+    return np.asarray(res.total, dtype=np.int64), tuple(res.included), seconds
 
 
 def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base: nn.Module, encoder: nn.Module,
@@ -381,6 +366,8 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                                            colluders=cfg.secagg.colluders, dropout_allowance=c.dropout_allowance,
                                            counting="honest-dropouts", bits=QUANT_BITS)
         codes: dict[str, np.ndarray] = {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one phone's tiny model: extra threads only add overhead
         for d in admitted:
             idx = int(d[3:])
             device = Device(d, population.pooled(d, base, crops=c.trunk_crops, crop_frames=cfg.train.crop_frames),
@@ -394,6 +381,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
             codes[d] = (noise_plan.encoder.encode(update.double().numpy(), rng=noise_rng) if noise_plan is not None
                         else _encode_plain(update, clip=c.device_clip, rng=noise_rng))
             del device
+        torch.set_num_threads(threads)
         t_local = time.perf_counter() - t0
         n_drop = int(round(c.dropout * len(admitted)))
         drop_rng = np.random.default_rng([cfg.seed, _TAG_DROP, r])  # the network's failures (simulated)
