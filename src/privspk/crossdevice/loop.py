@@ -354,8 +354,9 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                                   rng=_rng(p.randomness, cfg.seed, _TAG_SAMPLE, r)) if k else []
         sampled = admitted
         row: dict[str, Any] = {"round": r, "eligible": len(eligible), "sampled": len(sampled), "sat_out": len(sat_out)}
-        if len(admitted) < 2:
-            row["skipped"] = "fewer than 2 devices admitted"
+        need = 2 if cfg.secagg.scheme == "plain" else cfg.secagg.colluders + 2
+        if len(admitted) < need:
+            row["skipped"] = f"{len(admitted)} devices sampled, a round needs at least {need}"
             rounds.append(row)
             continue
         noise_plan = None
