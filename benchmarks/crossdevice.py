@@ -29,7 +29,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--centroid", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/crossdevice")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the saved JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.out + ".json").read_text(encoding="utf-8"))["runs"], args.out + ".png")
+        return
 
     from privspk.config import RunConfig
     from privspk.crossdevice.loop import run_crossdevice
@@ -74,6 +78,26 @@ def main() -> None:
                      f"{'-' if nm is None else f'{nm:.3f}'} | {p['local_training']:.1f} | {sec:.2f} | {p['round']:.1f} |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
+    plot(runs, args.out + ".png")
+
+
+def plot(runs: list[dict], path: str) -> None:
+    """Bar chart of the final EER per run, with the pretrained EER as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"K={r['k']}\neps={r['epsilon']}\n{r['objective']}" for r in runs]
+    fig, ax = plt.subplots(figsize=(1.6 * len(runs) + 2, 3.5))
+    ax.bar(range(len(runs)), [r["final_eer"] * 100 for r in runs])
+    ax.axhline(runs[0]["pretrain_eer"] * 100, color="k", linestyle="--", label="public pretraining only")
+    ax.set_xticks(range(len(runs)), labels, fontsize=8)
+    ax.set_ylabel("held-out EER (%)")
+    ax.set_ylim(bottom=min(r["final_eer"] for r in runs) * 100 - 0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
