@@ -642,3 +642,14 @@ def _train(
         ledger.close()
     return TrainResult(config=cfg, encoder=server.encoder, run_dir=run_dir, rounds=rounds,
                        pretrain_eval=pretrain_eval, final_eval=final_eval, epsilon=eps, report=report)
+
+
+def train_crossdevice(config: RunConfig, **kwargs: Any):
+    """Run a cross-device job (``[federation] mode = "cross-device"``); see :func:`privspk.crossdevice.run_crossdevice`.
+
+    >>> RunConfig.preset("phones").crossdevice.population
+    1000
+    """
+    from privspk.crossdevice import run_crossdevice
+
+    return run_crossdevice(config, **kwargs)

@@ -33,7 +33,8 @@ def _config(args: argparse.Namespace):
     """
     from privspk.config import RunConfig
 
-    cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig.preset("demo")
+    cfg = (RunConfig.load(args.config) if getattr(args, "config", None)
+           else RunConfig.preset(getattr(args, "preset", None) or "demo"))
     data = cfg.to_dict()
     overrides = [
         ("data", None, "data_dir"), ("out", None, "out_dir"), ("name", None, "name"),
@@ -195,6 +196,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from privspk.prepare import prepare_data
 
     cfg = _config(args)
+    if cfg.federation.mode == "cross-device":
+        return cmd_crossdevice(cfg, args)
     torch.set_num_threads(cfg.threads)
     data = prepare_data(cfg, progress=not args.quiet)
     p = cfg.privacy
@@ -257,12 +260,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     from privspk.api import train
 
     cfg = _config(args)
+    if cfg.federation.mode == "cross-device":
+        return cmd_crossdevice(cfg, args)
     total = cfg.federation.rounds
     res = train(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
                 on_round=lambda r: print(_round_line(r, total), flush=True))
     _print_eval("after public pretraining only", res.report["pretrain_eval"])
     _print_eval("final", res.report["final_eval"])
     print(f"run report: {res.run_dir / 'report.json'}  checkpoint: {res.run_dir / 'encoder.pt'}")
+    return 0
+
+
+def cmd_crossdevice(cfg, args: argparse.Namespace) -> int:
+    """A cross-device run (``[federation] mode = "cross-device"``, e.g. ``privspk demo --preset phones``)."""
+    from privspk.crossdevice import run_crossdevice
+
+    c, p = cfg.crossdevice, cfg.privacy
+    dp = (f"{c.mechanism}, user-level eps={c.device_epsilon:g} delta={p.delta:g} per device"
+          f"{_eps_note(p.randomness)}" if p.enabled else "non-private")
+    print(f"privspk cross-device: {c.population} phones (one speaker each, {c.utts_per_device} utterances), "
+          f"{c.devices_per_round} per round ({c.sampling}), {cfg.federation.rounds} rounds, {dp}, "
+          f"{c.dropout:.0%} dropouts, objective: {c.objective}", flush=True)
+
+    def line(r: dict) -> None:
+        ev = f", EER {_pct(r['eval']['eer'])}" if "eval" in r else ""
+        eps = f", central eps {r['central_epsilon']:.2f}" if "central_epsilon" in r else ""
+        print(f"round {r['round']}/{cfg.federation.rounds}: {r['sampled']} sampled, {r['sat_out']} sat out, "
+              f"{r.get('included', 0)} in the sum, {r.get('seconds', {}).get('round', 0.0):.1f} s{eps}{ev}", flush=True)
+
+    res = run_crossdevice(cfg, progress=not args.quiet, overwrite=True, on_round=line)
+    _print_eval("after public pretraining only", res.report["pretrain_eval"])
+    _print_eval("after cross-device training", res.report["final_eval"])
+    print(f"run report: {res.run_dir / 'report.json'}  checkpoint: {res.run_dir / 'encoder.pt'}", flush=True)
     return 0
 
 
@@ -621,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="federated DP training on the built-in corpus")
     common(sp)
     sp.add_argument("--reference", action="store_true", help="also run without DP and report the gain DP kept")
+    sp.add_argument("--preset", help="a shipped config instead of the demo one (phones: the cross-device mode)")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("train", help="run a configured job")

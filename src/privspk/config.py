@@ -339,13 +339,105 @@ class FederationSection:
     n_clients: int = 3
     rounds: int = 5
     update_clip: float = 0.5
+    mode: str = "cross-silo"
 
     def check(self) -> list[str]:
         errs = []
+        if self.mode not in FEDERATION_MODES:
+            errs.append(f"mode must be {'|'.join(FEDERATION_MODES)}, got {self.mode!r}")
         if self.n_clients < 1 or self.rounds < 1:
             errs.append("n_clients and rounds must be >= 1")
         if self.update_clip <= 0:
             errs.append(f"update_clip must be > 0, got {self.update_clip}")
+        return errs
+
+
+# federation modes: "cross-silo" (a few clients, every one in every round; the default) and
+# "cross-device" (a population of one-speaker phones, a sample per round; see [crossdevice])
+FEDERATION_MODES: tuple[str, ...] = ("cross-silo", "cross-device")
+CROSSDEVICE_MECHANISMS: tuple[str, ...] = ("dp-fedavg", "dp-ftrl")
+
+
+@dataclass(frozen=True)
+class CrossDeviceSection:
+    """The cross-device mode (``[federation] mode = "cross-device"``; :mod:`privspk.crossdevice`).
+
+    ``population`` simulated phones, one speaker each with ``utts_per_device`` utterances
+    (generated on demand, cached under ``data_dir``). Each round samples ``devices_per_round``
+    of them: ``sampling = "fixed"`` takes exactly that many (without replacement),
+    ``"poisson"`` takes each device with probability ``q = devices_per_round / population``.
+    ``device_epsilon`` is each device's user-level budget (at ``[privacy] delta``) for the run
+    when ``[privacy] enabled``; a device that would exceed it sits out. ``mechanism``:
+    ``"dp-fedavg"`` (epsilon amplified by the hidden random sample) or ``"dp-ftrl"`` (tree
+    aggregation, no amplification assumed). Each device clips its whole update to
+    ``device_clip``; ``dropout`` of the sampled devices drop out after masking (simulation).
+    Local training: ``local_steps`` full-batch steps at ``local_lr`` with ``objective``
+    ``"codewords"`` (secret per-device codewords, length ``codeword_length``) or
+    ``"centroid"`` (positives only, the baseline that collapses). The server applies
+    ``server_optimizer`` (``"momentum"`` or ``"adam"``) with ``server_lr`` to the noisy mean.
+    ``max_participations``: DP-FTRL's accounted rounds per device (a device sits out after
+    that many). ``dropout_allowance``: the share of sampled devices a round may lose and still
+    carry its counted noise (the server aborts a round with more dropouts).
+    """
+
+    population: int = 1000
+    utts_per_device: int = 16
+    population_seed: int = 0
+    devices_per_round: int = 100
+    sampling: str = "fixed"
+    device_epsilon: float = 8.0
+    mechanism: str = "dp-fedavg"
+    dropout: float = 0.1
+    device_clip: float = 0.5
+    local_steps: int = 5
+    local_lr: float = 0.5
+    objective: str = "codewords"
+    codeword_length: int = 1024
+    server_optimizer: str = "momentum"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    trunk_crops: int = 2
+    max_participations: int = 2
+    dropout_allowance: float = 0.2
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.max_participations < 1:
+            errs.append(f"max_participations must be >= 1, got {self.max_participations}")
+        if not self.dropout <= self.dropout_allowance < 1.0:
+            errs.append(f"dropout_allowance must be in [dropout = {self.dropout}, 1), got {self.dropout_allowance}")
+        if not 3 <= self.population <= 99_999:
+            errs.append(f"population must be in [3, 99999], got {self.population}")
+        if not 2 <= self.utts_per_device <= 1000:
+            errs.append(f"utts_per_device must be in [2, 1000], got {self.utts_per_device}")
+        if self.population_seed < 0:
+            errs.append(f"population_seed must be >= 0, got {self.population_seed}")
+        if not 2 <= self.devices_per_round <= self.population:
+            errs.append(f"devices_per_round must be in [2, population = {self.population}], got "
+                        f"{self.devices_per_round}")
+        if self.sampling not in ("fixed", "poisson"):
+            errs.append(f"sampling must be fixed|poisson, got {self.sampling!r}")
+        if not self.device_epsilon > 0:
+            errs.append(f"device_epsilon must be > 0, got {self.device_epsilon}")
+        if self.mechanism not in CROSSDEVICE_MECHANISMS:
+            errs.append(f"mechanism must be {'|'.join(CROSSDEVICE_MECHANISMS)}, got {self.mechanism!r}")
+        if not 0.0 <= self.dropout <= 0.5:
+            errs.append(f"dropout must be in [0, 0.5], got {self.dropout}")
+        if not (math.isfinite(self.device_clip) and self.device_clip > 0):
+            errs.append(f"device_clip must be a positive finite number, got {self.device_clip}")
+        if self.local_steps < 1 or not self.local_lr > 0:
+            errs.append(f"local_steps must be >= 1 and local_lr > 0, got {self.local_steps}, {self.local_lr}")
+        if self.objective not in ("codewords", "centroid"):
+            errs.append(f"objective must be codewords|centroid, got {self.objective!r}")
+        if self.codeword_length < 4 or self.codeword_length & (self.codeword_length - 1):
+            errs.append(f"codeword_length must be a power of two >= 4, got {self.codeword_length}")
+        if self.server_optimizer not in ("momentum", "adam"):
+            errs.append(f"server_optimizer must be momentum|adam, got {self.server_optimizer!r}")
+        if not self.server_lr > 0 or not 0.0 <= self.server_momentum < 1.0:
+            errs.append(f"server_lr must be > 0 and server_momentum in [0, 1), got {self.server_lr}, "
+                        f"{self.server_momentum}")
+        if self.trunk_crops < 1:
+            errs.append(f"trunk_crops must be >= 1, got {self.trunk_crops}")
         return errs
 
 
@@ -376,6 +468,7 @@ _SECTIONS = {
     "secagg": SecAggSection,
     "federation": FederationSection,
     "eval": EvalSection,
+    "crossdevice": CrossDeviceSection,
 }
 
 
@@ -399,6 +492,7 @@ class RunConfig:
     secagg: SecAggSection = field(default_factory=SecAggSection)
     federation: FederationSection = field(default_factory=FederationSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    crossdevice: CrossDeviceSection = field(default_factory=CrossDeviceSection)
 
     def __post_init__(self) -> None:
         errs = []
