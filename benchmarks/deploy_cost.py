@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     dep, startup, total = deployed(cfg.replace(name="bench_deployed"), work / "processes")
     config_label = "demo preset"  # never a path of this machine
     if args.config:
-        config_label = (f"demo preset with [run] threads = {cfg.threads} ({Path(args.config).name})"
+        config_label = (f"demo preset with threads = {cfg.threads} ({Path(args.config).name})"
                         if cfg.name == "demo" else Path(args.config).name)
     payload = {
         "meta": {"config": config_label, "rounds": args.rounds, "clients": cfg.federation.n_clients,
