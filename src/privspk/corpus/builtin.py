@@ -73,6 +73,7 @@ __all__ = [
     "SpeakerProfile",
     "build_builtin_corpus",
     "default_split",
+    "draw_voice_settings",
     "heldout_count",
     "load_builtin_split",
     "load_speaker_profiles",
@@ -176,6 +177,24 @@ def _check_int(value: object, name: str, low: int, high: int | None = None) -> i
     return int(value)
 
 
+def draw_voice_settings(rng: np.random.Generator) -> dict[str, Any]:
+    """A speaker's pitch, pitch range, rate, vocal-tract warp, spectral tilt and word gap, drawn from ``rng``.
+
+    The ranges of the built-in corpus; the cross-device population draws its owners with the same call.
+
+    >>> sorted(draw_voice_settings(np.random.default_rng(0)))
+    ['pitch', 'pitch_range', 'rate_wpm', 'tilt', 'warp', 'word_gap']
+    """
+    return {
+        "pitch": int(rng.integers(20, 81)),
+        "pitch_range": int(rng.integers(20, 91)),
+        "rate_wpm": round(float(rng.uniform(125.0, 210.0)), 2),
+        "warp": round(float(rng.uniform(0.85, 1.15)), 4),
+        "tilt": round(float(rng.uniform(-0.5, 0.5)), 3),
+        "word_gap": int(rng.choice([0, 0, 0, 1, 2])),
+    }
+
+
 def make_speaker_profiles(n_speakers: int, *, seed: int) -> tuple[SpeakerProfile, ...]:
     """Draw ``n_speakers`` speaker profiles, deterministically from ``seed``.
 
@@ -218,12 +237,7 @@ def make_speaker_profiles(n_speakers: int, *, seed: int) -> tuple[SpeakerProfile
                 speaker=f"spk{idx:0{width}d}",
                 variant=variant,
                 accent=accent,
-                pitch=int(rng.integers(20, 81)),
-                pitch_range=int(rng.integers(20, 91)),
-                rate_wpm=round(float(rng.uniform(125.0, 210.0)), 2),
-                warp=round(float(rng.uniform(0.85, 1.15)), 4),
-                tilt=round(float(rng.uniform(-0.5, 0.5)), 3),
-                word_gap=int(rng.choice([0, 0, 0, 1, 2])),
+                **draw_voice_settings(rng),
                 heldout=held,
             )
         )

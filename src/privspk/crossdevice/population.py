@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from privspk.corpus.builtin import (
     GENERATOR_VERSION,
     SpeakerProfile,
+    draw_voice_settings,
     make_speaker_profiles,
     render_utterance,
 )
@@ -104,12 +105,7 @@ def device_profile(index: int, *, seed: int, exclude_variants: Iterable[str] = (
         speaker=device_id(i),
         variant=variants[int(rng.integers(len(variants)))],
         accent=ENGLISH_ACCENTS[int(rng.integers(len(ENGLISH_ACCENTS)))],
-        pitch=int(rng.integers(20, 81)),
-        pitch_range=int(rng.integers(20, 91)),
-        rate_wpm=round(float(rng.uniform(125.0, 210.0)), 2),
-        warp=round(float(rng.uniform(0.85, 1.15)), 4),
-        tilt=round(float(rng.uniform(-0.5, 0.5)), 3),
-        word_gap=int(rng.choice([0, 0, 0, 1, 2])),
+        **draw_voice_settings(rng),
         heldout=False,
     )
 
