@@ -19,7 +19,7 @@ import pytest
 from deploy_support import Cluster, prepared_data, tiny_config
 from privspk.models.checkpoint import load_encoder
 from privspk.privacy import Ledger
-from privspk.secagg.he import HE_TRUST
+from privspk.secagg.he_params import HE_TRUST
 from test_deploy_rounds import _pretrained, in_process, trainable_vector
 
 pytestmark = [
