@@ -188,6 +188,21 @@ class KeyHolder(ClientEndpoint):
                                 "its key is gone", client=SERVER)
         if header["fingerprint"] != self.fingerprint:
             raise ProtocolError("the sum is announced under another context", client=SERVER)
+        who = self._check_contributors(header)
+        dim, n_chunks, digests = header["dim"], header["n_chunks"], header["digests"]
+        self._check_pledges(header, who, run, rnd, dim, n_chunks)
+        words = self._codec.layout.unpack(body, n_chunks=n_chunks, client=SERVER)
+        challenge = secrets.token_bytes(32)
+        for stale in self._rounds.values():  # one round is open at a time: older commits can no longer open
+            stale.words, stale.opened, stale.context = None, True, None
+        self._rounds[key] = _Opening(tuple(who), dict(digests), words, challenge, dim, n_chunks,
+                                     context=self._context, frame=self._frame, fingerprint=self.fingerprint)
+        return self._reply(header, {"challenge": challenge.hex(), "sum_digest": sha256_hex(body)})
+
+    def _check_contributors(self, header: Mapping[str, Any]) -> list[str]:
+        """The contributors of a committed sum: distinct, registered, between ``min_clients`` and
+        ``max_clients``, each with its signed ciphertext digest."""
+        run, rnd = header["run"], header["round"]
         who = header["contributors"]
         if not all(isinstance(c, str) for c in who) or len(set(who)) != len(who):
             raise ProtocolError("contributors must be distinct client ids", client=SERVER)
@@ -211,14 +226,7 @@ class KeyHolder(ClientEndpoint):
                 raise ProtocolError(f"digest and signature of {c} must be strings", client=SERVER)
             verify_statement(self._registry, c, sigs[c], "collect", run, rnd, c, self.fingerprint, dim, n_chunks,
                              digests[c], what=f"the ciphertext digest of {c}", client=SERVER)
-        self._check_pledges(header, who, run, rnd, dim, n_chunks)
-        words = self._codec.layout.unpack(body, n_chunks=n_chunks, client=SERVER)
-        challenge = secrets.token_bytes(32)
-        for stale in self._rounds.values():  # one round is open at a time: older commits can no longer open
-            stale.words, stale.opened, stale.context = None, True, None
-        self._rounds[key] = _Opening(tuple(who), dict(digests), words, challenge, dim, n_chunks,
-                                     context=self._context, frame=self._frame, fingerprint=self.fingerprint)
-        return self._reply(header, {"challenge": challenge.hex(), "sum_digest": sha256_hex(body)})
+        return who
 
     def _check_pledges(self, header: Mapping[str, Any], who: list[str], run: str, rnd: int, dim: int,
                        n_chunks: int) -> None:
@@ -251,6 +259,23 @@ class KeyHolder(ClientEndpoint):
             raise ProtocolError(f"round {rnd} of run {run!r} was already opened (or refused); "
                                 "one decryption per round", client=SERVER)
         state.opened = True  # whatever happens next, this round's sum is never opened again
+        parts = self._contributor_sketches(state, header, body)
+        layout = self._codec.layout
+        words, state.words = state.words, None
+        if sum_rows(parts, layout) != layout.sketch(words, state.challenge):
+            raise ProtocolError("the sum is not the sum of the contributors' ciphertexts; refusing to decrypt",
+                                client=SERVER)
+        context, state.context = state.context, None
+        total = self._codec.decrypt(context, words, state.frame, dim=state.dim,
+                                    n_summands=len(state.contributors))
+        log.info("key holder opened run %s round %s: %d contributions", run, rnd, len(state.contributors))
+        return self._reply(header, {"included": list(state.contributors)},
+                           np.ascontiguousarray(total, dtype="<f8").tobytes())
+
+    def _contributor_sketches(self, state: _Opening, header: Mapping[str, Any],
+                              body: bytes) -> list[list[list[int]]]:
+        """Each contributor's sketch: its signed one, or one computed from its forwarded ciphertext."""
+        run, rnd = header["run"], header["round"]
         layout = self._codec.layout
         sketches, sigs, forwarded = header["sketches"], header["sketch_signatures"], header["forwarded"]
         if (set(sketches) | set(forwarded)) != set(state.contributors) or set(sketches) & set(forwarded) \
@@ -275,13 +300,4 @@ class KeyHolder(ClientEndpoint):
             if sha256_hex(blob) != state.digests[c]:
                 raise ProtocolError(f"forwarded ciphertext of {c} is not the one it signed", client=SERVER)
             parts.append(layout.sketch(layout.unpack(blob, n_chunks=state.n_chunks, client=SERVER), state.challenge))
-        words, state.words = state.words, None
-        if sum_rows(parts, layout) != layout.sketch(words, state.challenge):
-            raise ProtocolError("the sum is not the sum of the contributors' ciphertexts; refusing to decrypt",
-                                client=SERVER)
-        context, state.context = state.context, None
-        total = self._codec.decrypt(context, words, state.frame, dim=state.dim,
-                                    n_summands=len(state.contributors))
-        log.info("key holder opened run %s round %s: %d contributions", run, rnd, len(state.contributors))
-        return self._reply(header, {"included": list(state.contributors)},
-                           np.ascontiguousarray(total, dtype="<f8").tobytes())
+        return parts
