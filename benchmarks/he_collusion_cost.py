@@ -77,7 +77,7 @@ def measure_rounds(name: str, *, k: int, dim: int, rounds: int) -> dict[str, Any
 def measure_keygen(name: str, *, repeats: int = 5) -> float:
     """Seconds for one key pair as the key holder makes it (context, public bytes, frame)."""
     from privspk.secagg import build_scheme
-    from privspk.secagg.he import public_context_bytes
+    from privspk.secagg.he_common import public_context_bytes
 
     codec = build_scheme(name, _options(name, 2)).codec
     times = []
@@ -111,7 +111,7 @@ def bfv_check_bit_cost() -> list[dict[str, Any]]:
 
 
 def collect(k: int, dim: int, rounds: int) -> dict[str, Any]:
-    import privspk.secagg.he as he
+    import privspk.secagg.he_keyholder as he
 
     out: dict[str, Any] = {"fresh_key_per_round": hasattr(he.KeyHolder, "_new_key"), "rounds": {}, "keygen_s": {}}
     for name in ("ckks", "bfv"):

@@ -298,7 +298,7 @@ def test_secagg_colluders_defaults_to_one_and_is_checked():
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])
 def test_he_schemes_are_refused_at_config_load_without_the_trust_acceptance(scheme: str) -> None:
     """Refused before any run directory, ledger or data is touched; the message steers to mask."""
-    from privspk.secagg import he
+    from privspk.secagg import he_params as he
 
     assert HE_TRUST == he.HE_TRUST
     with pytest.raises(ConfigError, match='colludes with the server.*scheme = "mask"'):

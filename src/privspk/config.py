@@ -297,7 +297,7 @@ class PrivacySection:
 
 HE_TRUST = "no-client-colludes-with-server"
 """``[secagg.options] he_trust`` value by which an operator accepts the HE schemes' trust assumption
-(the same string as ``privspk.secagg.he.HE_TRUST``; kept here so the config check imports no secagg)."""
+(the same string as ``privspk.secagg.he_params.HE_TRUST``; kept here so the config check imports no secagg)."""
 
 
 @dataclass(frozen=True)

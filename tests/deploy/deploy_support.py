@@ -34,6 +34,8 @@ from privspk.runtimes.flower.launch import free_port
 HERE = Path(__file__).resolve().parent
 SRC = Path(privspk.__file__).resolve().parents[1]
 PLUGIN = "deploy_plugin"
+KEYHOLDER_NODE = "kh"
+"""The key holder's entry in :attr:`Cluster.node_ids` and its node-key name."""
 
 
 def tiny_config(data_dir: Path, out_dir: Path, *, name: str = "deployed", scheme: str = "mask", dp: bool = True,
@@ -95,7 +97,7 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.tls = tls
         self.pki: dict[str, Path] = {}
-        self.node_ids: dict[int, int] = {}
+        self.node_ids: dict[int | str, int] = {}  # node index (or KEYHOLDER_NODE) -> Flower node id
         self.audit = Path(audit) if audit is not None else None  # deploy_audit's records, per process
         if self.audit is not None:
             self.audit.mkdir(parents=True, exist_ok=True)
@@ -107,8 +109,8 @@ class Cluster:
     def transport_args(self) -> list[str]:
         return ["--ca", str(self.pki["ca"])] if self.tls else ["--insecure"]
 
-    def node_key(self, i: int) -> Path:
-        """Node ``i``'s SuperNode key (P-384), created on first use."""
+    def node_key(self, i: int | str) -> Path:
+        """Node ``i``'s SuperNode key (P-384; ``i`` = KEYHOLDER_NODE for the key holder), made on first use."""
         from privspk.runtimes.flower.certs import write_node_key
 
         path = self.root / "keys" / f"node{i}"
@@ -116,7 +118,7 @@ class Cluster:
             write_node_key(path)
         return path
 
-    def register(self, i: int) -> int:
+    def register(self, i: int | str) -> int:
         """Register node ``i``'s public key at the SuperLink (TLS + node auth); returns its node id."""
         from privspk.runtimes.flower.launch import register
 
@@ -162,7 +164,8 @@ class Cluster:
                     self.node_env.get(i))
 
     def start_keyholder(self) -> None:
-        self._start("keyholder", ["join", *self.transport_args(), "--role", "keyholder", "--superlink",
+        auth = ["--auth-key", str(self.node_key(KEYHOLDER_NODE))] if self.tls else []
+        self._start("keyholder", ["join", *self.transport_args(), *auth, "--role", "keyholder", "--superlink",
                                   self.superlink, "--run-dir", str(self.root / "kh")])
 
     def node_dir(self, i: int) -> Path:
@@ -190,6 +193,8 @@ class Cluster:
             self.start_superlink()
             for i in range(self.n_clients if self.tls else 0):
                 self.register(i)
+            if self.tls and self.keyholder:
+                self.register(KEYHOLDER_NODE)
             for i in range(self.n_clients):
                 self.start_node(i)
             if self.keyholder:

@@ -19,7 +19,7 @@ import pytest
 from deploy_support import Cluster, prepared_data, tiny_config
 from privspk.models.checkpoint import load_encoder
 from privspk.privacy import Ledger
-from privspk.secagg.he import HE_TRUST
+from privspk.secagg.he_params import HE_TRUST
 from test_deploy_rounds import _pretrained, in_process, trainable_vector
 
 pytestmark = [
@@ -29,6 +29,7 @@ pytestmark = [
 ]
 
 BFV = {"he_trust": HE_TRUST}
+HE = BFV  # ckks takes the same option (the operator accepts the HE trust assumption)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,48 @@ def test_a_server_cannot_swap_in_its_own_key_holder_for_a_client_that_trusts_ano
     assert server.advance()
     with pytest.raises(ProtocolError, match="signature"):
         client.handle(server.outbox()["c0"])
+
+
+@pytest.mark.slow
+def test_ckks_two_rounds_with_a_keyholder_node_match_in_process_to_ckks_precision(tmp_path, data_dir):
+    """``ckks`` deployed: the opened sums carry fresh CKKS and flooding noise, so the two runs differ.
+
+    Each round adds the opened sum (all clients in, FedAvg mass 1) to the model, and each run's
+    opened sum is within ``sum_tolerance(3)`` (5.1e-7 here) of the exact sum; two runs of two
+    rounds therefore differ by at most 2 x 2 x ``sum_tolerance(3)`` per coordinate, plus the float32
+    rounding of the model and what round 2's training on models ~1e-7 apart adds; both were small
+    in the two measured runs (max difference 2.7e-7 and 3.6e-7 against this bound of 2.0e-6).
+    """
+    cfg = tiny_config(data_dir, tmp_path / "server_runs", scheme="ckks", options=HE)
+    audit = tmp_path / "audit"
+    with Cluster(tmp_path / "cluster", data_dir=data_dir, keyholder=True, audit=audit) as cluster:
+        try:
+            done = cluster.submit(cfg, wait=900)
+        except Exception:
+            print(cluster.dump_logs())
+            raise
+    enc, _ = load_encoder(Path(cfg.out_dir) / cfg.name / "encoder.pt")
+    vec = trainable_vector(enc, cfg.train.recipe)
+    ref, ref_eps = in_process(tiny_config(data_dir, tmp_path / "inproc", scheme="ckks", options=HE))
+    from privspk.secagg import build_scheme
+
+    tol = 2 * 2 * build_scheme("ckks", {"clip": 0.5, **HE}).sum_tolerance(3, bound=0.5)
+    diff = float(np.max(np.abs(vec - ref)))
+    print(f"ckks deployed vs in-process: max |diff| = {diff:.3g} (bound {tol:.3g})")
+    assert vec.shape == ref.shape
+    assert diff <= tol, f"deployed differs by {diff} > {tol}"
+    assert not np.array_equal(vec, trainable_vector(_pretrained(data_dir), "last")), "the rounds changed the model"
+    assert done["epsilon_spent"] == pytest.approx(ref_eps, rel=1e-12)
+    report = json.loads((Path(cfg.out_dir) / cfg.name / "report.json").read_text())
+    assert report["keyholder"] is not None and report["keyholder"] not in report["clients"].values()
+    assert [r["included"] for r in report["rounds"]] == [["client0", "client1", "client2"]] * 2
+    for i in range(3):
+        with Ledger(cluster.node_dir(i) / "deployed" / "ledger.sqlite", readonly=True) as led:
+            assert sorted((r.client, r.round, r.status) for r in led.rows()) == [
+                (f"client{i}", 1, "aggregated"), (f"client{i}", 2, "aggregated")]
+    records = audit_records(audit)
+    made = [r for r in records if r["event"] == "make_context"]
+    assert len(made) >= 2 and all(r["role"] == "keyholder" and r["secret"] for r in made), \
+        "only the key holder makes (secret-key) contexts"
+    loads = [r for r in records if r["event"] in ("load_context", "transport_context") and r["role"] != "keyholder"]
+    assert loads and not any(r["secret"] for r in loads), "a server or client process saw a secret-key context"

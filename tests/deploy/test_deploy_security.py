@@ -82,3 +82,39 @@ def test_insecure_on_loopback_warns():
         warnings.simplefilter("always")
         _insecure_ok("127.0.0.1", "the SuperLink")
     assert any("without TLS" in str(w.message) for w in caught)
+
+
+@pytest.mark.slow
+def test_a_keyholder_joins_under_tls_and_node_auth_and_an_unregistered_keyholder_is_refused(tmp_path, data_dir):
+    """HE on an authenticated deployment: the key holder's node key is registered like the clients'.
+
+    A second key-holder node whose key nobody registered is refused by the SuperLink: had it been
+    admitted, the ServerApp would have seen two key holders and refused the run.
+    """
+    import json
+
+    from deploy_support import KEYHOLDER_NODE
+    from privspk.secagg.he_params import HE_TRUST
+
+    cfg = tiny_config(data_dir, tmp_path / "runs", scheme="bfv", rounds=1, options={"he_trust": HE_TRUST})
+    with Cluster(tmp_path / "c", data_dir=data_dir, tls=True, keyholder=True) as cl:
+        cl._start("intruder", ["join", "--ca", str(cl.pki["ca"]), "--auth-key", str(cl.node_key(9)), "--role",
+                               "keyholder", "--superlink", cl.superlink, "--run-dir",
+                               str(tmp_path / "c" / "intruder")])
+        try:
+            done = cl.submit(cfg, wait=900)
+        except Exception:
+            print(cl.dump_logs())
+            raise
+        deadline = time.monotonic() + 120
+        while cl.procs["intruder"].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        intruder_log = cl.log("intruder")
+        assert cl.procs["intruder"].poll() not in (None, 0), "the SuperLink refused the unregistered key holder"
+        # Flower 1.42's refusal of a node key nobody registered (ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED)
+        assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]
+        report = json.loads((Path(cfg.out_dir) / cfg.name / "report.json").read_text())
+        assert report["keyholder"] == cl.node_ids[KEYHOLDER_NODE], "the run's key holder is the registered node"
+        assert report["clients"] == {f"client{i}": cl.node_ids[i] for i in range(3)}
+        assert [r["included"] for r in report["rounds"]] == [["client0", "client1", "client2"]]
+        assert done["epsilon_spent"].keys() == {"client0", "client1", "client2"}

@@ -12,7 +12,7 @@ import numpy as np
 
 from privspk.errors import ProtocolError
 from privspk.secagg import AggregateResult, ClientEndpoint, RoundSpec, Scheme, ServerRound, build_scheme
-from privspk.secagg.he import HE_TRUST
+from privspk.secagg.he_params import HE_TRUST
 from privspk.secagg.wire import pack
 
 PREFIX = struct.Struct(">4sBI")

@@ -21,7 +21,8 @@ from privspk.secagg.bfv import (
     pack_digits,
     unpack_digits,
 )
-from privspk.secagg.he import SECURITY_CAP_BITS, client_rng
+from privspk.secagg.he_params import SECURITY_CAP_BITS
+from privspk.secagg.he_scheme import client_rng
 from privspk.secagg.he_wire import ntt_primes
 from privspk.secagg.simulate import run_round
 

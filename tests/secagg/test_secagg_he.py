@@ -16,19 +16,13 @@ import pytest
 
 from privspk.errors import AggregationError, ConfigError, KeyLeakError, PrivspkError, ProtocolError
 from privspk.secagg import KEYHOLDER, AggregateResult, RoundSpec
-from privspk.secagg.he import (
-    SERVER,
-    HeClient,
-    HeServerRound,
-    KeyHolder,
-    Stage,
-    _sign,
-    _sketch_hex,
-    _sketch_rows,
-    load_public_context,
-    pledge_digest,
-    public_context_bytes,
-)
+from privspk.secagg.he_client import HeClient
+from privspk.secagg.he_common import SERVER, Stage, load_public_context, pledge_digest, public_context_bytes
+from privspk.secagg.he_common import sign_statement as _sign
+from privspk.secagg.he_common import sketch_hex as _sketch_hex
+from privspk.secagg.he_common import sketch_rows as _sketch_rows
+from privspk.secagg.he_keyholder import KeyHolder
+from privspk.secagg.he_server import HeServerRound
 from privspk.secagg.he_wire import seal_frame, vector_bytes
 from privspk.secagg.simulate import run_round
 from privspk.secagg.wire import pack

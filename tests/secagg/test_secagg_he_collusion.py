@@ -22,7 +22,8 @@ import pytest
 from privspk.errors import AggregationError, ConfigError, ProtocolError
 from privspk.secagg import RoundSpec, build_scheme
 from privspk.secagg.base import _SCHEMES
-from privspk.secagg.he import Stage, _sign, pledge_digest
+from privspk.secagg.he_common import Stage, pledge_digest
+from privspk.secagg.he_common import sign_statement as _sign
 from privspk.secagg.simulate import run_round
 from privspk.secagg.wire import pack, unpack
 

@@ -39,17 +39,16 @@ import numpy as np
 
 from privspk.errors import ConfigError, ProtocolError
 from privspk.secagg.base import register_scheme
-from privspk.secagg.he import (
+from privspk.secagg.he_common import HeCodec, check_context_moduli
+from privspk.secagg.he_params import (
     MAX_PRIME_BITS,
     SECURITY_CAP_BITS,
     SPECIAL_PRIME_BITS,
-    HeCodec,
-    HeScheme,
     chain_problems,
-    check_context_moduli,
     option_problems,
     split_bits,
 )
+from privspk.secagg.he_scheme import HeScheme
 from privspk.secagg.he_wire import (
     CipherLayout,
     SealFrame,
@@ -133,7 +132,7 @@ class BfvConfig:
         coeff_mod_bit_sizes: explicit prime sizes (data primes, then special); ``None`` picks
             the smallest that decrypts. An explicit chain too small to decrypt is refused.
         he_trust: must be ``"no-client-colludes-with-server"`` for the scheme to start
-            (:func:`privspk.secagg.he.trust_problem` says why).
+            (:func:`privspk.secagg.he_params.trust_problem` says why).
 
     >>> BfvConfig(bits=16, pack=3)
     Traceback (most recent call last):
@@ -355,7 +354,7 @@ class BfvCodec(HeCodec):
 
 @register_scheme("bfv")
 class BfvScheme(HeScheme):
-    """BFV aggregation with a separate key holder (see :mod:`privspk.secagg.he`).
+    """BFV aggregation with a separate key holder (see :mod:`privspk.secagg.he_scheme`).
 
     >>> from privspk.secagg import build_scheme
     >>> type(build_scheme("bfv", {"he_trust": "no-client-colludes-with-server"})).__name__

@@ -48,15 +48,9 @@ import numpy as np
 
 from privspk.errors import ConfigError, ProtocolError
 from privspk.secagg.base import register_scheme
-from privspk.secagg.he import (
-    SPECIAL_PRIME_BITS,
-    HeCodec,
-    HeScheme,
-    chain_problems,
-    check_context_moduli,
-    option_problems,
-    split_bits,
-)
+from privspk.secagg.he_common import HeCodec, check_context_moduli
+from privspk.secagg.he_params import SPECIAL_PRIME_BITS, chain_problems, option_problems, split_bits
+from privspk.secagg.he_scheme import HeScheme
 from privspk.secagg.he_wire import CipherLayout, SealFrame, ntt_primes, seal_frame, vector_bytes, vector_words
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ class CkksConfig:
             ``scale_bits + ceil(log2(max_clients * clip)) + 2`` data bits (split into primes
             of at most 60 bits) and a 30-bit special prime.
         he_trust: must be ``"no-client-colludes-with-server"`` for the scheme to start
-            (:func:`privspk.secagg.he.trust_problem` says why).
+            (:func:`privspk.secagg.he_params.trust_problem` says why).
 
     >>> CkksConfig().chain
     (45, 30)
@@ -242,7 +236,7 @@ class CkksCodec(HeCodec):
 
 @register_scheme("ckks")
 class CkksScheme(HeScheme):
-    """CKKS aggregation with a separate key holder (see :mod:`privspk.secagg.he`).
+    """CKKS aggregation with a separate key holder (see :mod:`privspk.secagg.he_scheme`).
 
     >>> from privspk.secagg import build_scheme
     >>> type(build_scheme("ckks", {"he_trust": "no-client-colludes-with-server"})).__name__

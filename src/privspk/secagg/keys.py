@@ -136,6 +136,19 @@ class KeyRegistry:
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._raw
 
+    def copy(self) -> KeyRegistry:
+        """A registry with the same keys; later registrations in either do not reach the other.
+
+        >>> reg = KeyRegistry()
+        >>> snap = reg.copy()
+        >>> reg.register("c0", IdentityKey.generate().public_bytes())
+        >>> "c0" in reg, "c0" in snap
+        (True, False)
+        """
+        other = KeyRegistry()
+        other._keys, other._raw = dict(self._keys), dict(self._raw)
+        return other
+
     def public_bytes(self, client_id: str) -> bytes:
         """The registered public key of ``client_id``."""
         if client_id not in self._raw:

@@ -192,7 +192,7 @@ class Node:
 
     def _setup_keyholder(self, cfg) -> None:
         from privspk.runtimes.flower.identity import load_identity
-        from privspk.secagg.he import HeScheme
+        from privspk.secagg.he_scheme import HeScheme
 
         self.scheme = self._scheme(cfg)
         if not isinstance(self.scheme, HeScheme):
@@ -220,7 +220,7 @@ class Node:
         self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if cfg.privacy.enabled:
             self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg, resume=True)
-        from privspk.secagg.he import HeScheme
+        from privspk.secagg.he_scheme import HeScheme
 
         self.scheme = self._scheme(cfg)
         self.identity = None
@@ -236,7 +236,7 @@ class Node:
 
     # ------------------------------------------------------------------ roster
     def roster(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        from privspk.secagg.he import HeScheme
+        from privspk.secagg.he_scheme import HeScheme
 
         if isinstance(self.scheme, HeScheme):
             self._he_roster(meta)

@@ -468,7 +468,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     options = _scheme_options(cfg)
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
-    from privspk.secagg.he import HeScheme
+    from privspk.secagg.he_scheme import HeScheme
 
     needs_keyholder = isinstance(scheme, HeScheme)  # never scheme.keyholder() here: that makes a secret key
     n_nodes = cfg.federation.n_clients + (1 if needs_keyholder else 0)
