@@ -80,6 +80,7 @@ __all__ = [
     "make_rng",
     "modulus_bits",
     "noise_tail_bound",
+    "plan_client_level",
     "plan_client_noise_multiplier",
     "poisson_subsampled_rdp",
     "rdp_to_epsilon",
@@ -757,3 +758,43 @@ def plan_client_noise_multiplier(
             f"({exc}); plan fewer rounds, sample fewer clients per round, count more noise shares, or raise epsilon"
         ) from None
     return replace(template, noise_multiplier=z)
+
+
+def plan_client_level(
+    mask_options: Mapping[str, object],
+    *,
+    n_clients: int,
+    colluders: int,
+    budget: PrivacyBudget,
+    rounds: int,
+    clip: float,
+    noise: str,
+    dim: int,
+    bits: int = 16,
+) -> tuple[DistributedDP, dict]:
+    """Distributed-DP encoder for client-level DP over the ``mask`` scheme, and the mask options that carry its noise.
+
+    Codes use the mask quantiser's units (``bits``-bit values over ``[-clip, clip]``, asked of the
+    mask scheme built from ``mask_options``); the noise multiplier is planned for ``rounds`` rounds
+    at the client-level ``budget``, counting only the honest noise shares guaranteed in an opened
+    sum: the fewest clients a round can open with, minus ``colluders`` (whose shares the server
+    knows). Each client refuses a round that cannot guarantee that many survivors
+    (:attr:`DistributedDP.required_survivors`). The returned options add ``noise_headroom_bits``.
+
+    >>> dp, opts = plan_client_level({"colluders": 1}, n_clients=4, colluders=1, rounds=2, clip=0.05,
+    ...     budget=PrivacyBudget(epsilon=8, delta=1e-5, unit="client"), noise="dgauss", dim=1000)
+    >>> dp.counted_shares, opts["bits"], opts["noise_headroom_bits"] >= 0
+    (2, 16, True)
+    """
+    from privspk.secagg import build_scheme, headroom_for
+
+    if n_clients < 2:
+        raise ConfigError("client-level DP needs at least 2 clients")
+    options = {**mask_options, "bits": bits, "clip": clip}
+    mask = build_scheme("mask", options)
+    counted = guaranteed_noise_shares(min_survivors=mask.min_survivors(n_clients), colluders=colluders)
+    template = DistributedDP(clip=clip, scale=mask.quantiser(n_clients).scale, noise_multiplier=1.0,
+                             n_clients=n_clients, dim=dim, noise=noise, counted_shares=counted, colluders=colluders)
+    dp = plan_client_noise_multiplier(budget=budget, rounds=rounds, sample_rate=1.0, template=template)
+    options["noise_headroom_bits"] = max(0, dp.modulus_bits() - bits - headroom_for(n_clients))
+    return dp, options

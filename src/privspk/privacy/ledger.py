@@ -23,10 +23,10 @@ that is not a privspk ledger, or that another process keeps locked, raises
 
 >>> import tempfile, pathlib
 >>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> from privspk.privacy.mechanism import Mechanism
+>>> mech = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=20, clip=1.0, delta=1e-5)
 >>> with Ledger(tmp / "ledger.sqlite", run_id="demo", settings={"epsilon": 8.0}) as led:
-...     row = led.record_spend(Spend(client="c0", round=1, unit="utterance", accountant="rdp",
-...         noise_multiplier=1.1, sample_rate=0.05, steps=20, delta=1e-5, epsilon_after=0.9,
-...         clip=1.0, scheme="mask"))
+...     row = led.record_spend(Spend(client="c0", round=1, mechanism=mech, epsilon_after=0.9, scheme="mask"))
 ...     led.mark_released("c0", 1).status
 'released'
 """
@@ -60,14 +60,10 @@ from privspk.privacy.accounting import (
     rounds_epsilon,
     speaker_epsilons,
 )
-from privspk.privacy.budget import PRIVACY_UNITS
+from privspk.privacy.mechanism import RANDOMNESS_MODES, SIMULATION_WARNING, Mechanism
 from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound, client_level_epsilon
 
-RANDOMNESS_MODES: tuple[str, ...] = ("secret", "simulation")
-"""Where a round's noise and sampling came from: the OS CSPRNG, or the run's seed (reproducible)."""
-
-SIMULATION_WARNING = "simulation randomness: ε assumes nothing, not valid for a deployment"
-"""Printed beside every epsilon of a run whose random choices derive from its seed."""
+_EXAMPLE_MECHANISM = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=20, clip=1.0, delta=1e-5)
 
 __all__ = [
     "LEDGER_FORMAT",
@@ -228,8 +224,7 @@ def head_message(*, run_id: str, client: str, round: int, seq: int, head: str) -
 
 def _example_spend(client: str = "c0", round: int = 1, epsilon_after: float = 0.5) -> Spend:
     """A valid spend for the doctests of this module (keeps each example to one line)."""
-    return Spend(client=client, round=round, unit="utterance", accountant="rdp", noise_multiplier=1.1,
-                 sample_rate=0.05, steps=20, delta=1e-5, epsilon_after=epsilon_after, clip=1.0, scheme="mask")
+    return Spend(client=client, round=round, mechanism=_EXAMPLE_MECHANISM, epsilon_after=epsilon_after, scheme="mask")
 
 
 def _example_ledger() -> Ledger:
@@ -302,26 +297,23 @@ class ClientLevelSpend:
 
 @dataclass(frozen=True, kw_only=True)
 class Spend:
-    """What a client records for one round, before its update leaves it.
+    """What a client records for one round, before its update leaves it: the round's mechanism and its outcome.
 
     Args:
         client: client id.
         round: round number, >= 1 (rounds of a client must increase).
-        unit: what one record is (``"utterance"``, ``"speaker"``, ``"client"``).
-        accountant: ``"rdp"`` or ``"prv"``.
-        noise_multiplier, sample_rate, steps: the round's DP-SGD steps.
-        delta: delta of ``epsilon_after``.
-        epsilon_after: the client's epsilon after this round (worst speaker when speakers are declared).
-        clip: clipping bound of DP-SGD.
+        mechanism: the round's DP-SGD :class:`~privspk.privacy.mechanism.Mechanism` (noise multiplier > 0).
+        epsilon_after: the client's epsilon after this round, at ``mechanism.delta`` (worst speaker when
+            speakers are declared).
         scheme: aggregation scheme that protects the update (``"mask"``, ``"bfv"``...).
         speakers: speakers eligible in this round (empty: all of the client's).
         client_level: the distributed-DP part, if any.
         update_digest: :func:`digest_update` of the exact bytes to be released.
-        randomness: ``"secret"`` (noise and sampling from the OS CSPRNG) or ``"simulation"``
-            (from the run's seed: the epsilon assumes nothing).
 
-    >>> Spend(client="c0", round=0, unit="utterance", accountant="rdp", noise_multiplier=1.0,
-    ...       sample_rate=0.1, steps=5, delta=1e-5, epsilon_after=1.0, clip=1.0, scheme="mask")
+    The mechanism's fields read as the spend's own (``spend.noise_multiplier``...), as they are
+    the row's columns.
+
+    >>> Spend(client="c0", round=0, mechanism=_EXAMPLE_MECHANISM, epsilon_after=1.0, scheme="mask")
     Traceback (most recent call last):
     ...
     privspk.errors.ConfigError: round must be >= 1, got 0
@@ -329,38 +321,23 @@ class Spend:
 
     client: str
     round: int
-    unit: str
-    accountant: str
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
+    mechanism: Mechanism
     epsilon_after: float
-    clip: float
     scheme: str
     speakers: tuple[str, ...] = ()
     client_level: ClientLevelSpend | None = None
     update_digest: str | None = None
-    randomness: str = "secret"
 
     def __post_init__(self) -> None:
         nonempty_str("client", self.client)
-        if self.randomness not in RANDOMNESS_MODES:
-            raise ConfigError(f"randomness must be one of {', '.join(RANDOMNESS_MODES)}, got {self.randomness!r}")
         object.__setattr__(self, "round", positive_int("round", self.round))
-        if self.unit not in PRIVACY_UNITS:
-            raise ConfigError(f"unit must be one of {', '.join(PRIVACY_UNITS)}, got {self.unit!r}")
-        check_accountant(self.accountant)
-        step = SpendStep(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)
-        object.__setattr__(self, "noise_multiplier", step.noise_multiplier)
-        object.__setattr__(self, "sample_rate", step.sample_rate)
-        object.__setattr__(self, "steps", step.steps)
-        object.__setattr__(self, "delta", probability("delta", self.delta))
+        if not isinstance(self.mechanism, Mechanism):
+            raise ConfigError(f"mechanism must be a Mechanism, got {type(self.mechanism).__name__}")
+        self.mechanism.step  # noqa: B018 - a recorded round must have noise (SpendStep refuses 0)
         eps = real("epsilon_after", self.epsilon_after)
         if eps < 0:
             raise ConfigError(f"epsilon_after must be >= 0, got {eps}")
         object.__setattr__(self, "epsilon_after", eps)
-        object.__setattr__(self, "clip", positive_float("clip", self.clip))
         nonempty_str("scheme", self.scheme)
         if isinstance(self.speakers, str):
             raise ConfigError("speakers must be a sequence of speaker ids, not one string")
@@ -377,17 +354,26 @@ class Spend:
 
     @property
     def step(self) -> SpendStep:
-        """The round's DP-SGD steps."""
-        return SpendStep(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)
+        """The round's DP-SGD steps (the accountant's history entry)."""
+        return self.mechanism.step
+
+    # the mechanism's fields, read as the row's columns
+    unit = property(lambda self: self.mechanism.unit, doc="The privacy unit.")
+    accountant = property(lambda self: self.mechanism.accountant, doc="The accountant.")
+    noise_multiplier = property(lambda self: self.mechanism.noise_multiplier, doc="The noise multiplier.")
+    sample_rate = property(lambda self: self.mechanism.sample_rate, doc="The Poisson sample rate.")
+    steps = property(lambda self: self.mechanism.steps, doc="The round's steps.")
+    delta = property(lambda self: self.mechanism.delta, doc="The delta of ``epsilon_after``.")
+    clip = property(lambda self: self.mechanism.clip, doc="The clipping bound.")
+    randomness = property(lambda self: self.mechanism.randomness, doc="``secret`` or ``simulation``.")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpendRow(Spend):
     """A recorded spend: the :class:`Spend` plus run id, status, note and timestamps (UTC ISO 8601).
 
-    >>> r = SpendRow(run_id="r", client="c0", round=1, unit="utterance", accountant="rdp",
-    ...     noise_multiplier=1.0, sample_rate=0.1, steps=5, delta=1e-5, epsilon_after=1.0, clip=1.0,
-    ...     scheme="mask", status="spent", created_at="t", updated_at="t")
+    >>> r = SpendRow(run_id="r", client="c0", round=1, mechanism=_EXAMPLE_MECHANISM, epsilon_after=1.0,
+    ...              scheme="mask", status="spent", created_at="t", updated_at="t")
     >>> r.to_dict()["status"], r.to_dict()["client_epsilon_after"]
     ('spent', None)
     """
@@ -776,19 +762,12 @@ class Ledger:
                 run_id=d["run_id"],
                 client=d["client"],
                 round=d["round"],
-                unit=d["unit"],
-                accountant=d["accountant"],
-                noise_multiplier=d["noise_multiplier"],
-                sample_rate=d["sample_rate"],
-                steps=d["steps"],
-                delta=d["delta"],
+                mechanism=Mechanism.from_row(d),
                 epsilon_after=d["epsilon_after"],
-                clip=d["clip"],
                 scheme=d["scheme"],
                 speakers=speakers,
                 client_level=client_level,
                 update_digest=d["update_digest"],
-                randomness=d["randomness"],
                 status=d["status"],
                 note=d["note"],
                 created_at=d["created_at"],
@@ -924,18 +903,22 @@ class Ledger:
             self._check_new_spend(spend, prev)
             now = _now()
             cl = spend.client_level
+            values = {
+                **spend.mechanism.to_dict(),
+                "run_id": self.run_id, "client": spend.client, "round": spend.round,
+                "epsilon_after": spend.epsilon_after, "scheme": spend.scheme, "update_digest": spend.update_digest,
+                "client_noise_multiplier": None if cl is None else cl.noise_multiplier,
+                "client_sample_rate": None if cl is None else cl.sample_rate,
+                "client_delta": None if cl is None else cl.delta,
+                "client_epsilon_after": None if cl is None else cl.epsilon_after,
+                "client_mechanism": None if cl is None else json.dumps(cl.mechanism.to_dict(), sort_keys=True),
+                "status": "spent", "note": None, "created_at": now, "updated_at": now,
+            }
+            cols = _COLUMNS["spends"]
+            if set(values) != set(cols):  # pragma: no cover - a column added to the schema but not here
+                raise LedgerError(f"spend columns out of step with the schema: {sorted(set(values) ^ set(cols))}")
             conn.execute(
-                f"INSERT INTO spends ({', '.join(_COLUMNS['spends'])}) VALUES ({', '.join('?' * len(_COLUMNS['spends']))})",
-                (
-                    self.run_id, spend.client, spend.round, spend.unit, spend.accountant, spend.noise_multiplier,
-                    spend.sample_rate, spend.steps, spend.delta, spend.epsilon_after,
-                    None if cl is None else cl.noise_multiplier,
-                    None if cl is None else cl.sample_rate,
-                    None if cl is None else cl.delta,
-                    None if cl is None else cl.epsilon_after,
-                    None if cl is None else json.dumps(cl.mechanism.to_dict(), sort_keys=True),
-                    spend.clip, spend.scheme, spend.update_digest, "spent", None, now, now, spend.randomness,
-                ),
+                f"INSERT INTO spends ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})", values
             )
             conn.executemany(
                 "INSERT INTO spend_speakers (run_id, client, round, speaker) VALUES (?, ?, ?, ?)",
