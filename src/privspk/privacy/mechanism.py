@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from privspk.errors import ConfigError
-from privspk.privacy._checks import positive_float, positive_int, probability, real
+from privspk.privacy._checks import positive_float, positive_int, probability
 from privspk.privacy.accounting import SpendEntry, SpendStep, as_history, check_accountant, epsilon
 
 __all__ = ["MECHANISM_FIELDS", "RANDOMNESS_MODES", "SAMPLE_UNITS", "SIMULATION_WARNING", "Mechanism"]

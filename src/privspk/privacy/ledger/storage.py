@@ -1,46 +1,22 @@
-"""The privacy ledger: one SQLite file (WAL mode) recording every round's spend per client.
+"""Ledger storage: the SQLite schema, opening and migrating a file, recording spends and status transitions.
 
-A row per (run, client, round) holds everything needed to recompute its epsilon
-later - accountant, noise multiplier, sampling rate, steps, delta, clipping
-bound, scheme, the privacy unit it protects, the client-level (distributed DP)
-mechanism when there is one - plus the epsilon after the round, the row's
-randomness (``secret``: the round's noise and sampling came from the OS CSPRNG;
-``simulation``: from the run's seed, the epsilon then assumes nothing) and the row's
-status:
+One file per run (WAL mode, ``synchronous=FULL``); a spend is committed (fsync'ed) before its
+update may leave the client, chained to the client's previous row in the same transaction.
+Status transitions: ``spent`` -> ``released`` -> ``aggregated``, or -> ``abandoned``.
+Checking a ledger is :mod:`privspk.privacy.ledger.audit`'s job, showing it
+:mod:`privspk.privacy.ledger.report`'s; :class:`Ledger` forwards to both.
 
-``spent`` -> ``released`` -> ``aggregated``, or -> ``abandoned``.
-
-The spend is written and committed (``synchronous=FULL``: fsync'ed) *before*
-the update leaves the client; every committed spend counts towards epsilon
-whatever its status - a spend is never refunded. ``(run, client, round)`` is
-unique, so a resumed run cannot count a round twice, and an optional digest of
-the exact update bytes binds a spend to one release: a re-send after a crash must
-be the same bytes.
-
-One run per file. Opening a file of another run, with other privacy settings,
-that is not a privspk ledger, or that another process keeps locked, raises
-:class:`~privspk.errors.LedgerError` naming the file, and writes nothing.
-
->>> import tempfile, pathlib
->>> tmp = pathlib.Path(tempfile.mkdtemp())
->>> from privspk.privacy.mechanism import Mechanism
->>> mech = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=20, clip=1.0, delta=1e-5)
->>> with Ledger(tmp / "ledger.sqlite", run_id="demo", settings={"epsilon": 8.0}) as led:
-...     row = led.record_spend(Spend(client="c0", round=1, mechanism=mech, epsilon_after=0.9, scheme="mask"))
-...     led.mark_released("c0", 1).status
-'released'
+>>> led = _example_ledger()
+>>> led.record_spend(_example_spend()).status
+'spent'
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 import json
 import logging
 import os
-import re
 import sqlite3
 import tempfile
 import threading
@@ -48,48 +24,42 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from privspk.errors import ConfigError, LedgerError, PrivspkError
-from privspk.privacy._checks import nonempty_str, positive_float, positive_int, probability, real
-from privspk.privacy.accounting import (
-    RoundSpend,
-    SpendStep,
-    check_accountant,
-    rounds_epsilon,
-    speaker_epsilons,
+from privspk.errors import ConfigError, LedgerError
+from privspk.privacy._checks import nonempty_str, positive_float
+from privspk.privacy.accounting import RoundSpend, SpendStep, speaker_epsilons
+from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound
+from privspk.privacy.ledger.chain import (
+    _CHAIN_COLUMNS,
+    _CHAIN_DDL,
+    _CHAIN_TABLE,
+    GENESIS_HASH,
+    AggregatedHeads,
+    ChainFinding,
+    SignedHead,
+    _chain_hash,
+    head_message,
 )
-from privspk.privacy.mechanism import RANDOMNESS_MODES, SIMULATION_WARNING, Mechanism
-from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound, client_level_epsilon
+from privspk.privacy.ledger.rows import (  # noqa: F401 - _example_spend: the doctests' example
+    _COLUMNS,
+    ClientLevelSpend,
+    Spend,
+    SpendRow,
+    _example_spend,
+    digest_update,
+)
+from privspk.privacy.mechanism import Mechanism
 
-_EXAMPLE_MECHANISM = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=20, clip=1.0, delta=1e-5)
+if TYPE_CHECKING:
+    from privspk.privacy.ledger.audit import RecomputeCheck
 
-__all__ = [
-    "LEDGER_FORMAT",
-    "RANDOMNESS_MODES",
-    "SIMULATION_WARNING",
-    "SCHEMA_VERSION",
-    "STATUSES",
-    "EXPORT_COLUMNS",
-    "ClientLevelSpend",
-    "Ledger",
-    "RecomputeCheck",
-    "Spend",
-    "SpendRow",
-    "SignedHead",
-    "AggregatedHeads",
-    "ChainFinding",
-    "digest_update",
-    "head_message",
-]
+__all__ = ["LEDGER_FORMAT", "SCHEMA_VERSION", "Ledger"]
 
 logger = logging.getLogger(__name__)
 
 LEDGER_FORMAT = "privspk-ledger"
 SCHEMA_VERSION = 2
-STATUSES: tuple[str, ...] = ("spent", "released", "aggregated", "abandoned")
-
 _NEXT_STATUS: dict[str, tuple[str, ...]] = {
     "spent": ("released", "aggregated", "abandoned"),
     "released": ("aggregated", "abandoned"),
@@ -136,97 +106,6 @@ _SCHEMA: dict[str, str] = {
     )""",
 }
 
-# The hash chain (tamper evidence) lives in its own table, so the spends table keeps its columns. Each row
-# of a client commits to the one before it: row_hash = SHA-256(tag, prev_hash, seq, the row's recorded
-# fields); ``signature`` is the client's Ed25519 signature of the chain head after that row
-# (:func:`head_message`), ``public_key`` the key it was made with. A ledger without this table predates
-# tamper evidence: it can be read and recomputed, but never written to again (see Ledger).
-_CHAIN_TABLE = "spend_chain"
-_CHAIN_DDL = """CREATE TABLE spend_chain (
-        run_id TEXT NOT NULL,
-        client TEXT NOT NULL,
-        round INTEGER NOT NULL,
-        seq INTEGER NOT NULL CHECK (seq >= 1),
-        prev_hash TEXT NOT NULL,
-        row_hash TEXT NOT NULL,
-        public_key TEXT,
-        signature TEXT,
-        PRIMARY KEY (run_id, client, round),
-        UNIQUE (run_id, client, seq),
-        FOREIGN KEY (run_id, client, round) REFERENCES spends(run_id, client, round)
-    )"""
-_CHAIN_COLUMNS: tuple[str, ...] = (
-    "run_id", "client", "round", "seq", "prev_hash", "row_hash", "public_key", "signature",
-)
-# what a row's hash covers: every exported field (so a column added later is chained too) except the
-# three that change as the round goes on (the server's record covers what was aggregated)
-_UNCHAINED_FIELDS: frozenset[str] = frozenset({"status", "note", "updated_at"})
-GENESIS_HASH = "0" * 64
-_ROW_TAG = b"privspk/ledger-row/v1\x00"
-_HEAD_TAG = b"privspk/ledger-head/v1\x00"
-
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    "meta": ("key", "value"),
-    "runs": ("run_id", "settings", "created_at"),
-    "spends": (
-        "run_id", "client", "round", "unit", "accountant", "noise_multiplier", "sample_rate", "steps", "delta",
-        "epsilon_after", "client_noise_multiplier", "client_sample_rate", "client_delta", "client_epsilon_after",
-        "client_mechanism", "clip", "scheme", "update_digest", "status", "note", "created_at", "updated_at",
-        "randomness",
-    ),
-    "spend_speakers": ("run_id", "client", "round", "speaker"),
-}
-
-EXPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS["spends"][:18], "speakers", *_COLUMNS["spends"][18:])
-
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def digest_update(payload: bytes | bytearray | memoryview | np.ndarray) -> str:
-    """SHA-256 hex digest of the exact bytes of an update (arrays: dtype, shape and data).
-
-    >>> digest_update(b"abc")[:16]
-    'ba7816bf8f01cfea'
-    >>> digest_update(np.zeros(3, dtype=np.int64)) == digest_update(np.zeros(3, dtype=np.int32))
-    False
-    """
-    h = hashlib.sha256()
-    if isinstance(payload, np.ndarray):
-        arr = np.ascontiguousarray(payload)
-        h.update(f"{arr.dtype.str}{arr.shape}".encode())
-        h.update(arr.tobytes())
-    elif isinstance(payload, (bytes, bytearray, memoryview)):
-        h.update(bytes(payload))
-    else:
-        raise ConfigError(f"update payload must be bytes or a numpy array, got {type(payload).__name__}")
-    return h.hexdigest()
-
-
-def _chain_hash(row: SpendRow, *, prev_hash: str, seq: int) -> str:
-    """SHA-256 of (tag, previous hash, position, the row's recorded fields as canonical JSON)."""
-    fields = {k: v for k, v in row.to_dict().items() if k not in _UNCHAINED_FIELDS}
-    body = json.dumps({"prev": prev_hash, "seq": seq, "row": fields}, sort_keys=True, separators=(",", ":"),
-                      allow_nan=False)
-    return hashlib.sha256(_ROW_TAG + body.encode("utf-8")).hexdigest()
-
-
-def head_message(*, run_id: str, client: str, round: int, seq: int, head: str) -> bytes:
-    """What a client signs: its chain head ``head`` after its ``seq``-th row (round ``round``) of ``run_id``.
-
-    >>> head_message(run_id="r", client="c0", round=3, seq=2, head="ab" * 32)[:22]
-    b'privspk/ledger-head/v1'
-    """
-    from privspk.secagg.keys import encode_ids
-
-    return _HEAD_TAG + encode_ids(run_id, client) + int(round).to_bytes(8, "big") + int(seq).to_bytes(8, "big") + \
-        bytes.fromhex(head)
-
-
-def _example_spend(client: str = "c0", round: int = 1, epsilon_after: float = 0.5) -> Spend:
-    """A valid spend for the doctests of this module (keeps each example to one line)."""
-    return Spend(client=client, round=round, mechanism=_EXAMPLE_MECHANISM, epsilon_after=epsilon_after, scheme="mask")
-
-
 def _example_ledger() -> Ledger:
     """A fresh ledger in a temporary folder, for the doctests of this module."""
     return Ledger(Path(tempfile.mkdtemp()) / "ledger.sqlite", run_id="demo", settings={"epsilon": 8.0})
@@ -262,181 +141,6 @@ def _differing_keys(a: Mapping[str, object], b: Mapping[str, object]) -> list[st
 
 
 _MISSING = object()
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientLevelSpend:
-    """The client-level (distributed DP) part of a round's spend.
-
-    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
-    ...                          l1_sensitivity=1000.0, dim=100)
-    >>> ClientLevelSpend(mechanism=m, sample_rate=0.5, delta=1e-5, epsilon_after=1.2).noise_multiplier
-    1.0
-    """
-
-    mechanism: ClientLevelMechanism
-    sample_rate: float
-    delta: float
-    epsilon_after: float
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mechanism, ClientLevelMechanism):
-            raise ConfigError(f"mechanism must be a ClientLevelMechanism, got {type(self.mechanism).__name__}")
-        object.__setattr__(self, "sample_rate", probability("client sample_rate", self.sample_rate, allow_one=True))
-        object.__setattr__(self, "delta", probability("client delta", self.delta))
-        eps = real("client epsilon_after", self.epsilon_after)
-        if eps < 0:
-            raise ConfigError(f"client epsilon_after must be >= 0, got {eps}")
-        object.__setattr__(self, "epsilon_after", eps)
-
-    @property
-    def noise_multiplier(self) -> float:
-        """Effective central noise multiplier of the counted noise."""
-        return self.mechanism.noise_multiplier
-
-
-@dataclass(frozen=True, kw_only=True)
-class Spend:
-    """What a client records for one round, before its update leaves it: the round's mechanism and its outcome.
-
-    Args:
-        client: client id.
-        round: round number, >= 1 (rounds of a client must increase).
-        mechanism: the round's DP-SGD :class:`~privspk.privacy.mechanism.Mechanism` (noise multiplier > 0).
-        epsilon_after: the client's epsilon after this round, at ``mechanism.delta`` (worst speaker when
-            speakers are declared).
-        scheme: aggregation scheme that protects the update (``"mask"``, ``"bfv"``...).
-        speakers: speakers eligible in this round (empty: all of the client's).
-        client_level: the distributed-DP part, if any.
-        update_digest: :func:`digest_update` of the exact bytes to be released.
-
-    The mechanism's fields read as the spend's own (``spend.noise_multiplier``...), as they are
-    the row's columns.
-
-    >>> Spend(client="c0", round=0, mechanism=_EXAMPLE_MECHANISM, epsilon_after=1.0, scheme="mask")
-    Traceback (most recent call last):
-    ...
-    privspk.errors.ConfigError: round must be >= 1, got 0
-    """
-
-    client: str
-    round: int
-    mechanism: Mechanism
-    epsilon_after: float
-    scheme: str
-    speakers: tuple[str, ...] = ()
-    client_level: ClientLevelSpend | None = None
-    update_digest: str | None = None
-
-    def __post_init__(self) -> None:
-        nonempty_str("client", self.client)
-        object.__setattr__(self, "round", positive_int("round", self.round))
-        if not isinstance(self.mechanism, Mechanism):
-            raise ConfigError(f"mechanism must be a Mechanism, got {type(self.mechanism).__name__}")
-        self.mechanism.step  # noqa: B018 - a recorded round must have noise (SpendStep refuses 0)
-        eps = real("epsilon_after", self.epsilon_after)
-        if eps < 0:
-            raise ConfigError(f"epsilon_after must be >= 0, got {eps}")
-        object.__setattr__(self, "epsilon_after", eps)
-        nonempty_str("scheme", self.scheme)
-        if isinstance(self.speakers, str):
-            raise ConfigError("speakers must be a sequence of speaker ids, not one string")
-        spk = tuple(sorted(set(self.speakers)))
-        for s in spk:
-            nonempty_str("speaker", s)
-        object.__setattr__(self, "speakers", spk)
-        if self.client_level is not None and not isinstance(self.client_level, ClientLevelSpend):
-            raise ConfigError(f"client_level must be a ClientLevelSpend, got {type(self.client_level).__name__}")
-        if self.update_digest is not None and not (
-            isinstance(self.update_digest, str) and _DIGEST_RE.match(self.update_digest)
-        ):
-            raise ConfigError("update_digest must be a lowercase SHA-256 hex string (use digest_update())")
-
-    @property
-    def step(self) -> SpendStep:
-        """The round's DP-SGD steps (the accountant's history entry)."""
-        return self.mechanism.step
-
-    # the mechanism's fields, read as the row's columns
-    unit = property(lambda self: self.mechanism.unit, doc="The privacy unit.")
-    accountant = property(lambda self: self.mechanism.accountant, doc="The accountant.")
-    noise_multiplier = property(lambda self: self.mechanism.noise_multiplier, doc="The noise multiplier.")
-    sample_rate = property(lambda self: self.mechanism.sample_rate, doc="The Poisson sample rate.")
-    steps = property(lambda self: self.mechanism.steps, doc="The round's steps.")
-    delta = property(lambda self: self.mechanism.delta, doc="The delta of ``epsilon_after``.")
-    clip = property(lambda self: self.mechanism.clip, doc="The clipping bound.")
-    randomness = property(lambda self: self.mechanism.randomness, doc="``secret`` or ``simulation``.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SpendRow(Spend):
-    """A recorded spend: the :class:`Spend` plus run id, status, note and timestamps (UTC ISO 8601).
-
-    >>> r = SpendRow(run_id="r", client="c0", round=1, mechanism=_EXAMPLE_MECHANISM, epsilon_after=1.0,
-    ...              scheme="mask", status="spent", created_at="t", updated_at="t")
-    >>> r.to_dict()["status"], r.to_dict()["client_epsilon_after"]
-    ('spent', None)
-    """
-
-    run_id: str
-    status: str
-    created_at: str
-    updated_at: str
-    note: str | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.status not in STATUSES:
-            raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
-
-    def to_dict(self) -> dict[str, object]:
-        """Flat, JSON-friendly dict with the columns of :data:`EXPORT_COLUMNS`."""
-        cl = self.client_level
-        out: dict[str, object] = {
-            "run_id": self.run_id,
-            "client": self.client,
-            "round": self.round,
-            "unit": self.unit,
-            "accountant": self.accountant,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-            "delta": self.delta,
-            "epsilon_after": self.epsilon_after,
-            "client_noise_multiplier": None if cl is None else cl.noise_multiplier,
-            "client_sample_rate": None if cl is None else cl.sample_rate,
-            "client_delta": None if cl is None else cl.delta,
-            "client_epsilon_after": None if cl is None else cl.epsilon_after,
-            "client_mechanism": None if cl is None else cl.mechanism.to_dict(),
-            "clip": self.clip,
-            "scheme": self.scheme,
-            "update_digest": self.update_digest,
-            "speakers": list(self.speakers),
-            "status": self.status,
-            "note": self.note,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "randomness": self.randomness,
-        }
-        return {k: out[k] for k in EXPORT_COLUMNS}
-
-
-@dataclass(frozen=True, kw_only=True)
-class RecomputeCheck:
-    """One recomputed epsilon: ``level`` is ``"sample"`` (the row's unit) or ``"client"`` (distributed DP).
-
-    >>> RecomputeCheck(client="c0", round=1, level="sample", accountant="rdp", recorded=1.0,
-    ...                recomputed=1.0, ok=True).ok
-    True
-    """
-
-    client: str
-    round: int
-    level: str
-    accountant: str
-    recorded: float
-    recomputed: float
-    ok: bool
 
 
 @dataclass
@@ -989,120 +693,10 @@ class Ledger:
         )
 
     def verify_chain(self, record: AggregatedHeads | None = None) -> list[ChainFinding]:
-        """Check the hash chain, the round sequence and the signatures of every client (empty list: intact).
+        """Check the hash chain, round order and signatures (empty list: intact); see :func:`.audit.verify_chain`."""
+        from privspk.privacy.ledger.audit import verify_chain
 
-        Flags, per client: a row whose recorded fields changed since it was recorded
-        (its hash no longer matches), a deleted or inserted row (a broken link, a gap
-        in the chain's positions), rounds out of order, a missing or bad signature
-        of a chain head, a change of identity key. With ``record`` (the server's
-        :class:`AggregatedHeads`) also: every head the server aggregated must be in
-        the chain, with the same hash at the same position, signed by the key the
-        server registered - so a truncated tail, or a chain rewritten by someone
-        holding the client's key, is caught too.
-
-        >>> from privspk.secagg.keys import IdentityKey
-        >>> led, key = _example_ledger(), IdentityKey.generate()
-        >>> for r in (1, 2, 3):
-        ...     _ = led.record_spend(_example_spend(round=r, epsilon_after=0.5 * r), signer=key)
-        >>> led.verify_chain()
-        []
-        >>> with led._write("a test edit") as conn:  # a larger noise multiplier shows a smaller spend
-        ...     _ = conn.execute("UPDATE spends SET noise_multiplier = 2.0 WHERE round = 2")
-        >>> [str(f).split(";")[0] for f in led.verify_chain()]  # doctest: +ELLIPSIS
-        ['client c0: round 2 (chain position 2): its recorded fields (noise, sampling, steps, epsilon...) changed...']
-        """
-        findings: list[ChainFinding] = []
-        if not self._chained:
-            return [ChainFinding(client=None, round=None, problem=(
-                f"no hash chain: this ledger predates tamper evidence (no '{_CHAIN_TABLE}' table); its rows can be "
-                "recomputed but a deleted or rewritten row cannot be detected"))]
-        from privspk.secagg.keys import KeyRegistry
-
-        with self._read("verifying the hash chain") as conn:
-            rows = {(r.client, r.round): r for r in self._select(conn)}
-            chain = conn.execute(
-                f"SELECT {', '.join(_CHAIN_COLUMNS)} FROM {_CHAIN_TABLE} WHERE run_id = ? ORDER BY client, seq",
-                (self.run_id,),
-            ).fetchall()
-            other = conn.execute(f"SELECT count(*) FROM {_CHAIN_TABLE} WHERE run_id != ?", (self.run_id,)).fetchone()
-        if other and other[0]:
-            findings.append(ChainFinding(client=None, round=None, problem=f"{other[0]} chain entries of another run"))
-        links: dict[str, list[tuple]] = {}
-        for rec in chain:
-            links.setdefault(rec[1], []).append(rec)
-        for client, rnd in sorted(rows):
-            if not any(rec[2] == rnd for rec in links.get(client, ())):
-                findings.append(ChainFinding(client=client, round=rnd, problem=(
-                    f"round {rnd} has a spend row but no chain entry; it was added outside privspk")))
-        registry = KeyRegistry()
-        for client in sorted(links):
-            prev_hash, prev_round, keys = GENESIS_HASH, 0, set()
-            for i, (_, _, rnd, seq, prev, head, pk, sig) in enumerate(links[client], start=1):
-                where = f"round {rnd} (chain position {seq})"
-                if seq != i:
-                    findings.append(ChainFinding(client=client, round=rnd, problem=(
-                        f"{where}: the chain skips position(s) {i}..{seq - 1}; a row was deleted")))
-                if rnd <= prev_round:
-                    findings.append(ChainFinding(client=client, round=rnd, problem=(
-                        f"{where}: comes after round {prev_round}; rounds were reordered")))
-                if prev != prev_hash:
-                    findings.append(ChainFinding(client=client, round=rnd, problem=(
-                        f"{where}: does not link to the row before it (prev {prev[:12]}..., expected "
-                        f"{prev_hash[:12]}...); a row before it was deleted, inserted or rewritten")))
-                row = rows.get((client, rnd))
-                if row is None:
-                    findings.append(ChainFinding(client=client, round=rnd, problem=(
-                        f"round {rnd} has a chain entry but no spend row; the row was deleted")))
-                elif _chain_hash(row, prev_hash=prev, seq=seq) != head:
-                    findings.append(ChainFinding(client=client, round=rnd, problem=(
-                        f"{where}: its recorded fields (noise, sampling, steps, epsilon...) changed after it was "
-                        "recorded; the row's hash does not match")))
-                keys.add(pk)
-                if pk is not None and sig is not None:
-                    try:
-                        registry.register(client, bytes.fromhex(pk))
-                        registry.verify(client, bytes.fromhex(sig), head_message(
-                            run_id=self.run_id, client=client, round=rnd, seq=seq, head=head))
-                    except (PrivspkError, ValueError) as exc:
-                        findings.append(ChainFinding(client=client, round=rnd, problem=(
-                            f"{where}: chain head signature does not verify ({exc})")))
-                elif (pk is None) != (sig is None):
-                    findings.append(ChainFinding(client=client, round=rnd, problem=(
-                        f"{where}: half a signature (key without signature or the reverse)")))
-                prev_hash, prev_round = head, rnd
-            if len(keys) > 1:
-                findings.append(ChainFinding(client=client, round=None, problem=(
-                    "rows are signed by different identity keys, or some are unsigned; a client signs all its rows "
-                    "with one key")))
-        if record is not None:
-            findings.extend(self._check_record(record, links))
-        return findings
-
-    def _check_record(self, record: AggregatedHeads, links: dict[str, list[tuple]]) -> list[ChainFinding]:
-        out: list[ChainFinding] = []
-        if record.run_id != self.run_id:
-            return [ChainFinding(client=None, round=None, problem=(
-                f"the server record belongs to run {record.run_id!r}, not {self.run_id!r}"))]
-        for client, heads in sorted(record.by_client().items()):
-            mine = {rec[2]: rec for rec in links.get(client, ())}
-            key = record.keys.get(client)
-            for h in heads:
-                rec = mine.get(h.round)
-                if rec is None:
-                    out.append(ChainFinding(client=client, round=h.round, problem=(
-                        f"the server aggregated round {h.round} (chain position {h.seq}) of this client but the "
-                        "ledger has no such row; rows were removed (a truncated tail?)")))
-                    continue
-                if int(rec[3]) != h.seq or rec[5] != h.head:
-                    out.append(ChainFinding(client=client, round=h.round, problem=(
-                        f"round {h.round}: the chain head differs from the one the server aggregated (server: "
-                        f"position {h.seq}, {h.head[:12]}...; ledger: position {rec[3]}, {rec[5][:12]}...); the "
-                        "chain was rewritten")))
-                if key is not None and rec[6] is not None and rec[6] != key:
-                    out.append(ChainFinding(client=client, round=h.round, problem=(
-                        "signed with another key than the one the server registered for this client")))
-        return out
-
+        return verify_chain(self, record)
     def _check_new_spend(self, spend: Spend, prev: list[SpendRow]) -> None:
         where = f"{self._path}: client {spend.client} round {spend.round}"
         same = [r for r in prev if r.round == spend.round]
@@ -1231,7 +825,7 @@ class Ledger:
         with self._write(f"abandoning client {client} round {round}") as conn:
             return self._transition(conn, client, round, "abandoned", note=reason)
 
-    # -- checking ----------------------------------------------------------------------------------------------
+    # -- audit and report (privspk.privacy.ledger.audit / .report) ----------------------------------------------------------------------------------------------
 
     def speaker_epsilons(self, client: str, *, accountant: str | None = None) -> dict[str, float]:
         """Each declared speaker's epsilon for ``client`` (empty when no speakers were declared)."""
@@ -1244,310 +838,34 @@ class Ledger:
             accountant=accountant or rows[-1].accountant,
         )
 
-    def recompute(
-        self, accountant: str | None = None, *, rtol: float = 1e-6, atol: float = 1e-9
-    ) -> list[RecomputeCheck]:
-        """Recompute every recorded epsilon from the stored inputs.
+    def recompute(self, accountant: str | None = None, *, rtol: float = 1e-6, atol: float = 1e-9) -> list[RecomputeCheck]:
+        """Recompute every recorded epsilon from the rows' mechanisms; see :func:`.audit.recompute`."""
+        from privspk.privacy.ledger.audit import recompute
 
-        With ``accountant=None`` each row is recomputed with its own accountant and
-        ``ok`` means the values agree (within ``rtol``/``atol``). With another
-        accountant, ``ok`` means the recorded value is not an understatement
-        (recomputed <= recorded + tolerance).
-
-        >>> led = _example_ledger()
-        >>> _ = led.record_spend(_example_spend(epsilon_after=0.01))  # recorded far too low
-        >>> [(c.client, c.round, c.ok) for c in led.recompute()]
-        [('c0', 1, False)]
-        """
-        if accountant is not None:
-            check_accountant(accountant)
-        checks: list[RecomputeCheck] = []
-        for client in self.clients():
-            rows = self.rows(client)
-            rounds: list[RoundSpend] = []
-            cl_rounds: list[ClientLevelRound] = []
-            for r in rows:
-                rounds.append(RoundSpend(round=r.round, step=r.step, speakers=r.speakers))
-                acc = accountant or r.accountant
-                value = rounds_epsilon(rounds, delta=r.delta, accountant=acc)
-                checks.append(self._check(r, "sample", acc, r.epsilon_after, value, accountant, rtol, atol))
-                if r.client_level is not None:
-                    cl = r.client_level
-                    cl_rounds.append(
-                        ClientLevelRound(round=r.round, mechanism=cl.mechanism, sample_rate=cl.sample_rate)
-                    )
-                    value = client_level_epsilon(cl_rounds, delta=cl.delta)
-                    checks.append(self._check(r, "client", "rdp", cl.epsilon_after, value, None, rtol, atol))
-        return checks
-
-    @staticmethod
-    def _check(
-        row: SpendRow, level: str, acc: str, recorded: float, value: float, override: str | None, rtol: float,
-        atol: float,
-    ) -> RecomputeCheck:
-        tol = atol + rtol * abs(recorded)
-        ok = value <= recorded + tol if override is not None and override != row.accountant else abs(
-            value - recorded
-        ) <= tol
-        return RecomputeCheck(
-            client=row.client, round=row.round, level=level, accountant=acc, recorded=recorded, recomputed=value,
-            ok=bool(ok),
-        )
-
-    # -- exporting ---------------------------------------------------------------------------------------------
+        return recompute(self, accountant, rtol=rtol, atol=atol)
 
     def to_dict(self) -> dict[str, object]:
-        """The whole ledger as plain JSON types: format, schema version, run id, settings and rows."""
-        return {
-            "format": LEDGER_FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "run_id": self.run_id,
-            "settings": self.settings,
-            "rows": [r.to_dict() for r in self.rows()],
-        }
+        """The whole ledger as plain JSON types; see :func:`.report.ledger_dict`."""
+        from privspk.privacy.ledger.report import ledger_dict
 
+        return ledger_dict(self)
     def export_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_dict` as JSON (atomically); returns the path.
+        """Write the ledger as JSON (atomically); see :func:`.report.export_json`."""
+        from privspk.privacy.ledger.report import export_json
 
-        >>> led = _example_ledger()
-        >>> _ = led.record_spend(_example_spend())
-        >>> json.loads(led.export_json(led.path.with_suffix(".json")).read_text())["rows"][0]["epsilon_after"]
-        0.5
-        """
-        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-
+        return export_json(self, path)
     def export_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write one CSV line per row (speakers ``;``-joined, client mechanism as JSON); returns the path.
+        """Write one CSV line per row; see :func:`.report.export_csv`."""
+        from privspk.privacy.ledger.report import export_csv
 
-        >>> led = _example_ledger()
-        >>> _ = led.record_spend(_example_spend())
-        >>> led.export_csv(led.path.with_suffix(".csv")).read_text().splitlines()[0].split(",")[:3]
-        ['run_id', 'client', 'round']
-        """
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for r in self.rows():
-            d = r.to_dict()
-            d["speakers"] = ";".join(r.speakers)
-            mech = d["client_mechanism"]
-            d["client_mechanism"] = "" if mech is None else json.dumps(mech, sort_keys=True)
-            writer.writerow({k: "" if v is None else v for k, v in d.items()})
-        return _atomic_write(Path(path), buf.getvalue())
-
+        return export_csv(self, path)
     def table(self, client: str | None = None) -> str:
-        """A fixed-width text table of the rows; epsilon columns name their unit and delta.
+        """A fixed-width text table of the rows; see :func:`.report.table`."""
+        from privspk.privacy.ledger.report import table
 
-        >>> led = _example_ledger()
-        >>> _ = led.record_spend(_example_spend())
-        >>> print(led.table())
-        run demo: epsilon per row's unit at its delta; client_eps per client
-        client  round  unit       acct  sigma  q     steps  delta  epsilon  client_eps  clip  scheme  status  randomness
-        c0      1      utterance  rdp   1.1    0.05  20     1e-05  0.5000   -           1     mask    spent   secret
-
-        Rows with ``simulation`` randomness carry :data:`SIMULATION_WARNING` beside their epsilon.
-        """
-        rows = self.rows(client)
-        header = ("client", "round", "unit", "acct", "sigma", "q", "steps", "delta", "epsilon", "client_eps",
-                  "clip", "scheme", "status", "randomness")
-        lines = [header]
-        for r in rows:
-            cl = r.client_level
-            lines.append((
-                r.client, str(r.round), r.unit, r.accountant, f"{r.noise_multiplier:.4g}", f"{r.sample_rate:.4g}",
-                str(r.steps), f"{r.delta:.0e}", f"{r.epsilon_after:.4f}",
-                "-" if cl is None else f"{cl.epsilon_after:.4f}", f"{r.clip:g}", r.scheme, r.status,
-                r.randomness if r.randomness == "secret" else f"{r.randomness} ({SIMULATION_WARNING})",
-            ))
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        out = [f"run {self.run_id}: epsilon per row's unit at its delta; client_eps per client"]
-        for line in lines:
-            out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
-        if not rows:
-            out.append("(no spends recorded)")
-        return "\n".join(out)
-
+        return table(self, client)
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Plot epsilon over rounds per client (client-level epsilon dashed) to an image file."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        """Plot epsilon over rounds per client to an image file; see :func:`.report.plot`."""
+        from privspk.privacy.ledger.report import plot
 
-        rows = self.rows()
-        fig = Figure(figsize=(7, 4))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        units = sorted({r.unit for r in rows})
-        deltas = sorted({r.delta for r in rows})
-        for client in sorted({r.client for r in rows}):
-            mine = [r for r in rows if r.client == client]
-            line = ax.plot([r.round for r in mine], [r.epsilon_after for r in mine], marker="o", label=client)[0]
-            cl = [r for r in mine if r.client_level is not None]
-            if cl:
-                ax.plot(
-                    [r.round for r in cl], [r.client_level.epsilon_after for r in cl],  # type: ignore[union-attr]
-                    linestyle="--", color=line.get_color(), label=f"{client} (client level)",
-                )
-        unit_txt = "/".join(units) or "utterance"
-        delta_txt = ", ".join(f"{d:g}" for d in deltas) or "-"
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"epsilon (per {unit_txt}, delta={delta_txt})")
-        ax.set_title(f"privacy spend, run {self.run_id}")
-        if rows:
-            ax.legend(fontsize="small")
-        ax.grid(True, alpha=0.3)
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class SignedHead:
-    """A client's chain head after one of its rows, signed with its identity key (empty bytes: unsigned).
-
-    >>> SignedHead(client="c0", round=1, seq=1, head="00" * 32, public_key=b"", signature=b"").to_dict()["seq"]
-    1
-    """
-
-    client: str
-    round: int
-    seq: int
-    head: str
-    public_key: bytes
-    signature: bytes
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-friendly form (key and signature as hex)."""
-        return {"round": self.round, "seq": self.seq, "head": self.head, "public_key": self.public_key.hex(),
-                "signature": self.signature.hex()}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ChainFinding:
-    """One thing :meth:`Ledger.verify_chain` found wrong (``client``/``round`` ``None`` when ledger-wide).
-
-    >>> str(ChainFinding(client="c0", round=5, problem="row deleted"))
-    'client c0: row deleted'
-    """
-
-    client: str | None
-    round: int | None
-    problem: str
-
-    def __str__(self) -> str:
-        return f"client {self.client}: {self.problem}" if self.client is not None else self.problem
-
-
-AGGREGATED_HEADS_FORMAT = "privspk-aggregated-heads"
-
-
-class AggregatedHeads:
-    """The server's record of the signed chain heads it aggregated, per round (one JSON file per run).
-
-    The server adds a round's heads only after checking each signature against the
-    client's identity key, registered the first time the client is seen and never
-    replaced. :meth:`Ledger.verify_chain` takes it to catch a truncated or rewritten
-    ledger. The file is written atomically; the record is append-only in use (a round
-    re-sent after a crash must bring the same heads).
-
-    >>> import tempfile, pathlib
-    >>> from privspk.secagg.keys import IdentityKey
-    >>> led, key = _example_ledger(), IdentityKey.generate()
-    >>> _ = led.record_spend(_example_spend(), signer=key)
-    >>> rec = AggregatedHeads(pathlib.Path(tempfile.mkdtemp()) / "heads.json", run_id="demo")
-    >>> rec.add(1, [led.signed_head("c0", 1)])
-    >>> led.verify_chain(AggregatedHeads.load(rec.path))
-    []
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, run_id: str) -> None:
-        self.path = Path(path)
-        self.run_id = nonempty_str("run_id", run_id)
-        self.keys: dict[str, str] = {}
-        self.rounds: dict[int, dict[str, SignedHead]] = {}
-        if self.path.exists():
-            other = AggregatedHeads.load(self.path)
-            if other.run_id != run_id:
-                raise LedgerError(f"{self.path}: server record of run {other.run_id!r}, not {run_id!r}")
-            self.keys, self.rounds = other.keys, other.rounds
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> AggregatedHeads:
-        """Read a record (read-only use is fine); LedgerError naming the file when it is not one."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != AGGREGATED_HEADS_FORMAT:
-                raise ValueError(f"format {data.get('format')!r}")
-            out = cls.__new__(cls)
-            out.path, out.run_id = path, str(data["run_id"])
-            out.keys = {str(k): str(v) for k, v in data["keys"].items()}
-            out.rounds = {
-                int(r): {c: SignedHead(client=c, round=int(h["round"]), seq=int(h["seq"]), head=str(h["head"]),
-                                       public_key=bytes.fromhex(h["public_key"]),
-                                       signature=bytes.fromhex(h["signature"]))
-                         for c, h in heads.items()}
-                for r, heads in data["rounds"].items()
-            }
-        except OSError as exc:
-            raise LedgerError(f"{path}: cannot read the server's record of aggregated heads ({exc.strerror or exc})") \
-                from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LedgerError(f"{path}: not a privspk record of aggregated chain heads ({exc})") from None
-        return out
-
-    def by_client(self) -> dict[str, list[SignedHead]]:
-        """Each client's recorded heads in round order."""
-        out: dict[str, list[SignedHead]] = {}
-        for r in sorted(self.rounds):
-            for c, h in sorted(self.rounds[r].items()):
-                out.setdefault(c, []).append(h)
-        return out
-
-    def add(self, round_id: int, heads: Iterable[SignedHead]) -> None:
-        """Verify and record the heads aggregated in ``round_id`` (LedgerError, nothing written, if one fails)."""
-        from privspk.secagg.keys import KeyRegistry
-
-        registry = KeyRegistry()
-        for c, k in self.keys.items():
-            registry.register(c, bytes.fromhex(k))
-        new: dict[str, SignedHead] = {}
-        for h in heads:
-            if h.round != round_id:
-                raise LedgerError(f"client {h.client}: head of round {h.round} offered for round {round_id}")
-            if not h.signature:
-                raise LedgerError(f"client {h.client} round {round_id}: chain head is not signed; refused")
-            try:
-                registry.register(h.client, h.public_key)
-                registry.verify(h.client, h.signature, head_message(
-                    run_id=self.run_id, client=h.client, round=h.round, seq=h.seq, head=h.head))
-            except PrivspkError as exc:
-                raise LedgerError(f"round {round_id}: chain head refused: {exc}") from None
-            new[h.client] = h
-        old = self.rounds.get(int(round_id), {})
-        clash = sorted(c for c in set(old) & set(new) if old[c] != new[c])
-        if clash:
-            raise LedgerError(f"round {round_id}: client(s) {clash} re-sent another chain head than the one recorded")
-        self.rounds[int(round_id)] = {**old, **new}
-        self.keys.update({c: h.public_key.hex() for c, h in new.items()})
-        _atomic_write(self.path, json.dumps({
-            "format": AGGREGATED_HEADS_FORMAT, "run_id": self.run_id, "keys": self.keys,
-            "rounds": {str(r): {c: h.to_dict() for c, h in sorted(hs.items())} for r, hs in sorted(self.rounds.items())},
-        }, indent=1, sort_keys=True) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
+        return plot(self, path)
