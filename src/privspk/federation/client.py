@@ -176,7 +176,7 @@ class FederatedClient:
         self.client_dp = client_dp
         self.update_clip = update_clip
         if client_dp is not None:
-            from privspk.privacy.distributed import make_rng
+            from privspk.privacy.noise import make_rng
 
             self._noise_rng = make_rng()  # OS entropy: noise shares are never reproducible
         torch.manual_seed(self.seed)

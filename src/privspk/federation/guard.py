@@ -27,9 +27,25 @@ from privspk.privacy import BudgetGuard, Ledger, Mechanism, PrivacyBudget
 from privspk.privacy.ledger import SignedHead, digest_update
 from privspk.secagg.keys import IdentityKey
 
+__all__ = ["LedgerGuard", "client_identity"]
+
+_EXAMPLE = Mechanism(noise_multiplier=1.0, sample_rate=0.05, steps=10, clip=1.0, delta=1e-5)  # for the doctests
+
+
+def _example_guard() -> LedgerGuard:
+    """A guard over a fresh temporary ledger, for the doctests of this module."""
+    import tempfile
+
+    led = Ledger(Path(tempfile.mkdtemp()) / "l.sqlite", run_id="r", settings={})
+    return LedgerGuard(led, "client0", PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp")
+
 
 class LedgerGuard:
-    """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger."""
+    """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger.
+
+    >>> _example_guard().client
+    'client0'
+    """
 
     def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str,
                  client_budget: PrivacyBudget | None = None, client_mechanism=None,
@@ -47,37 +63,73 @@ class LedgerGuard:
         return {"client_mechanism": self.client_mechanism, "client_sample_rate": 1.0}
 
     def authorize(self, *, round_id: int, mechanism: Mechanism) -> float:
-        """Epsilon after the round; BudgetExceededError (nothing written) when over budget."""
+        """Epsilon after the round; BudgetExceededError (nothing written) when over budget.
+
+        >>> round(_example_guard().authorize(round_id=1, mechanism=_EXAMPLE), 3)
+        2.156
+        """
         return self.guard.authorize_round(round_id, mechanism, **self._client_level())
 
     def commit(self, *, round_id: int, mechanism: Mechanism, scheme: str, update) -> float:
-        """Record the spend (the mechanism, with the update's digest) in one committed transaction."""
+        """Record the spend (the mechanism, with the update's digest) in one committed transaction.
+
+        >>> g = _example_guard()
+        >>> g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u") == g.epsilon()
+        True
+        """
         row = self.guard.commit_spend(round_id, mechanism, scheme=scheme, update_digest=_digest(update),
                                       signer=self.identity, **self._client_level())
         return row.epsilon_after
 
     def signed_head(self, round_id: int) -> SignedHead | None:
-        """The ledger's chain head after this client's spend of ``round_id``, signed (what it shows the server)."""
+        """The ledger's chain head after this client's spend of ``round_id``, signed (what it shows the server).
+
+        >>> g = _example_guard(); _ = g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u")
+        >>> g.signed_head(1).seq  # unsigned here: no identity key
+        1
+        """
         return self.ledger.signed_head(self.client, round_id)
 
     def client_epsilon(self) -> float | None:
-        """Client-level epsilon spent so far (``None`` without client-level DP)."""
+        """Client-level epsilon spent so far (``None`` without client-level DP).
+
+        >>> _example_guard().client_epsilon() is None
+        True
+        """
         return self.ledger.client_epsilon(self.client)
 
     def committed(self, round_id: int) -> bool:
-        """Whether this client's spend for the round is recorded."""
+        """Whether this client's spend for the round is recorded.
+
+        >>> _example_guard().committed(1)
+        False
+        """
         return self.ledger.row(self.client, round_id) is not None
 
     def released(self, round_id: int, update) -> None:
-        """Mark released; refuses an update other than the recorded one."""
+        """Mark released; refuses an update other than the recorded one.
+
+        >>> g = _example_guard(); _ = g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u")
+        >>> g.released(1, b"u"); g.ledger.row("client0", 1).status
+        'released'
+        """
         self.ledger.mark_released(self.client, round_id, update_digest=_digest(update))
 
     def abandon(self, round_id: int, reason: str) -> None:
-        """Mark the round abandoned (its spend still counts); ``reason`` goes in the row's note."""
+        """Mark the round abandoned (its spend still counts); ``reason`` goes in the row's note.
+
+        >>> g = _example_guard(); _ = g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u")
+        >>> g.abandon(1, "server timed out"); g.ledger.row("client0", 1).note
+        'server timed out'
+        """
         self.ledger.mark_abandoned(self.client, round_id, reason=reason)
 
     def epsilon(self) -> float:
-        """Epsilon spent so far, from the ledger."""
+        """Epsilon spent so far, from the ledger.
+
+        >>> _example_guard().epsilon()
+        0.0
+        """
         return self.ledger.epsilon(self.client)
 
 

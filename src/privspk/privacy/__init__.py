@@ -2,11 +2,12 @@
 
 * :mod:`~privspk.privacy.budget` - :class:`PrivacyBudget` (epsilon, delta, unit).
 * :mod:`~privspk.privacy.mechanism` - :class:`Mechanism`, one round's DP-SGD parameters, typed.
-* :mod:`~privspk.privacy.accounting` - epsilon of a spend history (Opacus RDP / PRV).
+* :mod:`~privspk.privacy.accounting` - epsilon of a spend history (Opacus RDP / PRV) and client-level RDP.
 * :mod:`~privspk.privacy.planner` - the mechanism whose noise fits a planned run.
-* :mod:`~privspk.privacy.ledger` - the SQLite ledger, spend-before-release, recompute check.
+* :mod:`~privspk.privacy.ledger` - the SQLite ledger: rows, storage, chain, audit (recompute), report.
 * :mod:`~privspk.privacy.guard` - a client's own budget enforcement.
-* :mod:`~privspk.privacy.distributed` - integer noise shares and client-level accounting.
+* :mod:`~privspk.privacy.noise` - integer noise samplers (discrete Gaussian, Skellam).
+* :mod:`~privspk.privacy.distributed` - client-level distributed DP: clip, round, add a noise share; its plan.
 
 Importing this package does not import Opacus or torch; they load on the first epsilon.
 

@@ -40,9 +40,17 @@ from dataclasses import dataclass, field
 
 from privspk.errors import BudgetExceededError, ConfigError, LedgerError
 from privspk.privacy._checks import nonempty_str, positive_int, probability
-from privspk.privacy.accounting import RoundSpend, SpendStep, check_accountant, rounds_epsilon, speaker_epsilons
+from privspk.privacy.accounting import (
+    ClientLevelMechanism,
+    ClientLevelRound,
+    RoundSpend,
+    SpendStep,
+    check_accountant,
+    client_level_epsilon,
+    rounds_epsilon,
+    speaker_epsilons,
+)
 from privspk.privacy.budget import PrivacyBudget
-from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound, client_level_epsilon
 from privspk.privacy.ledger import ClientLevelSpend, Ledger, Spend, SpendRow
 from privspk.privacy.mechanism import Mechanism
 
@@ -144,33 +152,64 @@ class BudgetGuard:
 
     @property
     def client(self) -> str:
-        """The guarded client's id."""
+        """The guarded client's id.
+
+        >>> _example_guard().client
+        'c0'
+        """
         return self._client
 
     @property
     def budget(self) -> PrivacyBudget:
-        """The sample-level budget."""
+        """The sample-level budget.
+
+        >>> str(_example_guard().budget)
+        'epsilon=4 (delta=1e-05) per utterance'
+        """
         return self._budget
 
     @property
     def client_budget(self) -> PrivacyBudget | None:
-        """The client-level budget, if any."""
+        """The client-level budget, if any.
+
+        >>> _example_guard().client_budget is None
+        True
+        """
         return self._client_budget
 
     def spent(self) -> float:
-        """Epsilon recorded so far (worst speaker when speakers are declared)."""
+        """Epsilon recorded so far (worst speaker when speakers are declared).
+
+        >>> g = _example_guard(); _ = g.commit_spend(1, _EXAMPLE, scheme="mask")
+        >>> round(g.spent(), 3)
+        3.176
+        """
         return self._ledger.epsilon(self._client)
 
     def remaining(self) -> float:
-        """Budget epsilon minus what was spent (never negative)."""
+        """Budget epsilon minus what was spent (never negative).
+
+        >>> _example_guard().remaining()
+        4.0
+        """
         return max(0.0, self._budget.epsilon - self.spent())
 
     def client_spent(self) -> float | None:
-        """Client-level epsilon recorded so far (``None`` without client-level DP)."""
+        """Client-level epsilon recorded so far (``None`` without client-level DP).
+
+        >>> _example_guard().client_spent() is None
+        True
+        """
         return self._ledger.client_epsilon(self._client)
 
     def speaker_epsilons(self) -> dict[str, float]:
-        """Each declared speaker's epsilon so far."""
+        """Each declared speaker's epsilon so far.
+
+        >>> g = _example_guard(unit="speaker")
+        >>> _ = g.commit_spend(1, dataclasses.replace(_EXAMPLE, unit="speaker"), scheme="mask", speakers=["ann"])
+        >>> {s: round(e, 3) for s, e in g.speaker_epsilons().items()}
+        {'ann': 3.176}
+        """
         return speaker_epsilons(
             self._ledger.round_spends(self._client), delta=self._budget.delta, accountant=self._accountant
         )
@@ -295,7 +334,11 @@ class BudgetGuard:
         client_mechanism: ClientLevelMechanism | None = None,
         client_sample_rate: float | None = None,
     ) -> float:
-        """Epsilon after the round if it fits the budget(s); raises BudgetExceededError (nothing written) if not."""
+        """Epsilon after the round if it fits the budget(s); raises BudgetExceededError (nothing written) if not.
+
+        >>> round(_example_guard().authorize_round(1, _EXAMPLE), 3)
+        3.176
+        """
         return self._authorize(round, mechanism, speakers=speakers, client_mechanism=client_mechanism,
                                client_sample_rate=client_sample_rate).epsilon_after
 

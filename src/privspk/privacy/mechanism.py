@@ -124,7 +124,11 @@ class Mechanism:
         return dataclasses.replace(self, noise_multiplier=noise_multiplier)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-typed dict of the fields (the ledger's columns of the same names)."""
+        """Plain-typed dict of the fields (the ledger's columns of the same names).
+
+        >>> Mechanism(noise_multiplier=1.0, sample_rate=0.1, steps=5, clip=1.0, delta=1e-5).to_dict()["steps"]
+        5
+        """
         return {name: getattr(self, name) for name in MECHANISM_FIELDS}
 
     @classmethod

@@ -17,8 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from privspk.errors import PrivspkError
-from privspk.privacy.accounting import RoundSpend, check_accountant, rounds_epsilon
-from privspk.privacy.distributed import ClientLevelRound, client_level_epsilon
+from privspk.privacy.accounting import (
+    ClientLevelRound,
+    RoundSpend,
+    check_accountant,
+    client_level_epsilon,
+    rounds_epsilon,
+)
 from privspk.privacy.ledger.chain import (
     _CHAIN_COLUMNS,
     _CHAIN_TABLE,

@@ -26,7 +26,11 @@ __all__ = ["export_csv", "export_json", "ledger_dict", "plot", "table"]
 
 
 def ledger_dict(ledger: Ledger) -> dict[str, object]:
-    """The whole ledger as plain JSON types: format, schema version, run id, settings and rows."""
+    """The whole ledger as plain JSON types: format, schema version, run id, settings and rows.
+
+    >>> sorted(ledger_dict(_example_ledger()))
+    ['format', 'rows', 'run_id', 'schema_version', 'settings']
+    """
     return {
         "format": LEDGER_FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -101,7 +105,12 @@ def table(ledger: Ledger, client: str | None = None) -> str:
 
 
 def plot(ledger: Ledger, path: str | os.PathLike[str]) -> Path:
-    """Plot epsilon over rounds per client (client-level epsilon dashed) to an image file."""
+    """Plot epsilon over rounds per client (client-level epsilon dashed) to an image file.
+
+    >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+    >>> plot(led, led.path.with_suffix(".png")).stat().st_size > 0
+    True
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -18,8 +18,7 @@ import numpy as np
 
 from privspk.errors import ConfigError
 from privspk.privacy._checks import nonempty_str, positive_int, probability, real
-from privspk.privacy.accounting import SpendStep
-from privspk.privacy.distributed import ClientLevelMechanism
+from privspk.privacy.accounting import ClientLevelMechanism, SpendStep
 from privspk.privacy.mechanism import Mechanism
 
 __all__ = ["EXPORT_COLUMNS", "STATUSES", "ClientLevelSpend", "Spend", "SpendRow", "digest_update"]

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING
 
 from privspk.errors import ConfigError, LedgerError
 from privspk.privacy._checks import nonempty_str, positive_float
-from privspk.privacy.accounting import RoundSpend, SpendStep, speaker_epsilons
-from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound
+from privspk.privacy.accounting import ClientLevelMechanism, ClientLevelRound, RoundSpend, SpendStep, speaker_epsilons
 from privspk.privacy.ledger.chain import (
     _CHAIN_COLUMNS,
     _CHAIN_DDL,
@@ -418,21 +417,36 @@ class Ledger:
 
     @property
     def path(self) -> Path:
-        """The database file."""
+        """The database file.
+
+        >>> _example_ledger().path.name
+        'ledger.sqlite'
+        """
         return self._path
 
     @property
     def run_id(self) -> str:
-        """The run this ledger belongs to."""
+        """The run this ledger belongs to.
+
+        >>> _example_ledger().run_id
+        'demo'
+        """
         return self._info.run_id
 
     @property
     def settings(self) -> dict[str, object]:
-        """The run's privacy settings as stored at creation (a copy)."""
+        """The run's privacy settings as stored at creation (a copy).
+
+        >>> _example_ledger().settings
+        {'epsilon': 8.0}
+        """
         return json.loads(json.dumps(self._info.settings))
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent).
+
+        >>> led = _example_ledger(); led.close(); led.close()
+        """
         with self._lock:
             self._conn.close()
 
@@ -510,13 +524,23 @@ class Ledger:
             return self._select(conn, "AND client = ?", (client,))
 
     def row(self, client: str, round: int) -> SpendRow | None:
-        """The row of ``client`` in ``round``, or ``None``."""
+        """The row of ``client`` in ``round``, or ``None``.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.row("c0", 1).status, led.row("c0", 2)
+        ('spent', None)
+        """
         with self._read("reading a row") as conn:
             found = self._select(conn, "AND client = ? AND round = ?", (client, round))
         return found[0] if found else None
 
     def clients(self) -> list[str]:
-        """Clients with at least one row, sorted."""
+        """Clients with at least one row, sorted.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend("b")); _ = led.record_spend(_example_spend("a"))
+        >>> led.clients()
+        ['a', 'b']
+        """
         with self._read("listing clients") as conn:
             recs = conn.execute(
                 "SELECT DISTINCT client FROM spends WHERE run_id = ? ORDER BY client", (self.run_id,)
@@ -534,7 +558,12 @@ class Ledger:
         return [r for r in self.rows(client) if r.status == "spent"]
 
     def last_round(self, client: str) -> int:
-        """The highest round recorded for ``client`` (0 when none)."""
+        """The highest round recorded for ``client`` (0 when none).
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend(round=3))
+        >>> led.last_round("c0"), led.last_round("c9")
+        (3, 0)
+        """
         with self._read("reading the last round") as conn:
             rec = conn.execute(
                 "SELECT max(round) FROM spends WHERE run_id = ? AND client = ?", (self.run_id, client)
@@ -542,15 +571,30 @@ class Ledger:
         return int(rec[0]) if rec and rec[0] is not None else 0
 
     def history(self, client: str) -> tuple[SpendStep, ...]:
-        """The client's DP-SGD steps in round order (an accountant's state)."""
+        """The client's DP-SGD steps in round order (an accountant's state).
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.history("c0")[0].steps
+        20
+        """
         return tuple(r.step for r in self.rows(client))
 
     def round_spends(self, client: str) -> list[RoundSpend]:
-        """The client's rounds with their speakers, as the accountant composes them."""
+        """The client's rounds with their speakers, as the accountant composes them.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> [(r.round, r.speakers) for r in led.round_spends("c0")]
+        [(1, ())]
+        """
         return [RoundSpend(round=r.round, step=r.step, speakers=r.speakers) for r in self.rows(client)]
 
     def client_level_rounds(self, client: str) -> list[ClientLevelRound]:
-        """The client's rounds with a client-level mechanism."""
+        """The client's rounds with a client-level mechanism.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.client_level_rounds("c0")  # no client-level DP here
+        []
+        """
         return [
             ClientLevelRound(round=r.round, mechanism=cl.mechanism, sample_rate=cl.sample_rate)
             for r in self.rows(client)
@@ -570,7 +614,12 @@ class Ledger:
         return rows[-1].epsilon_after if rows else 0.0
 
     def client_epsilon(self, client: str) -> float | None:
-        """The client's recorded client-level epsilon, or ``None`` when it has no client-level DP."""
+        """The client's recorded client-level epsilon, or ``None`` when it has no client-level DP.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.client_epsilon("c0") is None
+        True
+        """
         rows = self.rows(client)
         if not rows or rows[-1].client_level is None:
             return None
@@ -693,7 +742,12 @@ class Ledger:
         )
 
     def verify_chain(self, record: AggregatedHeads | None = None) -> list[ChainFinding]:
-        """Check the hash chain, round order and signatures (empty list: intact); see :func:`.audit.verify_chain`."""
+        """Check the hash chain, round order and signatures (empty list: intact); see :func:`.audit.verify_chain`.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.verify_chain()
+        []
+        """
         from privspk.privacy.ledger.audit import verify_chain
 
         return verify_chain(self, record)
@@ -828,7 +882,12 @@ class Ledger:
     # -- audit and report (privspk.privacy.ledger.audit / .report) ----------------------------------------------------------------------------------------------
 
     def speaker_epsilons(self, client: str, *, accountant: str | None = None) -> dict[str, float]:
-        """Each declared speaker's epsilon for ``client`` (empty when no speakers were declared)."""
+        """Each declared speaker's epsilon for ``client`` (empty when no speakers were declared).
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.speaker_epsilons("c0")
+        {}
+        """
         rows = self.rows(client)
         if not rows:
             return {}
@@ -839,33 +898,63 @@ class Ledger:
         )
 
     def recompute(self, accountant: str | None = None, *, rtol: float = 1e-6, atol: float = 1e-9) -> list[RecomputeCheck]:
-        """Recompute every recorded epsilon from the rows' mechanisms; see :func:`.audit.recompute`."""
+        """Recompute every recorded epsilon from the rows' mechanisms; see :func:`.audit.recompute`.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend(epsilon_after=0.01))  # recorded too low
+        >>> [c.ok for c in led.recompute()]
+        [False]
+        """
         from privspk.privacy.ledger.audit import recompute
 
         return recompute(self, accountant, rtol=rtol, atol=atol)
 
     def to_dict(self) -> dict[str, object]:
-        """The whole ledger as plain JSON types; see :func:`.report.ledger_dict`."""
+        """The whole ledger as plain JSON types; see :func:`.report.ledger_dict`.
+
+        >>> _example_ledger().to_dict()["format"]
+        'privspk-ledger'
+        """
         from privspk.privacy.ledger.report import ledger_dict
 
         return ledger_dict(self)
     def export_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write the ledger as JSON (atomically); see :func:`.report.export_json`."""
+        """Write the ledger as JSON (atomically); see :func:`.report.export_json`.
+
+        >>> led = _example_ledger()
+        >>> led.export_json(led.path.with_suffix(".json")).suffix
+        '.json'
+        """
         from privspk.privacy.ledger.report import export_json
 
         return export_json(self, path)
     def export_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write one CSV line per row; see :func:`.report.export_csv`."""
+        """Write one CSV line per row; see :func:`.report.export_csv`.
+
+        >>> led = _example_ledger()
+        >>> led.export_csv(led.path.with_suffix(".csv")).read_text().startswith("run_id,client,round")
+        True
+        """
         from privspk.privacy.ledger.report import export_csv
 
         return export_csv(self, path)
     def table(self, client: str | None = None) -> str:
-        """A fixed-width text table of the rows; see :func:`.report.table`."""
+        """A fixed-width text table of the rows; see :func:`.report.table`.
+
+        >>> print(_example_ledger().table())
+        run demo: epsilon per row's unit at its delta; client_eps per client
+        client  round  unit  acct  sigma  q  steps  delta  epsilon  client_eps  clip  scheme  status  randomness
+        (no spends recorded)
+        """
         from privspk.privacy.ledger.report import table
 
         return table(self, client)
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Plot epsilon over rounds per client to an image file; see :func:`.report.plot`."""
+        """Plot epsilon over rounds per client to an image file; see :func:`.report.plot`.
+
+        >>> led = _example_ledger(); _ = led.record_spend(_example_spend())
+        >>> led.plot(led.path.with_suffix(".png")).exists()
+        True
+        """
         from privspk.privacy.ledger.report import plot
 
         return plot(self, path)
