@@ -9,6 +9,13 @@ charges it (:class:`privspk.privacy.guard.BudgetGuard`), the ledger stores its f
 each row and ``privspk ledger --check`` rebuilds it from a row (:meth:`Mechanism.from_row`)
 to recompute the row's epsilon.
 
+Related types, kept because they mean something else: :class:`~privspk.privacy.accounting.SpendStep`
+is the accountant's history entry (noise multiplier, sample rate, steps; no clip, unit or delta: a
+history composes entries of different mechanisms, and compacting merges their steps);
+:class:`~privspk.privacy.ledger.Spend` is one recorded round (a mechanism plus client, round,
+epsilon after it, scheme, speakers, update digest); :class:`~privspk.privacy.accounting.ClientLevelMechanism`
+is the integer noise of client-level distributed DP, another mechanism with another accountant.
+
 >>> m = Mechanism(noise_multiplier=1.5, sample_rate=0.04, steps=2250, clip=1.0, delta=1e-5)
 >>> round(m.epsilon(), 6)  # Opacus' own test value: 7.32911117143
 7.329111
