@@ -643,6 +643,27 @@ def _privacy_report(cfg: RunConfig, f: _Federation, mechanisms: dict, eps: dict)
                              if cl is not None else None)}
 
 
+def _run_report(cfg: RunConfig, data: PreparedData, f: _Federation, mechanisms: dict, eps: dict, *, rounds: list,
+                final_eval: dict, resumed_after: int | None, seconds: dict) -> dict:
+    """The run's ``report.json``: config, corpus, pretraining, privacy, scheme, every round, final scores."""
+    return {
+        "run": cfg.name,
+        "config": cfg.to_dict(),
+        "corpus": {"id": data.corpus_id, "utterances": len(data.corpus), "speakers": len(data.corpus.speakers),
+                   "public": len(data.split.public), "clients": [len(g) for g in data.split.clients],
+                   "heldout": len(data.split.heldout), "trials": len(data.trials)},
+        "pretrain": f.pretrain_info,
+        "pretrain_eval": f.pretrain_eval,
+        "trainable_parameters": f.n_trainable,
+        "privacy": _privacy_report(cfg, f, mechanisms, eps),
+        "secagg": {"scheme": cfg.secagg.scheme, "options": f.options},
+        "rounds": rounds,
+        "resumed_after_round": resumed_after,
+        "final_eval": final_eval,
+        "seconds": seconds,
+    }
+
+
 def _train(
     config: RunConfig,
     *,
@@ -692,24 +713,10 @@ def _train(
         save_encoder(run_dir / "encoder.pt", f.server.encoder, name=cfg.model.encoder, in_dim=encoder_in_dim(cfg),
                      extra={"run": cfg.name, "recipe": cfg.train.recipe})
         eps = {cid: c.epsilon() for cid, c in f.clients.items()}
-        report = {
-            "run": cfg.name,
-            "config": cfg.to_dict(),
-            "corpus": {"id": data.corpus_id, "utterances": len(data.corpus), "speakers": len(data.corpus.speakers),
-                       "public": len(data.split.public), "clients": [len(g) for g in data.split.clients],
-                       "heldout": len(data.split.heldout), "trials": len(data.trials)},
-            "pretrain": f.pretrain_info,
-            "pretrain_eval": f.pretrain_eval,
-            "trainable_parameters": f.n_trainable,
-            "privacy": _privacy_report(cfg, f, mechanisms, eps),
-            "secagg": {"scheme": cfg.secagg.scheme, "options": f.options},
-            "rounds": earlier + rounds,
-            "resumed_after_round": last_done if resume else None,
-            "final_eval": final_eval,
-            "seconds": {"data": round(t_data - t_start, 1), "pretrain": round(f.t_pretrained - t_data, 1),
-                        "federated": round(t_fed - f.t_pretrained, 1),
-                        "total": round(time.perf_counter() - t_start, 1)},
-        }
+        seconds = {"data": round(t_data - t_start, 1), "pretrain": round(f.t_pretrained - t_data, 1),
+                   "federated": round(t_fed - f.t_pretrained, 1), "total": round(time.perf_counter() - t_start, 1)}
+        report = _run_report(cfg, data, f, mechanisms, eps, rounds=earlier + rounds, final_eval=final_eval,
+                             resumed_after=last_done if resume else None, seconds=seconds)
         (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return TrainResult(config=cfg, encoder=f.server.encoder, run_dir=run_dir, rounds=rounds,
                        pretrain_eval=f.pretrain_eval, final_eval=final_eval, epsilon=eps, report=report)
