@@ -50,7 +50,6 @@ def variants(base):
 
 
 def run(data: Path, runs: Path) -> dict:
-
     from privspk.api import train
     from privspk.config import RunConfig
 
