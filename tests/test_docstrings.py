@@ -32,9 +32,7 @@ NOT_YET: dict[str, str] = {
     prefix: "example still to write (issue 16: privacy/ and federation/ joined the checker)"
     for prefix in (
         "privspk.privacy.ClientLevelMechanism.", "privspk.privacy.DistributedDP.",
-        "privspk.privacy.PrivacyAccountant.", "privspk.privacy.ClientLevelSpend.", "privspk.privacy.Spend.",
-        "privspk.privacy.SpendRow.", "privspk.privacy.ledger.ClientLevelSpend.", "privspk.privacy.ledger.Spend.",
-        "privspk.privacy.ledger.SpendRow.", "privspk.privacy.ledger.SignedHead.",
+        "privspk.privacy.PrivacyAccountant.", "privspk.privacy.ledger.SignedHead.",
         "privspk.privacy.ledger.AggregatedHeads.", "privspk.federation.ClientRoundReport",
         "privspk.federation.FederatedClient", "privspk.federation.FederatedServer",
         "privspk.federation.InProcessFederation", "privspk.federation.RoundReport",

@@ -97,7 +97,13 @@ class ClientLevelSpend:
 
     @property
     def noise_multiplier(self) -> float:
-        """Effective central noise multiplier of the counted noise."""
+        """Effective central noise multiplier of the counted noise.
+
+        >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                          l1_sensitivity=1000.0, dim=100)
+        >>> ClientLevelSpend(mechanism=m, sample_rate=1.0, delta=1e-5, epsilon_after=1.0).noise_multiplier
+        1.0
+        """
         return self.mechanism.noise_multiplier
 
 
@@ -160,18 +166,85 @@ class Spend:
 
     @property
     def step(self) -> SpendStep:
-        """The round's DP-SGD steps (the accountant's history entry)."""
+        """The round's DP-SGD steps (the accountant's history entry).
+
+        >>> _example_spend().step.steps
+        20
+        """
         return self.mechanism.step
 
     # the mechanism's fields, read as the row's columns
-    unit = property(lambda self: self.mechanism.unit, doc="The privacy unit.")
-    accountant = property(lambda self: self.mechanism.accountant, doc="The accountant.")
-    noise_multiplier = property(lambda self: self.mechanism.noise_multiplier, doc="The noise multiplier.")
-    sample_rate = property(lambda self: self.mechanism.sample_rate, doc="The Poisson sample rate.")
-    steps = property(lambda self: self.mechanism.steps, doc="The round's steps.")
-    delta = property(lambda self: self.mechanism.delta, doc="The delta of ``epsilon_after``.")
-    clip = property(lambda self: self.mechanism.clip, doc="The clipping bound.")
-    randomness = property(lambda self: self.mechanism.randomness, doc="``secret`` or ``simulation``.")
+    @property
+    def unit(self) -> str:
+        """The privacy unit. (the mechanism's)
+
+        >>> _example_spend().unit
+        'utterance'
+        """
+        return self.mechanism.unit
+
+    @property
+    def accountant(self) -> str:
+        """The accountant. (the mechanism's)
+
+        >>> _example_spend().accountant
+        'rdp'
+        """
+        return self.mechanism.accountant
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The noise multiplier. (the mechanism's)
+
+        >>> _example_spend().noise_multiplier
+        1.1
+        """
+        return self.mechanism.noise_multiplier
+
+    @property
+    def sample_rate(self) -> float:
+        """The Poisson sample rate. (the mechanism's)
+
+        >>> _example_spend().sample_rate
+        0.05
+        """
+        return self.mechanism.sample_rate
+
+    @property
+    def steps(self) -> int:
+        """The round's steps. (the mechanism's)
+
+        >>> _example_spend().steps
+        20
+        """
+        return self.mechanism.steps
+
+    @property
+    def delta(self) -> float:
+        """The delta of ``epsilon_after``. (the mechanism's)
+
+        >>> _example_spend().delta
+        1e-05
+        """
+        return self.mechanism.delta
+
+    @property
+    def clip(self) -> float:
+        """The clipping bound. (the mechanism's)
+
+        >>> _example_spend().clip
+        1.0
+        """
+        return self.mechanism.clip
+
+    @property
+    def randomness(self) -> str:
+        """``secret`` or ``simulation``. (the mechanism's)
+
+        >>> _example_spend().randomness
+        'secret'
+        """
+        return self.mechanism.randomness
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +269,13 @@ class SpendRow(Spend):
             raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
 
     def to_dict(self) -> dict[str, object]:
-        """Flat, JSON-friendly dict with the columns of :data:`EXPORT_COLUMNS`."""
+        """Flat, JSON-friendly dict with the columns of :data:`EXPORT_COLUMNS`.
+
+        >>> r = SpendRow(run_id="r", client="c0", round=1, mechanism=_EXAMPLE_MECHANISM, epsilon_after=1.0,
+        ...              scheme="mask", status="spent", created_at="t", updated_at="t")
+        >>> r.to_dict()["noise_multiplier"], r.to_dict()["speakers"]
+        (1.1, [])
+        """
         cl = self.client_level
         out: dict[str, object] = {
             "run_id": self.run_id,
