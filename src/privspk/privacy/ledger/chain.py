@@ -90,7 +90,11 @@ class SignedHead:
     signature: bytes
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-friendly form (key and signature as hex)."""
+        """JSON-friendly form (key and signature as hex).
+
+        >>> SignedHead(client="c0", round=1, seq=1, head="00" * 32, public_key=b"k", signature=b"").to_dict()["public_key"]
+        '6b'
+        """
         return {"round": self.round, "seq": self.seq, "head": self.head, "public_key": self.public_key.hex(),
                 "signature": self.signature.hex()}
 
@@ -147,7 +151,15 @@ class AggregatedHeads:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AggregatedHeads:
-        """Read a record (read-only use is fine); LedgerError naming the file when it is not one."""
+        """Read a record (read-only use is fine); LedgerError naming the file when it is not one.
+
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "heads.json"; _ = p.write_text("{}")
+        >>> AggregatedHeads.load(p)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        privspk.errors.LedgerError: ...heads.json: not a privspk record of aggregated chain heads (format None)
+        """
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -171,7 +183,12 @@ class AggregatedHeads:
         return out
 
     def by_client(self) -> dict[str, list[SignedHead]]:
-        """Each client's recorded heads in round order."""
+        """Each client's recorded heads in round order.
+
+        >>> import tempfile, pathlib
+        >>> AggregatedHeads(pathlib.Path(tempfile.mkdtemp()) / "heads.json", run_id="r").by_client()
+        {}
+        """
         out: dict[str, list[SignedHead]] = {}
         for r in sorted(self.rounds):
             for c, h in sorted(self.rounds[r].items()):
@@ -179,7 +196,15 @@ class AggregatedHeads:
         return out
 
     def add(self, round_id: int, heads: Iterable[SignedHead]) -> None:
-        """Verify and record the heads aggregated in ``round_id`` (LedgerError, nothing written, if one fails)."""
+        """Verify and record the heads aggregated in ``round_id`` (LedgerError, nothing written, if one fails).
+
+        >>> import tempfile, pathlib
+        >>> rec = AggregatedHeads(pathlib.Path(tempfile.mkdtemp()) / "heads.json", run_id="r")
+        >>> rec.add(1, [SignedHead(client="c0", round=1, seq=1, head="00" * 32, public_key=b"", signature=b"")])
+        Traceback (most recent call last):
+        ...
+        privspk.errors.LedgerError: client c0 round 1: chain head is not signed; refused
+        """
         from privspk.secagg.keys import KeyRegistry
 
         registry = KeyRegistry()
