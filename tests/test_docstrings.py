@@ -31,8 +31,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 NOT_YET: dict[str, str] = {
     prefix: "example still to write (issue 16: privacy/ and federation/ joined the checker)"
     for prefix in (
-        "privspk.privacy.ClientLevelMechanism.", "privspk.privacy.DistributedDP.",
-        "privspk.privacy.PrivacyAccountant.", "privspk.federation.ClientRoundReport",
+        "privspk.federation.ClientRoundReport",
         "privspk.federation.FederatedClient", "privspk.federation.FederatedServer",
         "privspk.federation.InProcessFederation", "privspk.federation.RoundReport",
     )

@@ -341,32 +341,59 @@ class PrivacyAccountant:
 
     @property
     def accountant(self) -> str:
-        """The mechanism name (``"rdp"`` or ``"prv"``)."""
+        """The mechanism name (``"rdp"`` or ``"prv"``).
+
+        >>> PrivacyAccountant(accountant="prv").accountant
+        'prv'
+        """
         return self._accountant
 
     @property
     def history(self) -> tuple[SpendStep, ...]:
-        """The compacted history of steps."""
+        """The compacted history of steps.
+
+        >>> acc = PrivacyAccountant(history=[(1.0, 0.1, 5), (1.0, 0.1, 5)])
+        >>> [s.steps for s in acc.history]  # same setting: one entry
+        [10]
+        """
         return self._history
 
     def __len__(self) -> int:
         return sum(s.steps for s in self._history)
 
     def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
-        """Record ``steps`` more steps at ``noise_multiplier`` and ``sample_rate``."""
+        """Record ``steps`` more steps at ``noise_multiplier`` and ``sample_rate``.
+
+        >>> acc = PrivacyAccountant(); acc.step(noise_multiplier=1.0, sample_rate=0.1, steps=3)
+        >>> acc.history[0].steps
+        3
+        """
         new = SpendStep(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         self._history = compact((*self._history, new))
 
     def epsilon(self, *, delta: float) -> float:
-        """Epsilon spent so far at ``delta``."""
+        """Epsilon spent so far at ``delta``.
+
+        >>> round(PrivacyAccountant(history=[(1.5, 0.04, 2250)]).epsilon(delta=1e-5), 6)
+        7.329111
+        """
         return epsilon(self._history, delta=delta, accountant=self._accountant)
 
     def state_dict(self) -> dict[str, object]:
-        """``{"accountant": str, "history": [[sigma, q, steps], ...]}`` (JSON types only)."""
+        """``{"accountant": str, "history": [[sigma, q, steps], ...]}`` (JSON types only).
+
+        >>> PrivacyAccountant(history=[(1.0, 0.1, 5)]).state_dict()
+        {'accountant': 'rdp', 'history': [[1.0, 0.1, 5]]}
+        """
         return {"accountant": self._accountant, "history": [list(s.as_tuple()) for s in self._history]}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Replace the history with ``state``'s; refuses a state of another mechanism."""
+        """Replace the history with ``state``'s; refuses a state of another mechanism.
+
+        >>> acc = PrivacyAccountant()
+        >>> acc.load_state_dict({"accountant": "rdp", "history": [[1.0, 0.1, 5]]}); len(acc.history)
+        1
+        """
         if not isinstance(state, Mapping) or set(state) != {"accountant", "history"}:
             raise ConfigError("accountant state must be a mapping with exactly the keys 'accountant' and 'history'")
         if state["accountant"] != self._accountant:
@@ -380,7 +407,11 @@ class PrivacyAccountant:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, object]) -> PrivacyAccountant:
-        """Build an accountant from :meth:`state_dict` output."""
+        """Build an accountant from :meth:`state_dict` output.
+
+        >>> PrivacyAccountant.from_state_dict({"accountant": "prv", "history": []}).accountant
+        'prv'
+        """
         if not isinstance(state, Mapping) or "accountant" not in state:
             raise ConfigError("accountant state must be a mapping with an 'accountant' key")
         acc = cls(accountant=str(state["accountant"]))
@@ -495,20 +526,40 @@ class ClientLevelMechanism:
 
     @property
     def sum_variance(self) -> float:
-        """Per-coordinate variance of the counted noise (``shares * share_sigma^2``)."""
+        """Per-coordinate variance of the counted noise (``shares * share_sigma^2``).
+
+        >>> ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).sum_variance
+        10000.0
+        """
         return self.shares * self.share_sigma**2
 
     @property
     def noise_multiplier(self) -> float:
-        """Effective central noise multiplier: counted noise std / L2 sensitivity."""
+        """Effective central noise multiplier: counted noise std / L2 sensitivity.
+
+        >>> ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).noise_multiplier
+        1.0
+        """
         return math.sqrt(self.sum_variance) / self.l2_sensitivity
 
     def rdp(self) -> np.ndarray:
-        """Unsampled RDP of one round at :data:`CLIENT_RDP_ORDERS`."""
+        """Unsampled RDP of one round at :data:`CLIENT_RDP_ORDERS`.
+
+        >>> ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).rdp().shape == (len(CLIENT_RDP_ORDERS),)
+        True
+        """
         return _mechanism_rdp(self).copy()
 
     def to_dict(self) -> dict[str, float | int | str]:
-        """Plain-typed dict (what the ledger stores)."""
+        """Plain-typed dict (what the ledger stores).
+
+        >>> sorted(ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).to_dict())
+        ['dim', 'l1_sensitivity', 'l2_sensitivity', 'noise', 'share_sigma', 'shares']
+        """
         return {
             "noise": self.noise,
             "share_sigma": self.share_sigma,
@@ -520,7 +571,13 @@ class ClientLevelMechanism:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> ClientLevelMechanism:
-        """Inverse of :meth:`to_dict`; unknown or missing keys are errors."""
+        """Inverse of :meth:`to_dict`; unknown or missing keys are errors.
+
+        >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                          l1_sensitivity=1000.0, dim=100)
+        >>> ClientLevelMechanism.from_dict(m.to_dict()) == m
+        True
+        """
         keys = {"noise", "share_sigma", "shares", "l2_sensitivity", "l1_sensitivity", "dim"}
         if not isinstance(data, Mapping) or set(data) != keys:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__

@@ -311,17 +311,29 @@ class DistributedDP:
 
     @property
     def share_sigma(self) -> float:
-        """Each client's noise std in integer units."""
+        """Each client's noise std in integer units.
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).share_sigma
+        50.0
+        """
         return self.noise_multiplier * self.clip * self.scale / math.sqrt(self.n_clients)
 
     @property
     def l2_sensitivity(self) -> float:
-        """L2 bound of a client's rounded integer update."""
+        """L2 bound of a client's rounded integer update.
+
+        >>> round(DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).l2_sensitivity, 3)
+        100.519
+        """
         return rounded_l2_bound(l2_bound=self.clip * self.scale, dim=self.dim, beta=self.beta)
 
     @property
     def l1_sensitivity(self) -> float:
-        """L1 bound of a client's rounded integer update."""
+        """L1 bound of a client's rounded integer update.
+
+        >>> round(DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).l1_sensitivity, 3)
+        317.869
+        """
         l2 = self.l2_sensitivity
         return l2 * min(math.sqrt(self.dim), l2)
 
@@ -331,13 +343,21 @@ class DistributedDP:
 
         A client refuses a round whose fewest possible survivors are below this
         (``MaskClient.submit_integers(..., min_survivors=...)``).
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10, counted_shares=2,
+        ...               colluders=1).required_survivors
+        3
         """
         counted = self.n_clients if self.counted_shares is None else self.counted_shares
         return counted + self.colluders
 
     def mechanism(self, *, counted_shares: int | None = None) -> ClientLevelMechanism:
         """The mechanism to account for, counting ``counted_shares`` shares (default: the encoder's
-        ``counted_shares``, else all)."""
+        ``counted_shares``, else all).
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).mechanism().shares
+        4
+        """
         if counted_shares is None:
             counted_shares = self.counted_shares
         shares = self.n_clients if counted_shares is None else positive_int("counted_shares", counted_shares)
@@ -353,7 +373,12 @@ class DistributedDP:
         )
 
     def encode(self, update: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        """Clip, scale, conditionally round, and add this client's noise share (int64, length ``dim``)."""
+        """Clip, scale, conditionally round, and add this client's noise share (int64, length ``dim``).
+
+        >>> codes = DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).encode(np.full(10, 0.01), rng=make_rng(0))
+        >>> codes.dtype, codes.shape
+        (dtype('int64'), (10,))
+        """
         arr = np.asarray(update, dtype=np.float64).ravel()
         if arr.size != self.dim:
             raise ConfigError(f"update has {arr.size} values, this encoder expects dim={self.dim}")
@@ -366,11 +391,19 @@ class DistributedDP:
         return rounded + share
 
     def decode(self, total: np.ndarray) -> np.ndarray:
-        """Float sum of clipped updates (plus the central noise) from the integer sum."""
+        """Float sum of clipped updates (plus the central noise) from the integer sum.
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).decode(np.zeros(10, dtype=np.int64))[:2].tolist()
+        [0.0, 0.0]
+        """
         return np.asarray(total, dtype=np.float64) / self.scale
 
     def modulus_bits(self, *, failure_prob: float = 1e-12) -> int:
-        """Signed modulus bits that hold the noisy sum of all ``n_clients`` w.p. >= 1 - ``failure_prob``."""
+        """Signed modulus bits that hold the noisy sum of all ``n_clients`` w.p. >= 1 - ``failure_prob``.
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).modulus_bits()
+        12
+        """
         return modulus_bits(
             max_abs=math.floor(self.l2_sensitivity),
             n_clients=self.n_clients,
