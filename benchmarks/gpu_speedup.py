@@ -17,6 +17,7 @@ larger model; ``--devices cuda`` to skip the CPU side).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import platform
@@ -77,22 +78,24 @@ def time_dp_step(device: str, *, unit: str, encoder: str, data, bins: int, batch
 
     from privspk.models import build_encoder
     from privspk.models.heads import AAMHead
-    from privspk.training.local import DPSettings, sample_rate_for, train_local
+    from privspk.privacy import Mechanism
+    from privspk.training.local import LocalSettings, sample_rate_for, train_local
     from privspk.training.net import SpeakerNet
 
     torch.manual_seed(0)
     enc = build_encoder(encoder, in_dim=bins)
     net = SpeakerNet(enc, AAMHead(enc.embed_dim, data.n_speakers))
     q = sample_rate_for(data, unit=unit, batch_size=batch, speaker_batch=4)
-    dp = DPSettings(unit=unit, noise_multiplier=1.0, clip=1.0, sample_rate=q)
-    kw = dict(batch_size=batch, physical_batch=batch * 2, lr=1e-3, crop_frames=crop, speaker_batch=4, dp=dp,
-              randomness="simulation", device=device)
+    dp = Mechanism(unit=unit, noise_multiplier=1.0, clip=1.0, sample_rate=q, steps=steps, delta=1e-5,
+                   randomness="simulation")
+    settings = LocalSettings(batch_size=batch, physical_batch=batch * 2, lr=1e-3, crop_frames=crop, speaker_batch=4,
+                             device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_local(net, data, steps=warmup, seed=0, **kw)
+        train_local(net, data, settings, dp=dataclasses.replace(dp, steps=warmup), seed=0)
         _sync(device)
         t0 = time.perf_counter()
-        train_local(net, data, steps=steps, seed=1, **kw)
+        train_local(net, data, settings, dp=dp, seed=1)
         _sync(device)
     return (time.perf_counter() - t0) / steps
 

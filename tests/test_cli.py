@@ -15,17 +15,17 @@ import pytest
 import torch
 
 import privspk
+from privspk.api import open_run_ledger
 from privspk.audio.io import write_audio
 from privspk.cli import _config, build_parser, main
 from privspk.config import RunConfig
 from privspk.errors import ConfigError
 from privspk.evaluation.metrics import threshold_at_eer, threshold_at_far
 from privspk.evaluation.trials import Trial, write_scores, write_trials
-from privspk.federation.guard import LedgerGuard, open_run_ledger
+from privspk.federation.guard import LedgerGuard
 from privspk.models import build_encoder, save_encoder
-from privspk.privacy import Ledger, PrivacyBudget, epsilon
+from privspk.privacy import Ledger, Mechanism, PrivacyBudget, epsilon
 from privspk.privacy.ledger import SIMULATION_WARNING, Spend
-from privspk.training.local import DPSettings
 from test_api import shared_data_dir, tiny_config
 
 SRC = Path(privspk.__file__).resolve().parents[1]
@@ -86,13 +86,13 @@ def test_options_override_a_config_file(tmp_path):
 # --------------------------------------------------------------------------- ledger
 def _write_ledger(run: Path) -> dict[str, float]:
     cfg = RunConfig(name="cli")
-    dp = DPSettings(unit="utterance", noise_multiplier=2.0, clip=1.0, sample_rate=0.1)
+    dp = Mechanism(unit="utterance", noise_multiplier=2.0, clip=1.0, sample_rate=0.1, steps=4, delta=1e-5)
     eps = {}
-    with open_run_ledger(run / "ledger.sqlite", cfg, resume=False) as led:
+    with open_run_ledger(run / "ledger.sqlite", cfg) as led:
         for c in ("client0", "client1"):
-            g = LedgerGuard(led, c, PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp", clip=1.0)
+            g = LedgerGuard(led, c, PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp")
             for r in (1, 2, 3):
-                eps[c] = g.commit(round_id=r, dp=dp, steps=4, scheme="mask", update=np.full(3, float(r)))
+                eps[c] = g.commit(round_id=r, mechanism=dp, scheme="mask", update=np.full(3, float(r)))
             led.mark_aggregated(1, [c])
     return eps
 
@@ -126,8 +126,8 @@ def test_ledger_command_prints_checks_and_exports(tmp_path, capsys):
 def test_ledger_check_fails_on_a_row_recorded_too_low(tmp_path, capsys):
     run = tmp_path / "run"
     with Ledger(run / "ledger.sqlite", run_id="r", settings={}) as led:
-        led.record_spend(Spend(client="c0", round=1, unit="utterance", accountant="rdp", noise_multiplier=1.0,
-                               sample_rate=0.1, steps=10, delta=1e-5, epsilon_after=0.01, clip=1.0, scheme="mask"))
+        mech = Mechanism(noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=1e-5, clip=1.0)
+        led.record_spend(Spend(client="c0", round=1, mechanism=mech, epsilon_after=0.01, scheme="mask"))
     rc = main(["ledger", str(run), "--check"])
     out = capsys.readouterr().out
     assert rc == 1

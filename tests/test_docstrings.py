@@ -22,7 +22,21 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "privspk.features": ("cache", "config", "crops", "extract"),
     "privspk.models": ("checkpoint", "ecapa", "finetune", "heads", "registry"),
     "privspk.secagg": (),
+    "privspk.privacy": ("mechanism", "planner", "guard", "noise", "ledger", "ledger.audit", "ledger.report"),
+    "privspk.federation": ("guard",),
 }
+# Public names of the newly checked packages (issue 16) whose examples are still to be written: each
+# listed name is reported as skipped, never passed; the list only shrinks, and a new public name
+# (not listed here) must come with its example.
+NOT_YET: dict[str, str] = {
+    prefix: "example still to write (issue 16: privacy/ and federation/ joined the checker)"
+    for prefix in (
+        "privspk.federation.ClientRoundReport",
+        "privspk.federation.FederatedClient",
+        "privspk.federation.InProcessFederation", "privspk.federation.RoundReport",
+    )
+}
+
 MODULES = [importlib.import_module(p) for p in PACKAGES] + [
     importlib.import_module(f"{p}.{m}") for p, subs in PACKAGES.items() for m in subs
 ]
@@ -47,6 +61,9 @@ def public_objects() -> Iterator[tuple[str, object]]:
 @pytest.mark.parametrize(("name", "obj"), list(public_objects()), ids=lambda v: v if isinstance(v, str) else "")
 def test_public_name_has_docstring_with_example(name: str, obj: object) -> None:
     doc = inspect.getdoc(obj) or ""
+    reason = next((why for prefix, why in NOT_YET.items() if name.startswith(prefix)), None)
+    if reason is not None and ">>>" not in doc:
+        pytest.skip(reason)
     assert doc.strip(), f"{name} has no docstring"
     assert ">>>" in doc, f"{name}'s docstring has no >>> example"
 

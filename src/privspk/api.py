@@ -13,6 +13,7 @@ JSON run report under ``out_dir/name``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -171,7 +172,7 @@ def pretrained_encoder(cfg: RunConfig, data: PreparedData, *, progress: bool = T
     from privspk.training.data import ClientData
     from privspk.training.pretrain import pretrain
 
-    in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
+    in_dim = encoder_in_dim(cfg)
     seed = cfg.pretrain.seed
     if not cfg.pretrain.enabled or cfg.pretrain.steps == 0:
         torch.manual_seed(seed)
@@ -226,38 +227,93 @@ def _scheme_options(cfg: RunConfig) -> dict:
     return opts
 
 
+# --------------------------------------------------------------------------- privacy: the config's side
+def ledger_settings(cfg: RunConfig) -> dict:
+    """The privacy-relevant settings a resumed run must keep (stored in the ledger)."""
+    p = cfg.privacy
+    return {
+        "epsilon": p.epsilon, "delta": p.delta, "unit": p.unit, "clip": p.clip, "accountant": p.accountant,
+        "rounds": cfg.federation.rounds, "local_steps": cfg.train.local_steps,
+        "batch_size": cfg.train.batch_size, "speaker_batch": cfg.train.speaker_batch,
+        "scheme": cfg.secagg.scheme, "recipe": cfg.train.recipe,
+        "client_level": p.client_level, "client_epsilon": p.client_epsilon, "client_clip": p.client_clip,
+        "client_noise": p.client_noise,
+        "randomness": p.randomness, "colluders": cfg.secagg.colluders,
+    }
+
+
+def open_run_ledger(path: str | Path, cfg: RunConfig):
+    """The run's ledger, opened or created; a ledger of the same run with other privacy settings is refused.
+
+    >>> import tempfile, pathlib
+    >>> with open_run_ledger(pathlib.Path(tempfile.mkdtemp()) / "l.sqlite", RunConfig()) as led:
+    ...     led.run_id, led.settings["unit"]
+    ('run', 'utterance')
+    """
+    from privspk.privacy import Ledger
+
+    return Ledger(path, run_id=cfg.name, settings=ledger_settings(cfg), create_if_missing=True)
+
+
+def client_budget(cfg: RunConfig):
+    """Each client's sample-level budget, from ``[privacy]``."""
+    from privspk.privacy import PrivacyBudget
+
+    p = cfg.privacy
+    return PrivacyBudget(epsilon=p.epsilon, delta=p.delta, unit=p.unit)
+
+
+def plan_client_mechanism(cfg: RunConfig, data) -> Any:
+    """The :class:`~privspk.privacy.Mechanism` of one client's rounds: its sample rate, the run's steps and
+    clip, and the noise that keeps all ``[federation] rounds`` within its budget."""
+    from privspk.privacy import plan_mechanism
+    from privspk.training.local import sample_rate_for
+
+    p = cfg.privacy
+    q = sample_rate_for(data, unit=p.unit, batch_size=cfg.train.batch_size, speaker_batch=cfg.train.speaker_batch)
+    return plan_mechanism(budget=client_budget(cfg), sample_rate=q, steps=cfg.train.local_steps, clip=p.clip,
+                          rounds=cfg.federation.rounds, accountant=p.accountant, randomness=p.randomness)
+
+
+def plan_mechanisms(cfg: RunConfig, clients_data: dict) -> dict:
+    """Every client's mechanism (empty without DP); a budget no noise can meet names the client."""
+    if not cfg.privacy.enabled:
+        return {}
+    out = {}
+    for cid, cdata in clients_data.items():
+        try:
+            out[cid] = plan_client_mechanism(cfg, cdata)
+        except (ConfigError, BudgetExceededError) as exc:
+            raise type(exc)(f"no noise plan for {cid}: {exc}. Nothing was written (no run directory)") from None
+    return out
+
+
 def plan_client_level(cfg: RunConfig, *, dim: int):
     """Distributed-DP encoder for client-level DP, and the mask options that carry its noise.
 
-    Codes use the mask quantiser's units (16-bit values over ``[-client_clip, client_clip]``);
-    the noise multiplier is planned for the run's rounds at the client-level budget, counting
-    only the honest noise shares guaranteed in an opened sum: the fewest clients a round can
-    open with, minus ``[secagg] colluders`` (whose shares the server knows). Each client
-    refuses a round that cannot guarantee that many survivors
-    (``DistributedDP.required_survivors``).
+    ``[privacy]`` and ``[secagg]`` read into :func:`privspk.privacy.distributed.plan_client_level`
+    (which says how the noise is planned).
     """
     from privspk.privacy import PrivacyBudget
-    from privspk.privacy.distributed import DistributedDP, guaranteed_noise_shares, plan_client_noise_multiplier
-    from privspk.secagg import build_scheme, headroom_for
+    from privspk.privacy.distributed import plan_client_level as plan
 
     p = cfg.privacy
     if cfg.secagg.scheme != "mask":
         raise ConfigError(f"client-level DP adds integer noise before masking: it needs secagg scheme 'mask', "
                           f"not {cfg.secagg.scheme!r}")
-    k = cfg.federation.n_clients
-    if k < 2:
-        raise ConfigError("client-level DP needs at least 2 clients")
-    bits = 16
-    options = {**_scheme_options(cfg), "bits": bits, "clip": p.client_clip}
-    probe = build_scheme("mask", options)
-    colluders = cfg.secagg.colluders
-    counted = guaranteed_noise_shares(min_survivors=probe.min_survivors(k), colluders=colluders)
-    template = DistributedDP(clip=p.client_clip, scale=probe.quantiser(k).scale, noise_multiplier=1.0,
-                             n_clients=k, dim=dim, noise=p.client_noise, counted_shares=counted, colluders=colluders)
-    dp = plan_client_noise_multiplier(budget=PrivacyBudget(epsilon=p.client_epsilon, delta=p.delta, unit="client"),
-                                      rounds=cfg.federation.rounds, sample_rate=1.0, template=template)
-    options["noise_headroom_bits"] = max(0, dp.modulus_bits() - bits - headroom_for(k))
-    return dp, options
+    return plan(_scheme_options(cfg), n_clients=cfg.federation.n_clients, colluders=cfg.secagg.colluders,
+                budget=PrivacyBudget(epsilon=p.client_epsilon, delta=p.delta, unit="client"),
+                rounds=cfg.federation.rounds, clip=p.client_clip, noise=p.client_noise, dim=dim)
+
+
+def local_settings(cfg: RunConfig):
+    """How every client trains locally (:class:`~privspk.training.local.LocalSettings`) under ``cfg``."""
+    from privspk.training.local import LocalSettings
+
+    t = cfg.train
+    return LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, optimizer=t.optimizer,
+                         momentum=t.momentum, crop_frames=t.crop_frames, speaker_batch=t.speaker_batch,
+                         margin=cfg.model.margin, scale=cfg.model.scale, ema=t.ema, device=_device(cfg))
 
 
 def _append_round(path: Path, row: dict) -> None:
@@ -365,17 +421,14 @@ def train(
         eval_every: evaluate the held-out EER every this many rounds (and always after the last).
         data: already prepared data (saves re-loading when running several configs).
     """
-    made: list = []  # the run directory once this call has created it, and the ledger once opened
+    made: list[Path] = []  # the run directory once this call has created it
     try:
         return _train(config, budget=budget, progress=progress, resume=resume, overwrite=overwrite,
                       on_round=on_round, eval_every=eval_every, data=data, made=made)
     except BaseException:
-        for obj in made:
-            if not isinstance(obj, Path):
-                obj.close()  # the ledger: closed now, so SQLite leaves no -wal/-shm files behind
-        run_dir = next((obj for obj in made if isinstance(obj, Path)), None)
-        if run_dir is not None and run_dir.is_dir() and not _has_spends(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        # _train has closed the ledger by now, so SQLite leaves no -wal/-shm files behind
+        if made and made[0].is_dir() and not _has_spends(made[0]):
+            shutil.rmtree(made[0], ignore_errors=True)
         raise
 
 
@@ -395,7 +448,7 @@ def _has_spends(run_dir: Path) -> bool:
 
 
 def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, encoder: nn.Module,
-                           names: list[str], weight: float, endpoint, run_dir: Path, ledger, plan, sample_rate,
+                           names: list[str], weight: float, endpoint, run_dir: Path, ledger, mechanism,
                            client_dp=None, options: dict, identity=None) -> Any:
     """One :class:`~privspk.federation.FederatedClient` as every runtime builds it.
 
@@ -405,23 +458,19 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
 
     The in-process runtime (:func:`train`) and a deployed node
     (:mod:`privspk.runtimes.flower`) both call this, so a client trains, spends, signs its
-    ledger chain and binds its endpoint to the run the same way in both. ``plan`` and
-    ``sample_rate`` are the client's noise plan (``None`` without DP); ``options`` are the
-    scheme's options (their ``clip`` bounds the update).
+    ledger chain and binds its endpoint to the run the same way in both. ``mechanism`` is the
+    client's planned :class:`~privspk.privacy.Mechanism` (``None`` without DP); ``options`` are
+    the scheme's options (their ``clip`` bounds the update).
     """
     from privspk.federation import FederatedClient
-    from privspk.privacy import PrivacyBudget
-    from privspk.training.local import DPSettings
 
     privacy = cfg.privacy
     store = run_dir / "clients" / client_id
-    dp = guard = None
+    guard = None
     if privacy.enabled:
         from privspk.federation.guard import LedgerGuard, client_identity
+        from privspk.privacy import PrivacyBudget
 
-        b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
-        dp = DPSettings(unit=privacy.unit, noise_multiplier=plan.noise_multiplier, clip=privacy.clip,
-                        sample_rate=sample_rate)
         if identity is None:
             identity = client_identity(store / "identity.key")
         client_level = {}
@@ -429,22 +478,190 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
             client_level = dict(client_budget=PrivacyBudget(epsilon=privacy.client_epsilon, delta=privacy.delta,
                                                             unit="client"),
                                 client_mechanism=client_dp.mechanism())  # the guaranteed honest shares
-        guard = LedgerGuard(ledger, client_id, b, accountant=privacy.accountant, clip=privacy.clip,
-                            randomness=privacy.randomness, identity=identity, **client_level)
-    train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
-                      optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
-                      crop_frames=cfg.train.crop_frames, speaker_batch=cfg.train.speaker_batch,
-                      margin=cfg.model.margin, scale=cfg.model.scale, ema=cfg.train.ema,
-                      randomness=privacy.randomness, device=_device(cfg))
+        guard = LedgerGuard(ledger, client_id, client_budget(cfg), accountant=privacy.accountant, identity=identity,
+                            **client_level)
     return FederatedClient(
         client_id, data, copy.deepcopy(encoder), names, weight=weight, endpoint=endpoint,
-        guard=guard, dp=dp, store=store, train_args=train_args,
-        local_steps=cfg.train.local_steps, scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + index,
-        client_dp=client_dp, trunk_crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+        guard=guard, dp=mechanism if privacy.enabled else None, store=store, local=local_settings(cfg),
+        local_steps=None if privacy.enabled else cfg.train.local_steps,
+        randomness=None if privacy.enabled else privacy.randomness,
+        scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + index,
+        client_dp=client_dp, trunk_crops=cfg.train.trunk_crops,
         fixed_head=cfg.train.head == "fixed",
         update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
         run_id=cfg.name,
     )
+
+
+def encoder_in_dim(cfg: RunConfig) -> int:
+    """The encoder's input dimension: the feature vector's size under ``[features]``.
+
+    >>> encoder_in_dim(RunConfig())
+    40
+    """
+    return cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
+
+
+def _with_budget(config: RunConfig, budget) -> RunConfig:
+    """``config`` with ``[privacy]`` epsilon/delta/unit replaced by ``budget`` (a PrivacyBudget) when given."""
+    from privspk.privacy import PrivacyBudget
+
+    if budget is None:
+        return config
+    if not isinstance(budget, PrivacyBudget):
+        raise ConfigError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
+    return config.replace(privacy=dataclasses.replace(config.privacy, epsilon=budget.epsilon, delta=budget.delta,
+                                                      unit=budget.unit))
+
+
+def _check_start(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a run that cannot start: a bad config, or a run directory in the way."""
+    check_run_config(cfg)
+    if run_dir.exists() and not resume and not overwrite:
+        raise ConfigError(f"run directory {run_dir} exists; pass resume=True to continue it, "
+                          f"overwrite=True to start again, or choose another name")
+    if resume and run_dir.exists() and not cfg.privacy.enabled and (run_dir / "ledger.sqlite").exists():
+        raise ConfigError(f"{run_dir} is a differentially private run (it has a privacy ledger); resume it "
+                          "with the same privacy settings, never without privacy")
+
+
+def _make_run_dir(run_dir: Path, *, resume: bool, made: list | None) -> None:
+    """The run directory, emptied unless resumed (``made`` learns of one this call creates)."""
+    if run_dir.exists() and not resume:
+        _replace_dir(run_dir)
+    if not run_dir.exists():
+        run_dir.mkdir(parents=True)
+        if made is not None:
+            made.append(run_dir)
+
+
+@dataclass
+class _Federation:
+    """What :func:`_setup_federation` builds: the in-process federation and what its report names."""
+
+    fed: Any
+    server: Any
+    clients: dict
+    evaluator: HeldoutEvaluator
+    client_dp: Any
+    options: dict
+    n_trainable: int
+    pretrain_info: dict
+    pretrain_eval: dict
+    t_pretrained: float
+
+
+def _setup_federation(cfg: RunConfig, data: PreparedData, clients_data: dict, mechanisms: dict, ledger,
+                      run_dir: Path, *, progress: bool) -> _Federation:
+    """Pretrained encoder and its held-out score, the fine-tuning recipe, the scheme, server and clients."""
+    from privspk.federation import FederatedServer, InProcessFederation
+    from privspk.models.finetune import apply_recipe
+    from privspk.secagg import build_scheme
+
+    base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
+    t_pretrained = time.perf_counter()
+    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames,
+                                 enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed,
+                                 device=_device(cfg))
+    pretrain_eval = evaluator.evaluate(base, top1=True)
+    encoder = copy.deepcopy(base)
+    n_trainable = apply_recipe(encoder, cfg.train.recipe)
+    names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    total = sum(len(d) for d in clients_data.values())
+    weights = {cid: len(d) / total for cid, d in clients_data.items()}
+    options = _scheme_options(cfg)
+    client_dp = None
+    if cfg.privacy.enabled and cfg.privacy.client_level:
+        client_dp, options = plan_client_level(cfg, dim=n_trainable)
+    scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
+    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    if ledger is not None:
+        from privspk.privacy.ledger import AggregatedHeads
+
+        server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
+    clients = {
+        cid: build_federated_client(cfg, client_id=cid, index=i, data=cdata, encoder=encoder, names=names,
+                                    weight=weights[cid], endpoint=scheme.client(cid), run_dir=run_dir,
+                                    ledger=ledger, mechanism=mechanisms.get(cid), client_dp=client_dp,
+                                    options=options)
+        for i, (cid, cdata) in enumerate(clients_data.items())
+    }
+
+    def aggregated(round_id: int, included) -> None:
+        if ledger is not None:
+            ledger.mark_aggregated(round_id, list(included))
+
+    fed = InProcessFederation(server, clients, scheme, state_path=run_dir / "server_state.pt",
+                              on_aggregated=aggregated)
+    return _Federation(fed=fed, server=server, clients=clients, evaluator=evaluator, client_dp=client_dp,
+                       options=options, n_trainable=n_trainable, pretrain_info=pretrain_info,
+                       pretrain_eval=pretrain_eval, t_pretrained=t_pretrained)
+
+
+def _run_rounds(cfg: RunConfig, f: _Federation, run_dir: Path, *, first: int, eval_every: int,
+                on_round: Callable[[dict], None] | None) -> list[dict]:
+    """Rounds ``first`` .. ``[federation] rounds``: each one's summary logged (fsync'ed) and handed to ``on_round``."""
+    privacy = cfg.privacy
+    rounds: list[dict] = []
+    for r in range(first, cfg.federation.rounds + 1):
+        row = f.fed.run_round(r).to_dict()
+        row["epsilon"] = {cid: c.epsilon() for cid, c in f.clients.items()}
+        if f.client_dp is not None:
+            row["client_epsilon"] = {cid: c.guard.client_epsilon() for cid, c in f.clients.items()}
+        row["delta"] = privacy.delta if privacy.enabled else None
+        row["unit"] = privacy.unit if privacy.enabled else None
+        row["randomness"] = privacy.randomness
+        if eval_every and (r % eval_every == 0 or r == cfg.federation.rounds):
+            row["eval"] = f.evaluator.evaluate(f.server.encoder)
+        rounds.append(row)
+        _append_round(run_dir / ROUNDS_LOG, row)
+        if on_round is not None:
+            on_round(row)
+    return rounds
+
+
+def _privacy_report(cfg: RunConfig, f: _Federation, mechanisms: dict, eps: dict) -> dict:
+    """The report's ``privacy`` section: budget, each client's mechanism and what it spent."""
+    from privspk.training.randomness import randomness_note
+
+    privacy = cfg.privacy
+    if not privacy.enabled:
+        return {"enabled": False}
+    cl = f.client_dp
+    return {"epsilon_budget": privacy.epsilon, "delta": privacy.delta, "unit": privacy.unit,
+            "accountant": privacy.accountant, "clip": privacy.clip,
+            "randomness": privacy.randomness,
+            "randomness_warning": randomness_note(privacy.randomness) or None,
+            "noise_multiplier": {c: m.noise_multiplier for c, m in mechanisms.items()},
+            "sample_rate": {c: m.sample_rate for c, m in mechanisms.items()},
+            "epsilon_spent": eps,
+            "client_level": ({"noise": cl.noise, "noise_multiplier": cl.noise_multiplier,
+                              "counted_shares": cl.mechanism().shares, "colluders": cl.colluders,
+                              "required_survivors": cl.required_survivors,
+                              "clip": cl.clip, "epsilon_budget": privacy.client_epsilon,
+                              "epsilon_spent": {c: k.guard.client_epsilon() for c, k in f.clients.items()}}
+                             if cl is not None else None)}
+
+
+def _run_report(cfg: RunConfig, data: PreparedData, f: _Federation, mechanisms: dict, eps: dict, *, rounds: list,
+                final_eval: dict, resumed_after: int | None, seconds: dict) -> dict:
+    """The run's ``report.json``: config, corpus, pretraining, privacy, scheme, every round, final scores."""
+    return {
+        "run": cfg.name,
+        "config": cfg.to_dict(),
+        "corpus": {"id": data.corpus_id, "utterances": len(data.corpus), "speakers": len(data.corpus.speakers),
+                   "public": len(data.split.public), "clients": [len(g) for g in data.split.clients],
+                   "heldout": len(data.split.heldout), "trials": len(data.trials)},
+        "pretrain": f.pretrain_info,
+        "pretrain_eval": f.pretrain_eval,
+        "trainable_parameters": f.n_trainable,
+        "privacy": _privacy_report(cfg, f, mechanisms, eps),
+        "secagg": {"scheme": cfg.secagg.scheme, "options": f.options},
+        "rounds": rounds,
+        "resumed_after_round": resumed_after,
+        "final_eval": final_eval,
+        "seconds": seconds,
+    }
 
 
 def _train(
@@ -459,189 +676,50 @@ def _train(
     data: PreparedData | None = None,
     made: list | None = None,
 ) -> TrainResult:
-    """The body of :func:`train` (``made`` receives the run directory when this call creates it, and the ledger).
+    """The body of :func:`train` (same arguments; ``made`` receives the run directory when this call creates it).
 
-    Args:
-        config: the run configuration.
-        budget: a :class:`privspk.privacy.PrivacyBudget` overriding ``config.privacy``'s
-            epsilon/delta/unit (each client's budget).
-        progress: progress bars on stderr.
-        resume: continue a crashed run in the same run directory (same privacy settings).
-        overwrite: delete an existing run directory of the same name first.
-        on_round: called after each round with that round's metrics.
-        eval_every: evaluate the held-out EER every this many rounds (and always after the last).
-        data: already prepared data (saves re-loading when running several configs).
+    The ledger is closed when this returns or raises.
     """
-    from privspk.federation import FederatedServer, InProcessFederation
-    from privspk.models.finetune import apply_recipe
-    from privspk.privacy import PrivacyBudget, plan_noise_multiplier
-    from privspk.secagg import build_scheme
+    from privspk.models.checkpoint import save_encoder
     from privspk.training.data import ClientData
-    from privspk.training.local import sample_rate_for
-    from privspk.training.randomness import randomness_note
 
-    if budget is not None:
-        if not isinstance(budget, PrivacyBudget):
-            raise ConfigError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
-        config = config.replace(privacy=dataclasses.replace(config.privacy, epsilon=budget.epsilon,
-                                                            delta=budget.delta, unit=budget.unit))
-    cfg = config
+    cfg = _with_budget(config, budget)
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     run_dir = Path(cfg.out_dir) / cfg.name
-    check_run_config(cfg)
-    if run_dir.exists() and not resume and not overwrite:
-        raise ConfigError(f"run directory {run_dir} exists; pass resume=True to continue it, "
-                          f"overwrite=True to start again, or choose another name")
-    privacy = cfg.privacy
-    ledger = None
-    if resume and run_dir.exists():
-        if privacy.enabled:
-            from privspk.federation.guard import open_run_ledger
-
+    _check_start(cfg, run_dir, resume=resume, overwrite=overwrite)
+    with contextlib.ExitStack() as closing:
+        ledger = None
+        if resume and run_dir.exists() and cfg.privacy.enabled:
             # opened first: a resume with other privacy settings is refused before anything is written or computed
-            ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
-            if made is not None:
-                made.append(ledger)
-        elif (run_dir / "ledger.sqlite").exists():
-            raise ConfigError(f"{run_dir} is a differentially private run (it has a privacy ledger); resume it "
-                              "with the same privacy settings, never without privacy")
-
-    data = data if data is not None else prepare_data(cfg, progress=progress)
-    t_data = time.perf_counter()
-    clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
-                    for i, group in enumerate(data.split.clients)}
-    # every client's noise plan before the run directory exists: an unreachable budget fails here, in
-    # seconds, and leaves nothing behind that would block the next try
-    plans: dict[str, Any] = {}
-    sample_rates: dict[str, float] = {}
-    if privacy.enabled:
-        for cid, cdata in clients_data.items():
-            q = sample_rate_for(cdata, unit=privacy.unit, batch_size=cfg.train.batch_size,
-                                speaker_batch=cfg.train.speaker_batch)
-            b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
-            try:
-                plans[cid] = plan_noise_multiplier(budget=b, sample_rate=q, steps=cfg.train.local_steps,
-                                                   rounds=cfg.federation.rounds, accountant=privacy.accountant)
-            except (ConfigError, BudgetExceededError) as exc:
-                raise type(exc)(f"no noise plan for {cid}: {exc}. Nothing was written (no run directory)") from None
-            sample_rates[cid] = q
-
-    if run_dir.exists() and not resume:
-        _replace_dir(run_dir)
-    if not run_dir.exists():
-        run_dir.mkdir(parents=True)
-        if made is not None:
-            made.append(run_dir)
-    if privacy.enabled and ledger is None:
-        from privspk.federation.guard import open_run_ledger
-
-        ledger = open_run_ledger(run_dir / "ledger.sqlite", cfg, resume=resume)
-        if made is not None:
-            made.append(ledger)
-    (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-    base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
-    t_pre = time.perf_counter()
-    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames,
-                                 enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed,
-                                 device=_device(cfg))
-    pretrain_eval = evaluator.evaluate(base, top1=True)
-
-    encoder = copy.deepcopy(base)
-    n_trainable = apply_recipe(encoder, cfg.train.recipe)
-    names = [n for n, p in encoder.named_parameters() if p.requires_grad]
-    total = sum(len(d) for d in clients_data.values())
-    weights = {cid: len(d) / total for cid, d in clients_data.items()}
-    options = _scheme_options(cfg)
-    client_dp = None
-    if privacy.client_level:
-        client_dp, options = plan_client_level(cfg, dim=n_trainable)
-    scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
-    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
-    if ledger is not None:
-        from privspk.privacy.ledger import AggregatedHeads
-
-        server.heads = AggregatedHeads(run_dir / AGGREGATED_HEADS, run_id=cfg.name)
-
-    clients = {
-        cid: build_federated_client(cfg, client_id=cid, index=i, data=cdata, encoder=encoder, names=names,
-                                    weight=weights[cid], endpoint=scheme.client(cid), run_dir=run_dir,
-                                    ledger=ledger, plan=plans.get(cid), sample_rate=sample_rates.get(cid),
-                                    client_dp=client_dp, options=options)
-        for i, (cid, cdata) in enumerate(clients_data.items())
-    }
-
-    def aggregated(round_id: int, included) -> None:
-        if ledger is not None:
-            ledger.mark_aggregated(round_id, list(included))
-
-    fed = InProcessFederation(server, clients, scheme, state_path=run_dir / "server_state.pt",
-                              on_aggregated=aggregated)
-    last_done = fed.last_completed_round() if resume else 0
-    rounds_log = run_dir / ROUNDS_LOG
-    earlier = _earlier_rounds(rounds_log, last_done)
-    rounds: list[dict] = []
-    for r in range(last_done + 1, cfg.federation.rounds + 1):
-        rep = fed.run_round(r)
-        row = rep.to_dict()
-        row["epsilon"] = {cid: c.epsilon() for cid, c in clients.items()}
-        if client_dp is not None:
-            row["client_epsilon"] = {cid: c.guard.client_epsilon() for cid, c in clients.items()}
-        row["delta"] = privacy.delta if privacy.enabled else None
-        row["unit"] = privacy.unit if privacy.enabled else None
-        row["randomness"] = privacy.randomness
-        last = r == cfg.federation.rounds
-        if eval_every and (r % eval_every == 0 or last):
-            row["eval"] = evaluator.evaluate(server.encoder)
-        rounds.append(row)
-        _append_round(rounds_log, row)
-        if on_round is not None:
-            on_round(row)
-    t_fed = time.perf_counter()
-    final_eval = evaluator.evaluate(server.encoder, top1=True, write_to=run_dir)
-
-    from privspk.models.checkpoint import save_encoder
-
-    in_dim = cfg.features.n_mels if cfg.features.kind == "fbank" else cfg.features.n_mfcc
-    save_encoder(run_dir / "encoder.pt", server.encoder, name=cfg.model.encoder, in_dim=in_dim,
-                 extra={"run": cfg.name, "recipe": cfg.train.recipe})
-    eps = {cid: c.epsilon() for cid, c in clients.items()}
-    report = {
-        "run": cfg.name,
-        "config": cfg.to_dict(),
-        "corpus": {"id": data.corpus_id, "utterances": len(data.corpus), "speakers": len(data.corpus.speakers),
-                   "public": len(data.split.public), "clients": [len(g) for g in data.split.clients],
-                   "heldout": len(data.split.heldout), "trials": len(data.trials)},
-        "pretrain": pretrain_info,
-        "pretrain_eval": pretrain_eval,
-        "trainable_parameters": n_trainable,
-        "privacy": ({"epsilon_budget": privacy.epsilon, "delta": privacy.delta, "unit": privacy.unit,
-                     "accountant": privacy.accountant, "clip": privacy.clip,
-                     "randomness": privacy.randomness,
-                     "randomness_warning": randomness_note(privacy.randomness) or None,
-                     "noise_multiplier": {c: p.noise_multiplier for c, p in plans.items()},
-                     "sample_rate": {c: p.sample_rate for c, p in plans.items()},
-                     "epsilon_spent": eps,
-                     "client_level": ({"noise": client_dp.noise, "noise_multiplier": client_dp.noise_multiplier,
-                                       "counted_shares": client_dp.mechanism().shares,
-                                       "colluders": client_dp.colluders,
-                                       "required_survivors": client_dp.required_survivors,
-                                       "clip": client_dp.clip, "epsilon_budget": privacy.client_epsilon,
-                                       "epsilon_spent": {c: cl.guard.client_epsilon() for c, cl in clients.items()}}
-                                      if client_dp is not None else None)}
-                    if privacy.enabled else {"enabled": False}),
-        "secagg": {"scheme": cfg.secagg.scheme, "options": options},
-        "rounds": earlier + rounds,
-        "resumed_after_round": last_done if resume else None,
-        "final_eval": final_eval,
-        "seconds": {"data": round(t_data - t_start, 1), "pretrain": round(t_pre - t_data, 1),
-                    "federated": round(t_fed - t_pre, 1), "total": round(time.perf_counter() - t_start, 1)},
-    }
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    if ledger is not None:
-        ledger.close()
-    return TrainResult(config=cfg, encoder=server.encoder, run_dir=run_dir, rounds=rounds,
-                       pretrain_eval=pretrain_eval, final_eval=final_eval, epsilon=eps, report=report)
+            ledger = closing.enter_context(open_run_ledger(run_dir / "ledger.sqlite", cfg))
+        data = data if data is not None else prepare_data(cfg, progress=progress)
+        t_data = time.perf_counter()
+        clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
+                        for i, group in enumerate(data.split.clients)}
+        # every client's mechanism before the run directory exists: an unreachable budget fails here, in
+        # seconds, and leaves nothing behind that would block the next try
+        mechanisms = plan_mechanisms(cfg, clients_data)
+        _make_run_dir(run_dir, resume=resume, made=made)
+        if cfg.privacy.enabled and ledger is None:
+            ledger = closing.enter_context(open_run_ledger(run_dir / "ledger.sqlite", cfg))
+        (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        f = _setup_federation(cfg, data, clients_data, mechanisms, ledger, run_dir, progress=progress)
+        last_done = f.fed.last_completed_round() if resume else 0
+        earlier = _earlier_rounds(run_dir / ROUNDS_LOG, last_done)
+        rounds = _run_rounds(cfg, f, run_dir, first=last_done + 1, eval_every=eval_every, on_round=on_round)
+        t_fed = time.perf_counter()
+        final_eval = f.evaluator.evaluate(f.server.encoder, top1=True, write_to=run_dir)
+        save_encoder(run_dir / "encoder.pt", f.server.encoder, name=cfg.model.encoder, in_dim=encoder_in_dim(cfg),
+                     extra={"run": cfg.name, "recipe": cfg.train.recipe})
+        eps = {cid: c.epsilon() for cid, c in f.clients.items()}
+        seconds = {"data": round(t_data - t_start, 1), "pretrain": round(f.t_pretrained - t_data, 1),
+                   "federated": round(t_fed - f.t_pretrained, 1), "total": round(time.perf_counter() - t_start, 1)}
+        report = _run_report(cfg, data, f, mechanisms, eps, rounds=earlier + rounds, final_eval=final_eval,
+                             resumed_after=last_done if resume else None, seconds=seconds)
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return TrainResult(config=cfg, encoder=f.server.encoder, run_dir=run_dir, rounds=rounds,
+                       pretrain_eval=f.pretrain_eval, final_eval=final_eval, epsilon=eps, report=report)
 
 
 def train_crossdevice(config: RunConfig, **kwargs: Any):

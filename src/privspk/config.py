@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from privspk.errors import ConfigError
+from privspk.privacy.mechanism import RANDOMNESS_MODES, SAMPLE_UNITS
 
 
 #: Client channel domains (equal to ``privspk.audio.channels.DOMAINS``; listed here without importing torch).
@@ -179,9 +180,11 @@ class PretrainSection:
 # parser) does not import torch; tests/test_config.py checks the two agree
 TRAIN_RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters", "embedding")
 
-# privspk.training.local.UNITS (what DP-SGD training protects) and the names registered in
-# privspk.secagg.registry, spelled out for the same reason; tests/test_config.py checks they agree
-TRAIN_UNITS: tuple[str, ...] = ("utterance", "speaker")
+# what DP-SGD training protects, and where its randomness comes from: the privacy package's lists
+# (it imports neither torch nor Opacus until an epsilon is computed)
+TRAIN_UNITS: tuple[str, ...] = SAMPLE_UNITS
+# the names registered in privspk.secagg.registry, spelled out so that reading a config does not
+# import the schemes; tests/test_config.py checks they agree
 SECAGG_SCHEMES: tuple[str, ...] = ("plain", "mask", "ckks", "bfv")
 
 
@@ -272,8 +275,8 @@ class PrivacySection:
 
     def check(self) -> list[str]:
         errs = []
-        if self.randomness not in ("secret", "simulation"):
-            errs.append(f"randomness must be secret|simulation, got {self.randomness!r}")
+        if self.randomness not in RANDOMNESS_MODES:
+            errs.append(f"randomness must be {'|'.join(RANDOMNESS_MODES)}, got {self.randomness!r}")
         if self.client_level and not self.enabled:
             errs.append("client_level DP needs enabled = true (sample-level DP-SGD is recorded beside it)")
         if not (math.isfinite(self.client_epsilon) and self.client_epsilon > 0):

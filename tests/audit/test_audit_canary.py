@@ -15,13 +15,13 @@ from federation_support import synthetic_clients, tiny_encoder  # noqa: E402
 from privspk.audit.canary import GradientCanaries, canary_audit  # noqa: E402
 from privspk.errors import ConfigError  # noqa: E402
 from privspk.models.finetune import apply_recipe  # noqa: E402
-from privspk.privacy import PrivacyBudget, plan_noise_multiplier  # noqa: E402
+from privspk.privacy import PrivacyBudget, plan_mechanism  # noqa: E402
 from privspk.training import local  # noqa: E402
-from privspk.training.local import DPSettings  # noqa: E402
+from privspk.training.local import LocalSettings  # noqa: E402
 
 Q, STEPS, ROUNDS, M = 0.5, 10, 2, 200
-TRAIN_ARGS = dict(batch_size=4, physical_batch=64, lr=1e-2, optimizer="adam", momentum=0.9, crop_frames=20,
-                  speaker_batch=2, margin=0.2, scale=30.0, ema=0.0)
+LOCAL = LocalSettings(batch_size=4, physical_batch=64, lr=1e-2, optimizer="adam", momentum=0.9, crop_frames=20,
+                      speaker_batch=2, margin=0.2, scale=30.0, ema=0.0)
 
 
 def audit_at_epsilon_one():
@@ -30,13 +30,12 @@ def audit_at_epsilon_one():
     apply_recipe(enc, "embedding")
     names = [n for n, p in enc.named_parameters() if p.requires_grad]
     clients = synthetic_clients(0)
-    sigma = plan_noise_multiplier(budget=PrivacyBudget(epsilon=1.0, delta=1e-5), sample_rate=Q, steps=STEPS,
-                                  rounds=ROUNDS).noise_multiplier
-    claimed = _epsilon_by_round(sigma)
-    dp = {c: DPSettings(unit="utterance", noise_multiplier=sigma, clip=1.0, sample_rate=Q) for c in clients}
+    mech = plan_mechanism(budget=PrivacyBudget(epsilon=1.0, delta=1e-5), sample_rate=Q, steps=STEPS, clip=1.0,
+                          rounds=ROUNDS)
+    claimed = _epsilon_by_round(mech.noise_multiplier)
+    dp = {c: mech for c in clients}
     return canary_audit(enc, names, clients, dp=dp, clip=1.0, sample_rates={c: Q for c in clients}, claimed=claimed,
-                        delta=1e-5, m=M, rounds=ROUNDS, local_steps=STEPS, train_args=TRAIN_ARGS, trunk_crops=2,
-                        crop_frames=20, seed=1)
+                        delta=1e-5, m=M, rounds=ROUNDS, local_steps=STEPS, local=LOCAL, trunk_crops=2, seed=1)
 
 
 def _epsilon_by_round(sigma: float) -> list[float]:
@@ -55,8 +54,8 @@ def test_noise_switched_off_while_the_ledger_claims_epsilon_one_is_a_fail(monkey
     """The broken mechanism: DP-SGD runs with noise multiplier 0 whatever the plan says."""
     real = local._train_dp_utterance
 
-    def broken(net, data, params, *, dp, **kwargs):
-        return real(net, data, params, dp=dataclasses.replace(dp, noise_multiplier=0.0), **kwargs)
+    def broken(net, data, params, settings, *, dp, **kwargs):
+        return real(net, data, params, settings, dp=dataclasses.replace(dp, noise_multiplier=0.0), **kwargs)
 
     monkeypatch.setattr(local, "_train_dp_utterance", broken)
     res = audit_at_epsilon_one()

@@ -5,7 +5,7 @@ import pytest
 
 from privspk.audit.client_canary import client_canary_audit, client_canary_run
 from privspk.errors import ConfigError
-from privspk.privacy import PrivacyBudget
+from privspk.privacy import Mechanism, PrivacyBudget
 from privspk.privacy.distributed import (ClientLevelRound, DistributedDP, client_level_epsilon,
                                          plan_client_noise_multiplier)
 
@@ -76,9 +76,9 @@ def _client_level_run(tmp_path, *, claimed_scale: float = 1.0):
             for r in (1, 2):
                 cl = ClientLevelSpend(mechanism=dp.mechanism(), sample_rate=1.0, delta=DELTA,
                                       epsilon_after=claimed_scale * eps[r - 1])
-                led.record_spend(Spend(client=c, round=r, unit="utterance", accountant="rdp", noise_multiplier=1.1,
-                                       sample_rate=0.05, steps=20, delta=DELTA, epsilon_after=0.5 * r, clip=1.0,
-                                       scheme="mask", client_level=cl))
+                mech = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=20, delta=DELTA, clip=1.0)
+                led.record_spend(Spend(client=c, round=r, mechanism=mech, epsilon_after=0.5 * r, scheme="mask",
+                                       client_level=cl))
     return cfg, path, eps
 
 

@@ -9,11 +9,11 @@ from privspk.errors import ConfigError
 from privspk.models.ecapa import ECAPAEncoder
 from privspk.models.finetune import apply_recipe
 from privspk.training.data import ClientData
+from privspk.training.local import LocalSettings
 
 IN_DIM, N_CLIENTS, SPK_PER_CLIENT, UTTS = 8, 3, 6, 8
-TRAIN_ARGS = dict(batch_size=16, physical_batch=64, lr=2e-2, optimizer="adam", momentum=0.9, crop_frames=20,
-                  speaker_batch=2, margin=0.2, scale=30.0, ema=0.0,
-                  randomness="simulation")  # the tiny case repeats exactly (the attack is scored on one draw)
+LOCAL = LocalSettings(batch_size=16, physical_batch=64, lr=2e-2, optimizer="adam", momentum=0.9, crop_frames=20,
+                      speaker_batch=2, margin=0.2, scale=30.0, ema=0.0)
 
 
 def federation(seed: int = 0):
@@ -54,8 +54,9 @@ def federation(seed: int = 0):
 def plain_updates(tmp_path_factory):
     enc, names, clients, probes, probe = federation()
     weights = {c: 1 / N_CLIENTS for c in clients}
-    ups = round_one_updates(enc, names, clients, dp=None, weights=weights, train_args=TRAIN_ARGS, local_steps=30,
-                            trunk_crops=2, crop_frames=20, store=tmp_path_factory.mktemp("clients"))
+    ups = round_one_updates(enc, names, clients, dp=None, weights=weights, local=LOCAL, local_steps=30,
+                            trunk_crops=2, store=tmp_path_factory.mktemp("clients"),
+                            randomness="simulation")  # the tiny case repeats exactly (the attack is scored on one draw)
     return enc, names, clients, probes, probe, weights, ups
 
 

@@ -19,14 +19,16 @@ import torch
 
 from privspk.config import HE_TRUST, FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
 from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
-from privspk.federation.guard import LedgerGuard, open_run_ledger
+from privspk.api import open_run_ledger
+from privspk.federation.guard import LedgerGuard
 from privspk.models.ecapa import ECAPAEncoder
 from privspk.models.finetune import apply_recipe
 from privspk.privacy import Ledger, PrivacyBudget
 from privspk.privacy.ledger import digest_update
 from privspk.secagg import AggregateResult, RoundSpec, build_scheme
 from privspk.training.data import ClientData
-from privspk.training.local import DPSettings, sample_rate_for
+from privspk.privacy import Mechanism
+from privspk.training.local import LocalSettings, sample_rate_for
 
 IN_DIM = 8
 RUN_ID = "fedtest"
@@ -168,23 +170,24 @@ def build_job(
         options["colluders"] = cfg.secagg.colluders
     sch = build_scheme(scheme, options, seed=seed)
     server = CrashingServer(encoder, names, run_id=cfg.name, weights=weights, crash=crash)
-    ledger = open_run_ledger(workdir / "ledger.sqlite", cfg, resume=True) if dp else None
+    ledger = open_run_ledger(workdir / "ledger.sqlite", cfg) if dp else None
     t = cfg.train
-    train_args = dict(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, optimizer=t.optimizer,
-                      momentum=t.momentum, crop_frames=t.crop_frames, speaker_batch=t.speaker_batch,
-                      margin=cfg.model.margin, scale=cfg.model.scale, randomness=cfg.privacy.randomness)
+    local = LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, optimizer=t.optimizer,
+                          momentum=t.momentum, crop_frames=t.crop_frames, speaker_batch=t.speaker_batch,
+                          margin=cfg.model.margin, scale=cfg.model.scale)
     clients = {}
     for i, (cid, cdata) in enumerate(data.items()):
         dps = guard = None
         if dp:
             q = sample_rate_for(cdata, unit="utterance", batch_size=t.batch_size, speaker_batch=t.speaker_batch)
-            dps = DPSettings(unit="utterance", noise_multiplier=SIGMA, clip=cfg.privacy.clip, sample_rate=q)
+            dps = Mechanism(unit="utterance", noise_multiplier=SIGMA, clip=cfg.privacy.clip, sample_rate=q,
+                            steps=t.local_steps, delta=cfg.privacy.delta, randomness=cfg.privacy.randomness)
             guard = LedgerGuard(ledger, cid, PrivacyBudget(epsilon=epsilon, delta=cfg.privacy.delta),
-                                accountant="rdp", clip=cfg.privacy.clip, randomness=cfg.privacy.randomness)
+                                accountant="rdp")
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=sch.client(cid), guard=guard,
-            dp=dps, store=workdir / "clients" / cid, train_args=train_args, local_steps=t.local_steps,
-            scheme=scheme, seed=seed * 1000 + i, run_id=cfg.name,
+            dp=dps, store=workdir / "clients" / cid, local=local, local_steps=None if dp else t.local_steps,
+            randomness=None if dp else cfg.privacy.randomness, scheme=scheme, seed=seed * 1000 + i, run_id=cfg.name,
         )
 
     def aggregated(round_id: int, included) -> None:

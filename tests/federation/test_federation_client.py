@@ -7,6 +7,7 @@ the order of authorize -> commit -> release -> submit can be read back.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,14 +18,15 @@ from privspk.federation.client import ClientRoundReport, FederatedClient
 from privspk.models.finetune import apply_recipe
 from privspk.privacy.ledger import digest_update
 from privspk.secagg import ClientEndpoint
-from privspk.training.local import DPSettings
+from privspk.privacy import Mechanism
+from privspk.training.local import LocalSettings
 from privspk.training.net import flatten, trainable_state
 from federation_support import synthetic_clients, tiny_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
-DP = DPSettings(unit="utterance", noise_multiplier=1.0, clip=1.0, sample_rate=0.5)  # client0: 6 utterances, batch 4
-TRAIN_ARGS = dict(batch_size=4, physical_batch=4, lr=1e-2, crop_frames=20, speaker_batch=2)
+DP = Mechanism(unit="utterance", noise_multiplier=1.0, clip=1.0, sample_rate=0.5, steps=2, delta=1e-5)  # client0: 6 utts
+LOCAL = LocalSettings(batch_size=4, physical_batch=4, lr=1e-2, crop_frames=20, speaker_batch=2)
 
 
 class RecordingEndpoint(ClientEndpoint):
@@ -50,17 +52,17 @@ class RecordingGuard:
         self.fail_commit = fail_commit
         self.spends: dict[int, str] = {}
 
-    def authorize(self, *, round_id, dp, steps):
+    def authorize(self, *, round_id, mechanism):
         self.events.append(("authorize", round_id))
         if len(self.spends) >= self.budget_rounds:
             raise BudgetExceededError(f"client c: round {round_id} is over budget")
         return 0.5 * (len(self.spends) + 1)
 
-    def commit(self, *, round_id, dp, steps, scheme, update):
+    def commit(self, *, round_id, mechanism, scheme, update):
         if self.fail_commit:
             raise OSError("disk full while writing the ledger")
         self.spends[round_id] = digest_update(np.ascontiguousarray(update))
-        self.events.append(("commit", round_id, self.spends[round_id], steps, scheme, dp))
+        self.events.append(("commit", round_id, self.spends[round_id], mechanism.steps, scheme, mechanism))
         return 0.5 * len(self.spends)
 
     def committed(self, round_id):
@@ -83,8 +85,9 @@ def make_client(tmp_path, events, *, guard=None, dp=DP, weight=0.25, store="stor
     names = [n for n, p in enc.named_parameters() if p.requires_grad]
     endpoint = RecordingEndpoint(events)
     client = FederatedClient("c", data, copy.deepcopy(enc), names, weight=weight, endpoint=endpoint, guard=guard,
-                             dp=dp, store=tmp_path / store, local_steps=2, scheme="mask", seed=seed,
-                             train_args=TRAIN_ARGS if randomness is None else {**TRAIN_ARGS, "randomness": randomness})
+                             dp=dp if dp is None or randomness is None else dataclasses.replace(dp, randomness=randomness),
+                             store=tmp_path / store, local_steps=None if dp is not None else 2, scheme="mask",
+                             seed=seed, local=LOCAL, randomness=None if dp is not None else randomness)
     return client, endpoint, flatten(trainable_state(enc), names)
 
 

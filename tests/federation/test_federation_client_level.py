@@ -19,12 +19,14 @@ from privspk.api import plan_client_level
 from privspk.config import FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
 from privspk.errors import AggregationError, ConfigError, ProtocolError
 from privspk.federation import FederatedClient
-from privspk.federation.guard import LedgerGuard, open_run_ledger
+from privspk.api import open_run_ledger
+from privspk.federation.guard import LedgerGuard
 from privspk.models.finetune import apply_recipe
 from privspk.privacy import PrivacyBudget
 from privspk.secagg import RoundSpec, build_scheme
 from privspk.secagg.simulate import run_round
-from privspk.training.local import DPSettings, sample_rate_for
+from privspk.privacy import Mechanism
+from privspk.training.local import LocalSettings, sample_rate_for
 from federation_support import synthetic_clients, tiny_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -52,19 +54,19 @@ def _victim(tmp_path, colluders: int = 1):
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     client_dp, options = plan_client_level(cfg, dim=dim)
     scheme = build_scheme("mask", options, seed=0)
-    ledger = open_run_ledger(tmp_path / "ledger.sqlite", cfg, resume=False)
+    ledger = open_run_ledger(tmp_path / "ledger.sqlite", cfg)
     data = synthetic_clients(0)["client0"]
     q = sample_rate_for(data, unit="utterance", batch_size=4, speaker_batch=2)
-    dp = DPSettings(unit="utterance", noise_multiplier=2.0, clip=cfg.privacy.clip, sample_rate=q)
+    dp = Mechanism(unit="utterance", noise_multiplier=2.0, clip=cfg.privacy.clip, sample_rate=q, steps=1, delta=1e-5)
     guard = LedgerGuard(ledger, "client0", PrivacyBudget(epsilon=50.0, delta=1e-5), accountant="rdp",
-                        clip=cfg.privacy.clip, client_budget=PrivacyBudget(epsilon=8.0, delta=1e-5, unit="client"),
+                        client_budget=PrivacyBudget(epsilon=8.0, delta=1e-5, unit="client"),
                         client_mechanism=client_dp.mechanism())
     t = cfg.train
     client = FederatedClient(
         "client0", data, copy.deepcopy(encoder), names, weight=0.1, endpoint=scheme.client("client0"), guard=guard,
-        dp=dp, store=tmp_path / "client0", local_steps=1, scheme="mask", seed=0, client_dp=client_dp,
-        train_args=dict(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, crop_frames=t.crop_frames,
-                        speaker_batch=t.speaker_batch),
+        dp=dp, store=tmp_path / "client0", scheme="mask", seed=0, client_dp=client_dp,
+        local=LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr,
+                            crop_frames=t.crop_frames, speaker_batch=t.speaker_batch),
     )
     report = client.run_round(1, _global(encoder, names))
     assert report.status == "sent"

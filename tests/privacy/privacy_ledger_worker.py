@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from privspk.privacy.ledger import Ledger, Spend, digest_update
+from privspk.privacy.mechanism import Mechanism
 
 SETTINGS = {"epsilon": 8.0, "delta": 1e-5, "unit": "utterance", "accountant": "rdp"}
 EPS_PER_ROUND = 0.25
@@ -76,9 +77,9 @@ def run_client(args: argparse.Namespace) -> None:
                 atomic_write(kept, update)
                 led.record_spend(
                     Spend(
-                        client=args.client, round=rnd, unit="utterance", accountant="rdp", noise_multiplier=1.0,
-                        sample_rate=0.1, steps=10, delta=1e-5, epsilon_after=EPS_PER_ROUND * rnd, clip=1.0,
-                        scheme="mask", update_digest=digest_update(update),
+                        client=args.client, round=rnd, epsilon_after=EPS_PER_ROUND * rnd, scheme="mask",
+                        mechanism=Mechanism(noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=1e-5, clip=1.0),
+                        update_digest=digest_update(update),
                     )
                 )
                 maybe_crash(args, rnd, "after_spend")

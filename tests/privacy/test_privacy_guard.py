@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ from privspk.privacy.budget import PrivacyBudget
 from privspk.privacy.distributed import ClientLevelRound, DistributedDP, client_level_epsilon
 from privspk.privacy.guard import BudgetGuard
 from privspk.privacy.ledger import Ledger, digest_update
-from privspk.privacy.planner import plan_noise_multiplier
+from privspk.privacy.mechanism import Mechanism
+from privspk.privacy.planner import plan_mechanism
 
 SIGMA, Q, STEPS = 1.0, 0.05, 40
-ROUND = {"noise_multiplier": SIGMA, "sample_rate": Q, "steps": STEPS}
+MECH = Mechanism(noise_multiplier=SIGMA, sample_rate=Q, steps=STEPS, clip=1.0, delta=1e-5)
+SPK = dataclasses.replace(MECH, unit="speaker")
 STEP = SpendStep(noise_multiplier=SIGMA, sample_rate=Q, steps=STEPS)
 
 
@@ -34,13 +37,13 @@ def test_rounds_are_authorized_recorded_and_refused_before_recording(ledger: Led
     assert fits >= 1
     for rnd in range(1, fits + 1):
         expected = epsilon([STEP] * rnd, delta=1e-5)
-        assert guard.authorize_round(rnd, **ROUND) == pytest.approx(expected)
-        row = guard.commit_spend(rnd, **ROUND, clip=1.0, scheme="mask")
+        assert guard.authorize_round(rnd, MECH) == pytest.approx(expected)
+        row = guard.commit_spend(rnd, MECH, scheme="mask")
         assert row.epsilon_after == pytest.approx(expected) and row.unit == "utterance" and row.status == "spent"
         assert guard.remaining() == pytest.approx(4.0 - expected)
     before = ledger.rows()
     with pytest.raises(BudgetExceededError) as info:
-        guard.commit_spend(fits + 1, **ROUND, clip=1.0, scheme="mask")
+        guard.commit_spend(fits + 1, MECH, scheme="mask")
     msg = str(info.value)
     assert f"client c0: round {fits + 1}" in msg and "epsilon=4 (delta=1e-05) per utterance" in msg
     assert "out of budget" in msg
@@ -49,31 +52,30 @@ def test_rounds_are_authorized_recorded_and_refused_before_recording(ledger: Led
 
 def test_planned_rounds_all_fit_and_no_more(ledger: Ledger) -> None:
     budget = PrivacyBudget(epsilon=3.0, delta=1e-5)
-    plan = plan_noise_multiplier(budget=budget, sample_rate=0.05, steps=25, rounds=4)
+    plan = plan_mechanism(budget=budget, sample_rate=0.05, steps=25, clip=1.0, rounds=4)
     guard = BudgetGuard(ledger, "c0", budget)
     for rnd in range(1, 5):
-        guard.commit_spend(rnd, noise_multiplier=plan.noise_multiplier, sample_rate=0.05, steps=25, clip=1.0,
-                           scheme="plain")
-    assert guard.spent() == pytest.approx(plan.epsilon, rel=1e-9)
+        guard.commit_spend(rnd, plan, scheme="plain")
+    assert guard.spent() == pytest.approx(plan.epsilon(4), rel=1e-9)
     with pytest.raises(BudgetExceededError):
-        guard.authorize_round(5, noise_multiplier=plan.noise_multiplier, sample_rate=0.05, steps=25)
+        guard.authorize_round(5, plan)
 
 
 def test_a_recorded_round_is_never_counted_twice_after_a_restart(ledger: Ledger, tmp_path: Path) -> None:
     budget = PrivacyBudget(epsilon=4.0, delta=1e-5)
-    BudgetGuard(ledger, "c0", budget).commit_spend(1, **ROUND, clip=1.0, scheme="mask",
+    BudgetGuard(ledger, "c0", budget).commit_spend(1, MECH, scheme="mask",
                                                     update_digest=digest_update(b"u1"))
     ledger.close()  # the client process dies after the commit, before sending
     with Ledger(tmp_path / "ledger.sqlite", run_id="r", settings={"epsilon": 4.0}) as again:
         guard = BudgetGuard(again, "c0", budget)
         assert [r.round for r in again.pending("c0")] == [1]
         with pytest.raises(LedgerError, match="round 1 is already recorded"):
-            guard.authorize_round(1, **ROUND)
+            guard.authorize_round(1, MECH)
         again.mark_released("c0", 1, update_digest=digest_update(b"u1"))  # re-send the stored update
-        row = guard.commit_spend(3, **ROUND, clip=1.0, scheme="mask")  # not sampled in round 2
+        row = guard.commit_spend(3, MECH, scheme="mask")  # not sampled in round 2
         assert row.epsilon_after == pytest.approx(epsilon([STEP, STEP], delta=1e-5))
         with pytest.raises(LedgerError, match="round 2 is not after the last recorded round 3"):
-            guard.preview(2, **ROUND)
+            guard.preview(2, MECH)
 
 
 @pytest.mark.parametrize(
@@ -86,8 +88,7 @@ def test_a_recorded_round_is_never_counted_twice_after_a_restart(ledger: Ledger,
 )
 def test_resume_with_changed_privacy_settings(ledger: Ledger, budget: PrivacyBudget, accountant: str,
                                               needle: str) -> None:
-    BudgetGuard(ledger, "c0", PrivacyBudget(epsilon=4.0, delta=1e-5)).commit_spend(1, **ROUND, clip=1.0,
-                                                                                  scheme="mask")
+    BudgetGuard(ledger, "c0", PrivacyBudget(epsilon=4.0, delta=1e-5)).commit_spend(1, MECH, scheme="mask")
     with pytest.raises(LedgerError) as info:
         BudgetGuard(ledger, "c0", budget, accountant=accountant)
     assert "resumed with changed privacy settings" in str(info.value) and needle in str(info.value)
@@ -100,23 +101,23 @@ def test_speaker_budgets(ledger: Ledger) -> None:
     one = epsilon([STEP], delta=1e-5)
     two = epsilon([STEP, STEP], delta=1e-5)
     assert two <= 4.0 < epsilon([STEP] * 3, delta=1e-5)
-    guard.commit_spend(1, **ROUND, clip=1.0, scheme="mask", speakers=["ann", "bob"])
-    guard.commit_spend(2, **ROUND, clip=1.0, scheme="mask", speakers=["ann", "cid"])
+    guard.commit_spend(1, SPK, scheme="mask", speakers=["ann", "bob"])
+    guard.commit_spend(2, SPK, scheme="mask", speakers=["ann", "cid"])
     assert guard.speaker_epsilons() == pytest.approx({"ann": two, "bob": one, "cid": one})
     assert guard.spent() == pytest.approx(two)  # the row's epsilon is the worst speaker's
-    assert guard.exhausted_speakers(["ann", "bob", "cid", "dan"], **ROUND) == ("ann",)
+    assert guard.exhausted_speakers(["ann", "bob", "cid", "dan"], SPK) == ("ann",)
     with pytest.raises(BudgetExceededError, match=r"speaker\(s\) ann would exceed"):
-        guard.authorize_round(3, **ROUND, speakers=["ann", "bob"])
-    row = guard.commit_spend(3, **ROUND, clip=1.0, scheme="mask", speakers=["bob", "cid", "dan"])
+        guard.authorize_round(3, SPK, speakers=["ann", "bob"])
+    row = guard.commit_spend(3, SPK, scheme="mask", speakers=["bob", "cid", "dan"])
     assert row.speakers == ("bob", "cid", "dan") and row.epsilon_after == pytest.approx(two)
     assert ledger.speaker_epsilons("c0") == pytest.approx({"ann": two, "bob": two, "cid": two, "dan": one})
 
 
 def test_round_without_speaker_list_counts_for_every_speaker(ledger: Ledger) -> None:
     guard = BudgetGuard(ledger, "c0", PrivacyBudget(epsilon=8.0, delta=1e-5, unit="speaker"))
-    guard.commit_spend(1, **ROUND, clip=1.0, scheme="mask", speakers=["ann"])
-    guard.commit_spend(2, **ROUND, clip=1.0, scheme="mask")
-    guard.commit_spend(3, **ROUND, clip=1.0, scheme="mask", speakers=["bob"])
+    guard.commit_spend(1, SPK, scheme="mask", speakers=["ann"])
+    guard.commit_spend(2, SPK, scheme="mask")
+    guard.commit_spend(3, SPK, scheme="mask", speakers=["bob"])
     eps = guard.speaker_epsilons()
     assert eps["ann"] == pytest.approx(epsilon([STEP] * 2, delta=1e-5))
     assert eps["bob"] == pytest.approx(epsilon([STEP] * 2, delta=1e-5))
@@ -132,7 +133,7 @@ def test_client_level_budget(ledger: Ledger) -> None:
     guard = BudgetGuard(ledger, "c0", PrivacyBudget(epsilon=50.0, delta=1e-5), client_budget=client_budget)
     mech = _dp().mechanism(counted_shares=6)
     with pytest.raises(ConfigError, match="every round needs client_mechanism and client_sample_rate"):
-        guard.authorize_round(1, **ROUND)
+        guard.authorize_round(1, MECH)
     rounds = []
     rnd = 0
     while True:
@@ -141,12 +142,12 @@ def test_client_level_budget(ledger: Ledger) -> None:
         expected = client_level_epsilon(rounds, delta=1e-5)
         if expected > 6.0:
             break
-        row = guard.commit_spend(rnd, **ROUND, clip=1.0, scheme="mask", client_mechanism=mech, client_sample_rate=0.5)
+        row = guard.commit_spend(rnd, MECH, scheme="mask", client_mechanism=mech, client_sample_rate=0.5)
         assert row.client_level is not None and row.client_level.epsilon_after == pytest.approx(expected)
         assert guard.client_spent() == pytest.approx(expected)
     assert rnd > 1
     with pytest.raises(BudgetExceededError, match="client-level epsilon would reach"):
-        guard.authorize_round(rnd, **ROUND, client_mechanism=mech, client_sample_rate=0.5)
+        guard.authorize_round(rnd, MECH, client_mechanism=mech, client_sample_rate=0.5)
     assert all(c.ok for c in ledger.recompute())
 
 
@@ -158,9 +159,22 @@ def test_guard_rejects_misuse(ledger: Ledger) -> None:
                     client_budget=PrivacyBudget(epsilon=1.0, delta=1e-5))
     guard = BudgetGuard(ledger, "c0", PrivacyBudget(epsilon=1.0, delta=1e-5))
     with pytest.raises(ConfigError, match="needs both client_mechanism"):
-        guard.authorize_round(1, **ROUND, client_sample_rate=0.5)
+        guard.authorize_round(1, MECH, client_sample_rate=0.5)
     with pytest.raises(ConfigError, match="not one string"):
-        guard.authorize_round(1, **ROUND, speakers="ann")
+        guard.authorize_round(1, MECH, speakers="ann")
     with pytest.raises(ConfigError, match="round must be >= 1"):
-        guard.authorize_round(0, **ROUND)
+        guard.authorize_round(0, MECH)
     assert ledger.rows() == []
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"unit": "speaker"}, "unit 'speaker' (the guard's: 'utterance')"),
+    ({"accountant": "prv"}, "accountant 'prv' (the guard's: 'rdp')"),
+    ({"delta": 1e-6}, "delta 1e-06 (the guard's: 1e-05)"),
+])
+def test_a_mechanism_charged_otherwise_than_the_guard_charges_is_refused(ledger: Ledger, change: dict,
+                                                                         needle: str) -> None:
+    guard = BudgetGuard(ledger, "c0", PrivacyBudget(epsilon=4.0, delta=1e-5))
+    with pytest.raises(ConfigError, match="the round's mechanism has another") as info:
+        guard.commit_spend(1, dataclasses.replace(MECH, **change), scheme="mask")
+    assert needle in str(info.value) and ledger.rows() == []

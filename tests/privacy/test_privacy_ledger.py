@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from privspk.errors import ConfigError, LedgerError
 from privspk.privacy.accounting import RoundSpend, SpendStep, rounds_epsilon
+from privspk.privacy.mechanism import MECHANISM_FIELDS, Mechanism
 from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound, client_level_epsilon
 from privspk.privacy.ledger import (
     EXPORT_COLUMNS,
@@ -31,12 +32,13 @@ SETTINGS = {"budget": {"epsilon": 8.0, "delta": 1e-5, "unit": "utterance"}, "acc
 
 
 def spend(client: str = "c0", rnd: int = 1, **overrides: object) -> Spend:
-    fields: dict[str, object] = {
-        "client": client, "round": rnd, "unit": "utterance", "accountant": "rdp", "noise_multiplier": 1.1,
-        "sample_rate": 0.05, "steps": 20, "delta": 1e-5, "epsilon_after": 0.5 * rnd, "clip": 1.0, "scheme": "mask",
-    }
-    fields.update(overrides)
-    return Spend(**fields)  # type: ignore[arg-type]
+    """A spend; ``overrides`` may name the mechanism's fields as well as the spend's own."""
+    mech: dict[str, object] = {"unit": "utterance", "accountant": "rdp", "noise_multiplier": 1.1, "sample_rate": 0.05,
+                               "steps": 20, "delta": 1e-5, "clip": 1.0}
+    fields: dict[str, object] = {"client": client, "round": rnd, "epsilon_after": 0.5 * rnd, "scheme": "mask"}
+    for key, value in overrides.items():
+        (mech if key in MECHANISM_FIELDS else fields)[key] = value
+    return Spend(mechanism=Mechanism(**mech), **fields)  # type: ignore[arg-type]
 
 
 def sha(path: Path) -> str:

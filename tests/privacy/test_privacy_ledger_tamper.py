@@ -29,7 +29,7 @@ import pytest
 
 import privspk
 from privspk.cli import main
-from privspk.privacy import Ledger
+from privspk.privacy import Ledger, Mechanism
 from test_api import shared_data_dir, tiny_config
 
 pytestmark = [
@@ -210,8 +210,8 @@ def test_check_works_on_a_read_only_copy(honest_run, tampered):
 def _spend(round_: int, eps: float):
     from privspk.privacy.ledger import Spend
 
-    return Spend(client="c0", round=round_, unit="utterance", accountant="rdp", noise_multiplier=1.0,
-                 sample_rate=0.1, steps=5, delta=1e-5, epsilon_after=eps, clip=1.0, scheme="mask")
+    mech = Mechanism(noise_multiplier=1.0, sample_rate=0.1, steps=5, delta=1e-5, clip=1.0)
+    return Spend(client="c0", round=round_, mechanism=mech, epsilon_after=eps, scheme="mask")
 
 
 def test_old_format_ledger_is_readable_but_never_written_and_never_verified(tmp_path, capsys):

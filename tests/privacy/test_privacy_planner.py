@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from privspk.errors import BudgetExceededError, ConfigError
 from privspk.privacy.accounting import SpendStep, epsilon
 from privspk.privacy.budget import PrivacyBudget
-from privspk.privacy.planner import plan_noise_multiplier, search_noise_multiplier
+from privspk.privacy.planner import plan_mechanism, search_noise_multiplier
 
 # --- the search on functions with a known answer (fast, many examples) ----------------------------------------
 
@@ -50,25 +50,26 @@ def test_matches_opacus_get_noise_multiplier_and_its_published_values() -> None:
 
     budget = PrivacyBudget(epsilon=8, delta=1e-5)
     # opacus/tests/accountants_test.py: steps=2000 -> 1.3562; epochs=90 (2250 steps) -> 1.416
-    plan = plan_noise_multiplier(budget=budget, sample_rate=0.04, steps=2000)
+    plan = plan_mechanism(budget=budget, sample_rate=0.04, steps=2000, clip=1.0)
     assert plan.noise_multiplier == pytest.approx(1.3562, abs=5e-5)
     ref = get_noise_multiplier(target_epsilon=8, target_delta=1e-5, sample_rate=0.04, steps=2000)
     assert plan.noise_multiplier == ref  # same search, same answer
-    plan90 = plan_noise_multiplier(budget=budget, sample_rate=0.04, steps=225, rounds=10)
+    plan90 = plan_mechanism(budget=budget, sample_rate=0.04, steps=225, rounds=10, clip=1.0)
     assert plan90.noise_multiplier == pytest.approx(1.416, abs=5e-4)
-    assert plan90.total_steps == 2250 and plan90.rounds == 10 and plan90.unit == "utterance"
+    assert plan90.steps == 225 and plan90.unit == "utterance" and plan90.delta == 1e-5 and plan90.clip == 1.0
 
 
 def _check_plan(target: float, q: float, steps: int, rounds: int, spent_steps: int, accountant: str) -> None:
     budget = PrivacyBudget(epsilon=target, delta=1e-5)
     already = [SpendStep(noise_multiplier=3.0, sample_rate=q, steps=spent_steps)] if spent_steps else []
-    plan = plan_noise_multiplier(budget=budget, sample_rate=q, steps=steps, rounds=rounds, already_spent=already,
-                                 accountant=accountant)
-    assert plan.epsilon <= target
-    assert target - plan.epsilon <= 0.01  # tight: a bit less noise would cross the target
+    plan = plan_mechanism(budget=budget, sample_rate=q, steps=steps, rounds=rounds, already_spent=already,
+                          accountant=accountant, clip=1.0)
+    planned = plan.epsilon(rounds, already_spent=already)
+    assert planned <= target
+    assert target - planned <= 0.01  # tight: a bit less noise would cross the target
     # the guard composes round by round; it must get the same epsilon, so the planned rounds all fit
-    per_round = epsilon([*already, *plan.history()], delta=1e-5, accountant=accountant)
-    assert per_round == pytest.approx(plan.epsilon, rel=1e-9)
+    per_round = epsilon([*already, *[plan.step] * rounds], delta=1e-5, accountant=accountant)
+    assert per_round == pytest.approx(planned, rel=1e-9)
 
 
 plan_inputs = {
@@ -98,17 +99,18 @@ def test_plan_property_sweep(target: float, q: float, steps: int, rounds: int, s
 
 def test_prv_plan_is_within_budget() -> None:
     budget = PrivacyBudget(epsilon=2.0, delta=1e-5)
-    plan = plan_noise_multiplier(budget=budget, sample_rate=0.05, steps=10, rounds=2, accountant="prv", tolerance=0.1)
-    got = epsilon(plan.history(), delta=1e-5, accountant="prv")
-    assert got == pytest.approx(plan.epsilon, rel=1e-9)
+    plan = plan_mechanism(budget=budget, sample_rate=0.05, steps=10, rounds=2, accountant="prv", tolerance=0.1,
+                          clip=1.0)
+    got = epsilon([plan.step] * 2, delta=1e-5, accountant="prv")
+    assert got == pytest.approx(plan.epsilon(2), rel=1e-9)
     assert 2.0 - 0.1 <= got <= 2.0
-    rdp = plan_noise_multiplier(budget=budget, sample_rate=0.05, steps=10, rounds=2, tolerance=0.1)
+    rdp = plan_mechanism(budget=budget, sample_rate=0.05, steps=10, rounds=2, tolerance=0.1, clip=1.0)
     assert plan.noise_multiplier < rdp.noise_multiplier  # PRV is tighter: less noise for the same budget
 
 
 def test_budget_too_small_for_rdp_says_what_to_change() -> None:
     with pytest.raises(BudgetExceededError) as info:
-        plan_noise_multiplier(budget=PrivacyBudget(epsilon=0.05, delta=1e-5), sample_rate=0.04, steps=100)
+        plan_mechanism(budget=PrivacyBudget(epsilon=0.05, delta=1e-5), sample_rate=0.04, steps=100, clip=1.0)
     msg = str(info.value)
     for needle in ("no noise multiplier up to 1e+06", "1 round(s) x 100 step(s)", "accountant='prv'",
                    "fewer rounds", "bigger epsilon"):
@@ -117,16 +119,17 @@ def test_budget_too_small_for_rdp_says_what_to_change() -> None:
 
 def test_too_many_rounds_for_the_noise_cap() -> None:
     with pytest.raises(BudgetExceededError, match="500 round"):
-        plan_noise_multiplier(
-            budget=PrivacyBudget(epsilon=1.0, delta=1e-5), sample_rate=0.5, steps=100, rounds=500, max_sigma=2.0
+        plan_mechanism(
+            budget=PrivacyBudget(epsilon=1.0, delta=1e-5), sample_rate=0.5, steps=100, rounds=500, max_sigma=2.0,
+            clip=1.0,
         )
 
 
 def test_already_spent_budget_refuses_more_rounds() -> None:
     with pytest.raises(BudgetExceededError, match="already spent epsilon=.* no further round fits"):
-        plan_noise_multiplier(
+        plan_mechanism(
             budget=PrivacyBudget(epsilon=1.0, delta=1e-5), sample_rate=0.1, steps=10,
-            already_spent=[(0.8, 0.1, 500)],
+            already_spent=[(0.8, 0.1, 500)], clip=1.0,
         )
 
 
@@ -142,8 +145,9 @@ def test_already_spent_budget_refuses_more_rounds() -> None:
     ],
 )
 def test_bad_planner_input(kwargs: dict[str, object], error: type[Exception], needle: str) -> None:
-    args: dict[str, object] = {"budget": PrivacyBudget(epsilon=8, delta=1e-5), "sample_rate": 0.04, "steps": 10}
+    args: dict[str, object] = {"budget": PrivacyBudget(epsilon=8, delta=1e-5), "sample_rate": 0.04, "steps": 10,
+                               "clip": 1.0}
     args.update(kwargs)
     with pytest.raises(error) as info:
-        plan_noise_multiplier(**args)  # type: ignore[arg-type]
+        plan_mechanism(**args)  # type: ignore[arg-type]
     assert needle in str(info.value)

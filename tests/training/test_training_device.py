@@ -19,7 +19,8 @@ from privspk.config import RunConfig, RunSection
 from privspk.device import DEVICES, on_device, resolve_device, torch_device
 from privspk.errors import ConfigError
 from privspk.evaluation.embed import embed_features
-from privspk.training.local import DPSettings, sample_rate_for, train_local
+from privspk.privacy import Mechanism
+from privspk.training.local import LocalSettings, sample_rate_for, train_local
 from privspk.training.pretrain import pretrain
 from training_support import client_data, state, tiny_encoder, tiny_net
 
@@ -84,13 +85,14 @@ def _dp(mode, data, sigma):
     if mode == "plain":
         return None
     q = sample_rate_for(data, unit=mode, batch_size=4, speaker_batch=2)
-    return DPSettings(unit=mode, noise_multiplier=sigma, clip=1.0, sample_rate=q)
+    return Mechanism(unit=mode, noise_multiplier=sigma, clip=1.0, sample_rate=q, steps=2, delta=1e-5,
+                     randomness="simulation")
 
 
 def _local(mode, data, *, device, sigma=1.0):
     net = tiny_net(data.n_speakers, freeze_front=True)
-    res = train_local(net, data, steps=2, batch_size=4, physical_batch=2, lr=1e-2, crop_frames=20, speaker_batch=2,
-                      dp=_dp(mode, data, sigma), seed=3, randomness="simulation", device=device)
+    settings = LocalSettings(batch_size=4, physical_batch=2, lr=1e-2, crop_frames=20, speaker_batch=2, device=device)
+    res = train_local(net, data, settings, dp=_dp(mode, data, sigma), steps=2, seed=3, randomness="simulation")
     return net, res
 
 
@@ -99,8 +101,9 @@ def test_cpu_device_is_the_default_path_bit_for_bit(mode):
     data = client_data(4, 4, frames=30, seed=1)
     net_a, res_a = _local(mode, data, device="cpu")
     net_b = tiny_net(data.n_speakers, freeze_front=True)
-    res_b = train_local(net_b, data, steps=2, batch_size=4, physical_batch=2, lr=1e-2, crop_frames=20,
-                        speaker_batch=2, dp=_dp(mode, data, 1.0), seed=3, randomness="simulation")
+    res_b = train_local(net_b, data, LocalSettings(batch_size=4, physical_batch=2, lr=1e-2, crop_frames=20,
+                                                   speaker_batch=2), dp=_dp(mode, data, 1.0), steps=2, seed=3,
+                        randomness="simulation")
     a, b = state(net_a), state(net_b)
     assert all(torch.equal(a[n], b[n]) for n in a) and res_a.loss == res_b.loss
     assert all(p.device.type == "cpu" for p in net_a.parameters())

@@ -19,7 +19,8 @@ from privspk.errors import ConfigError
 from privspk.features.crops import CropDataset
 from privspk.models.heads import aam_softmax_loss
 from privspk.training.data import ClientData
-from privspk.training.local import DPSettings, sample_rate_for, train_local
+from privspk.privacy import Mechanism
+from privspk.training.local import LocalSettings, sample_rate_for, train_local
 from privspk.training.randomness import RoundSeeds
 from training_support import client_data, state, tiny_net
 
@@ -39,20 +40,22 @@ def assert_near(got: list[torch.Tensor], want: list[torch.Tensor], names: list[s
 
 
 def _dp(mode: str, data: ClientData, *, batch_size: int, speaker_batch: int, sigma: float = 1.0,
-        clip: float = 1.0) -> DPSettings | None:
+        clip: float = 1.0, steps: int = 2, randomness: str = "secret") -> Mechanism | None:
     if mode == "plain":
         return None
     q = sample_rate_for(data, unit=mode, batch_size=batch_size, speaker_batch=speaker_batch)
-    return DPSettings(unit=mode, noise_multiplier=sigma, clip=clip, sample_rate=q)
+    return Mechanism(unit=mode, noise_multiplier=sigma, clip=clip, sample_rate=q, steps=steps, delta=1e-5,
+                     randomness=randomness)
 
 
 def _run(mode, data, *, seed=0, steps=2, batch_size=4, physical_batch=2, speaker_batch=2, freeze_front=True,
          sigma=1.0, clip=1.0, lr=1e-2, optimizer="adam", momentum=0.9, net=None, randomness="simulation"):
     net = net if net is not None else tiny_net(data.n_speakers, freeze_front=freeze_front)
-    dp = _dp(mode, data, batch_size=batch_size, speaker_batch=speaker_batch, sigma=sigma, clip=clip)
-    res = train_local(net, data, steps=steps, batch_size=batch_size, physical_batch=physical_batch, lr=lr,
-                      optimizer=optimizer, momentum=momentum, crop_frames=20, speaker_batch=speaker_batch,
-                      dp=dp, seed=seed, randomness=randomness)
+    dp = _dp(mode, data, batch_size=batch_size, speaker_batch=speaker_batch, sigma=sigma, clip=clip, steps=steps,
+             randomness=randomness)
+    settings = LocalSettings(batch_size=batch_size, physical_batch=physical_batch, lr=lr, optimizer=optimizer,
+                             momentum=momentum, crop_frames=20, speaker_batch=speaker_batch)
+    res = train_local(net, data, settings, dp=dp, steps=steps, seed=seed, randomness=randomness)
     return net, res
 
 
@@ -80,7 +83,7 @@ def test_each_mode_trains_only_the_trainable_parameters_and_is_deterministic(mod
     assert any(not torch.equal(after_a[n], after_c[n]) for n in trainable), "another seed, same result"
     assert res_a.steps == 2 and res_a.loss == res_b.loss and math.isfinite(res_a.loss)
     assert res_a.examples > 0 and res_a.seconds > 0 and res_a.step_seconds == pytest.approx(res_a.seconds / 2)
-    assert res_a.dp == _dp(mode, data, batch_size=4, speaker_batch=2)
+    assert res_a.dp == _dp(mode, data, batch_size=4, speaker_batch=2, randomness="simulation")
     assert not net_a.training  # handed back in eval mode
 
 
@@ -100,9 +103,10 @@ def test_secret_noise_cannot_be_replayed_from_the_seed(mode, data):
     quiet = []
     for flag in ("secret", "simulation"):
         net = tiny_net(fixed.n_speakers, freeze_front=True)
-        dp = DPSettings(unit=mode, noise_multiplier=0.0, clip=1.0, sample_rate=1.0)
-        train_local(net, fixed, steps=2, batch_size=4, physical_batch=64, lr=1e-2, crop_frames=20,
-                    speaker_batch=1, dp=dp, seed=5, randomness=flag)
+        dp = Mechanism(unit=mode, noise_multiplier=0.0, clip=1.0, sample_rate=1.0, steps=2, delta=1e-5,
+                       randomness=flag)
+        train_local(net, fixed, LocalSettings(batch_size=4, physical_batch=64, lr=1e-2, crop_frames=20,
+                                              speaker_batch=1), dp=dp, seed=5)
         quiet.append(state(net))
     assert all(torch.equal(quiet[0][n], quiet[1][n]) for n in trainable)
 
@@ -118,7 +122,7 @@ class _CountingSGD(torch.optim.SGD):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("steps", "physical_batch"), [(3, 3)])
 def test_step_count_is_the_number_of_optimizer_updates(mode, steps, physical_batch, data, monkeypatch):
-    monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum, ema=None: _CountingSGD(params, lr=lr))
+    monkeypatch.setattr(local, "_optimizer", lambda params, settings, ema=None: _CountingSGD(params, lr=settings.lr))
     _CountingSGD.calls = 0
     _, res = _run(mode, data, steps=steps, batch_size=8, physical_batch=physical_batch, speaker_batch=2,
                   optimizer="sgd")
@@ -138,7 +142,7 @@ def test_empty_poisson_batches_are_noise_only_steps(monkeypatch):
         return real_loss(cos, y, **kw)
 
     monkeypatch.setattr(local, "aam_softmax_loss", recording_loss)
-    monkeypatch.setattr(local, "_optimizer", lambda params, *, name, lr, momentum, ema=None: _CountingSGD(params, lr=lr))
+    monkeypatch.setattr(local, "_optimizer", lambda params, settings, ema=None: _CountingSGD(params, lr=settings.lr))
     _CountingSGD.calls = 0
     small = client_data(2, 1, frames=30, seed=3)
     net, res = _run("utterance", small, steps=12, batch_size=1, physical_batch=1, seed=0, optimizer="sgd")
@@ -294,19 +298,20 @@ def test_noise_dominates_the_update_and_grows_with_sigma(mode, data):
     ],
 )
 def test_dp_settings_refuse_bad_values(kwargs, match):
-    args = {"unit": "utterance", "noise_multiplier": 1.0, "clip": 1.0, "sample_rate": 0.1, **kwargs}
+    args = {"unit": "utterance", "noise_multiplier": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 1, "delta": 1e-5,
+            **kwargs}
     with pytest.raises(ConfigError, match=match):
-        DPSettings(**args)
+        Mechanism(**args)
 
 
 def test_train_local_refuses_zero_steps_and_a_model_with_nothing_to_train(data):
     net = tiny_net(data.n_speakers)
     with pytest.raises(ConfigError, match="steps must be >= 1, got 0"):
-        train_local(net, data, steps=0, batch_size=4, physical_batch=4, lr=1e-3, dp=None)
+        train_local(net, data, LocalSettings(batch_size=4, physical_batch=4, lr=1e-3), dp=None, steps=0)
     for p in net.parameters():
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
-        train_local(net, data, steps=1, batch_size=4, physical_batch=4, lr=1e-3, dp=None)
+        train_local(net, data, LocalSettings(batch_size=4, physical_batch=4, lr=1e-3), dp=None, steps=1)
 
 
 def test_unknown_optimizer_is_refused(data):

@@ -16,7 +16,8 @@ import torch
 
 from privspk.features.crops import CropDataset
 from privspk.training.data import ClientData
-from privspk.training.local import DPSettings, sample_rate_for, train_local
+from privspk.privacy import Mechanism
+from privspk.training.local import LocalSettings, sample_rate_for, train_local
 from privspk.training.randomness import RoundSeeds
 from training_support import client_data, state, tiny_net
 
@@ -27,12 +28,13 @@ SECRET_NOISE = {"randomness": "secret"}  # the deployment setting, named
 
 
 def _round(data: ClientData, *, unit: str, sample_rate: float | None = None, seed_offset: int = 0,
-           **kwargs) -> dict[str, torch.Tensor]:
+           randomness: str = "secret") -> dict[str, torch.Tensor]:
     net = tiny_net(data.n_speakers, freeze_front=True)
     q = sample_rate if sample_rate is not None else sample_rate_for(data, unit=unit, batch_size=4, speaker_batch=2)
-    dp = DPSettings(unit=unit, noise_multiplier=1.0, clip=1.0, sample_rate=q)
-    train_local(net, data, steps=3, batch_size=4, physical_batch=4, lr=1e-2, crop_frames=20, speaker_batch=2,
-                dp=dp, seed=SEED + seed_offset, **kwargs)
+    dp = Mechanism(unit=unit, noise_multiplier=1.0, clip=1.0, sample_rate=q, steps=3, delta=1e-5,
+                   randomness=randomness)
+    train_local(net, data, LocalSettings(batch_size=4, physical_batch=4, lr=1e-2, crop_frames=20, speaker_batch=2),
+                dp=dp, seed=SEED + seed_offset)
     return state(net)
 
 

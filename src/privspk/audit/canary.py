@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from torch import nn
 
 from privspk.audit.one_run import OneRunBound, best_lower_bound
 from privspk.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privspk.training.local import LocalSettings
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +195,8 @@ def run_with_canaries(
     canary_client: str,
     m: int,
     rounds: int,
-    local_steps: int,
-    train_args: Mapping[str, object],
+    local: LocalSettings,
     trunk_crops: int,
-    crop_frames: int,
     fixed_head: bool = False,
     seed: int,
     client_seed_base: int = 0,
@@ -205,7 +207,7 @@ def run_with_canaries(
     """One federated re-run (plain aggregation) with ``m`` gradient canaries in ``canary_client``'s DP steps.
 
     ``encoder`` has its recipe applied (``names``: its trainable tensors, the shared part);
-    ``dp``: client id -> :class:`~privspk.training.local.DPSettings` (every client trains
+    ``dp``: client id -> :class:`~privspk.privacy.Mechanism` (every client trains
     with DP-SGD, as in the run). Returns the canary scores of each view.
     """
     from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
@@ -229,9 +231,8 @@ def run_with_canaries(
         for i, (cid, cdata) in enumerate(clients_data.items()):
             clients[cid] = FederatedClient(
                 cid, cdata, copy.deepcopy(encoder), list(names), weight=weights[cid], endpoint=scheme.client(cid),
-                guard=None, dp=dp[cid], store=Path(tmp) / cid, train_args=dict(train_args),
-                local_steps=local_steps, scheme="plain", seed=client_seed_base + i, trunk_crops=trunk_crops,
-                crop_frames=crop_frames, fixed_head=fixed_head)
+                guard=None, dp=dp[cid], store=Path(tmp) / cid, local=local,
+                scheme="plain", seed=client_seed_base + i, trunk_crops=trunk_crops, fixed_head=fixed_head)
         target = clients[canary_client].net.encoder.get_parameter(tensor_name)
         canaries = GradientCanaries(target, m=m, clip=dp[canary_client].clip,
                                     sample_rate=dp[canary_client].sample_rate, seed=seed, shadow=shadow)
@@ -371,9 +372,8 @@ def canary_audit(
     m: int,
     rounds: int,
     local_steps: int,
-    train_args: Mapping[str, object],
+    local: LocalSettings,
     trunk_crops: int,
-    crop_frames: int,
     fixed_head: bool = False,
     canary_client: str | None = None,
     seed: int = 0,
@@ -388,20 +388,23 @@ def canary_audit(
     (``randomness="secret"``): a DP guarantee assumes noise nobody can regenerate.
 
     Args:
-        dp: client id -> DPSettings of the audited mechanism (from the ledger); ``None``
-            for a non-private run (only the control is run).
+        dp: client id -> the audited :class:`~privspk.privacy.Mechanism` (from the ledger, its
+            randomness ``secret``); ``None`` for a non-private run (only the control is run).
         clip, sample_rates: the per-example clipping bound and each client's Poisson
             rate, used for the noise-free control and shadow runs.
         claimed: the ledger's epsilon after each of the ``rounds`` rounds (None: no claim).
     """
-    from privspk.training.local import DPSettings
+    from privspk.privacy.mechanism import Mechanism
 
     canary_client = canary_client or next(iter(clients_data))
-    args = {**dict(train_args), "randomness": "secret"}
-    free = {cid: DPSettings(unit="utterance", noise_multiplier=0.0, clip=clip, sample_rate=sample_rates[cid])
+    free = {cid: Mechanism(noise_multiplier=0.0, sample_rate=sample_rates[cid], steps=local_steps, clip=clip,
+                           delta=delta, randomness="secret")
             for cid in clients_data}
-    common = dict(canary_client=canary_client, m=m, rounds=rounds, local_steps=local_steps, train_args=args,
-                  trunk_crops=trunk_crops, crop_frames=crop_frames, fixed_head=fixed_head, seed=seed,
+    if dp is not None and any(d.randomness != "secret" for d in dp.values()):
+        raise ConfigError("the audit's DP re-run draws its noise from the OS CSPRNG: pass mechanisms with "
+                          "randomness 'secret'")
+    common = dict(canary_client=canary_client, m=m, rounds=rounds, local=local,
+                  trunk_crops=trunk_crops, fixed_head=fixed_head, seed=seed,
                   client_seed_base=client_seed_base, progress=progress)
     shadow = run_with_canaries(encoder, names, clients_data, dp=free, label="shadow", shadow=True, **common)
     control = run_with_canaries(encoder, names, clients_data, dp=free, label="control (no noise)", **common)

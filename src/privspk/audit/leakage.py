@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from torch import nn
 from privspk.audit.metrics import roc_auc
 from privspk.errors import ConfigError
 from privspk.secagg import ClientEndpoint
+
+if TYPE_CHECKING:
+    from privspk.training.local import LocalSettings
 
 
 class CaptureEndpoint(ClientEndpoint):
@@ -65,10 +69,12 @@ class CaptureEndpoint(ClientEndpoint):
 
 def round_one_updates(
     encoder: nn.Module, names: Sequence[str], clients_data: Mapping[str, object], *, dp: Mapping[str, object] | None,
-    weights: Mapping[str, float], train_args: Mapping[str, object], local_steps: int, trunk_crops: int,
-    crop_frames: int, fixed_head: bool = False, client_seed_base: int = 0, store,
+    weights: Mapping[str, float], local: LocalSettings, local_steps: int, trunk_crops: int,
+    fixed_head: bool = False, client_seed_base: int = 0, store, randomness: str = "secret",
 ) -> dict[str, np.ndarray]:
-    """Each client's weighted round-1 update from ``encoder`` (plain when ``dp`` is None, else DP-SGD)."""
+    """Each client's weighted round-1 update from ``encoder`` (plain when ``dp`` is None, else DP-SGD).
+
+    ``randomness`` is the plain clients' (a DP client's is its mechanism's)."""
     from privspk.federation import FederatedClient
     from privspk.training.net import flatten, trainable_state
 
@@ -78,8 +84,9 @@ def round_one_updates(
         ep = CaptureEndpoint(cid)
         client = FederatedClient(cid, cdata, copy.deepcopy(encoder), list(names), weight=weights[cid], endpoint=ep,
                                  guard=None, dp=None if dp is None else dp[cid], store=f"{store}/{cid}",
-                                 train_args=dict(train_args), local_steps=local_steps, scheme="plain",
-                                 seed=client_seed_base + i, crop_frames=crop_frames,
+                                 local=local, local_steps=None if dp is not None else local_steps,
+                                 randomness=None if dp is not None else randomness, scheme="plain",
+                                 seed=client_seed_base + i,
                                  trunk_crops=0 if getattr(cdata, "pooled", None) is not None else trunk_crops,
                                  fixed_head=fixed_head)
         client.run_round(1, start)

@@ -16,6 +16,7 @@ run when it exists, else the canary audit's noise-free shadow re-run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import tempfile
 import time
@@ -61,7 +62,7 @@ class AuditSettings:
 class LedgerView:
     """What the audit takes from the ledger: each client's mechanism and the epsilon after each round."""
 
-    dp: dict  # client -> DPSettings (round 1's row)
+    dp: dict  # client -> Mechanism (round 1's row; randomness "secret", as the audit re-runs draw)
     epsilon_by_round: list[float]  # max over clients of epsilon_after, per round
     delta: float
     unit: str
@@ -69,8 +70,7 @@ class LedgerView:
 
 def read_ledger(path: Path) -> LedgerView | None:
     """Mechanism and recorded epsilon of a run (None when the run has no ledger: non-private)."""
-    from privspk.privacy import Ledger
-    from privspk.training.local import DPSettings
+    from privspk.privacy import Ledger, Mechanism
 
     if not path.exists():
         return None
@@ -82,8 +82,7 @@ def read_ledger(path: Path) -> LedgerView | None:
             if not rows:
                 continue
             first = rows[0]
-            dp[client] = DPSettings(unit=first.unit, noise_multiplier=first.noise_multiplier, clip=first.clip,
-                                    sample_rate=first.sample_rate)
+            dp[client] = dataclasses.replace(Mechanism.from_row(first), randomness="secret")
             delta, unit = first.delta, first.unit
             for r in rows:
                 by_round[r.round] = max(by_round.get(r.round, 0.0), r.epsilon_after)
@@ -160,13 +159,11 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
     clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
                     for i, group in enumerate(data.split.clients)}
     rerun = {c: clients_data[c] for c in list(clients_data)[: st.rerun_clients or len(clients_data)]}
-    train_args = dict(batch_size=cfg.train.batch_size, physical_batch=cfg.train.physical_batch, lr=cfg.train.lr,
-                      optimizer=cfg.train.optimizer, momentum=cfg.train.momentum, crop_frames=cfg.train.crop_frames,
-                      speaker_batch=cfg.train.speaker_batch, margin=cfg.model.margin, scale=cfg.model.scale,
-                      ema=cfg.train.ema, randomness="secret")
-    common = dict(train_args=train_args, local_steps=cfg.train.local_steps, trunk_crops=cfg.train.trunk_crops,
-                  crop_frames=cfg.train.crop_frames, fixed_head=cfg.train.head == "fixed",
-                  client_seed_base=cfg.seed * 1000)
+    from privspk.api import local_settings
+
+    local = dataclasses.replace(local_settings(cfg), device="cpu")  # the re-runs train on the CPU, as before
+    common = dict(local=local, local_steps=cfg.train.local_steps, trunk_crops=cfg.train.trunk_crops,
+                  fixed_head=cfg.train.head == "fixed", client_seed_base=cfg.seed * 1000)
 
     if cfg.train.trunk_crops and cfg.train.recipe == "embedding":  # the frozen trunk's cache, once per client
         from tqdm import tqdm
@@ -314,7 +311,7 @@ def _mechanism_for(ledger: LedgerView, client: str, d, cfg):
     noise and clip at a sampling rate Opacus can realise on its size (the ledger's when it can)."""
     import math
 
-    from privspk.training.local import DPSettings, sample_rate_for
+    from privspk.training.local import sample_rate_for
 
     if client in ledger.dp:
         return ledger.dp[client]
@@ -323,7 +320,7 @@ def _mechanism_for(ledger: LedgerView, client: str, d, cfg):
     q = mech.sample_rate
     if math.ceil(n / math.ceil(n / batches)) != batches:
         q = sample_rate_for(d, unit="utterance", batch_size=cfg.train.batch_size, speaker_batch=cfg.train.speaker_batch)
-    return DPSettings(unit=mech.unit, noise_multiplier=mech.noise_multiplier, clip=mech.clip, sample_rate=q)
+    return dataclasses.replace(mech, sample_rate=q)
 
 
 def _split_client(d, base, cfg, *, parts: int, seed: int) -> dict:

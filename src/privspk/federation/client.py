@@ -41,11 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from privspk.errors import BudgetExceededError, CheckpointError, PrivspkError, ProtocolError
+from privspk.errors import BudgetExceededError, CheckpointError, ConfigError, PrivspkError, ProtocolError
 from privspk.models.heads import AAMHead
 from privspk.secagg import ClientEndpoint
 from privspk.training.data import ClientData
-from privspk.training.local import DPSettings, train_local
+from privspk.privacy.mechanism import Mechanism
+from privspk.training.local import LocalSettings, train_local
 from privspk.training.net import SpeakerNet, flatten, trainable_state, unflatten_into
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,10 @@ log = logging.getLogger(__name__)
 class SpendGuard(Protocol):
     """What a client needs from the privacy ledger (see :mod:`privspk.privacy`)."""
 
-    def authorize(self, *, round_id: int, dp: DPSettings, steps: int) -> float:
-        """Epsilon after this round; raises BudgetExceededError if over budget. Writes nothing."""
+    def authorize(self, *, round_id: int, mechanism: Mechanism) -> float:
+        """Epsilon after a round of ``mechanism``; raises BudgetExceededError if over budget. Writes nothing."""
 
-    def commit(self, *, round_id: int, dp: DPSettings, steps: int, scheme: str, update: np.ndarray) -> float:
+    def commit(self, *, round_id: int, mechanism: Mechanism, scheme: str, update: np.ndarray) -> float:
         """Durably record the spend of ``round_id`` for exactly ``update``; returns epsilon after it."""
 
     def committed(self, round_id: int) -> bool:
@@ -108,16 +109,16 @@ class FederatedClient:
         weight: its FedAvg weight ``n_k / sum(n)``.
         endpoint: its side of the aggregation scheme.
         guard: ledger access enforcing its budget (``None`` for non-private runs).
-        dp: the DP-SGD mechanism per step (``None`` = non-private).
+        dp: the round's DP-SGD mechanism (``None`` = non-private); its steps, randomness and
+            everything the ledger records come from it.
         store: folder for its private state (head, staged updates).
-        train_args: keyword arguments of :func:`privspk.training.local.train_local`
-            other than ``dp``/``seed``/``steps``.
-        local_steps: optimizer steps per round.
+        local: how it trains locally (:class:`privspk.training.local.LocalSettings`).
+        local_steps: optimizer steps per round of a non-private client (a DP client's are ``dp.steps``).
+        randomness: a non-private client's randomness mode (a DP client's is ``dp.randomness``).
         scheme: the aggregation scheme's name (recorded with the spend).
         seed: base seed.
         trunk_crops: with an embedding-only recipe, cache the frozen trunk's pooled statistics
             of this many random crops per utterance once and train on them (0 = off).
-        crop_frames: crop length for that cache.
         fixed_head: keep the speaker head at its random initialisation (not trained).
         update_clip: the coordinate range the aggregation scheme clips to; the share of
             coordinates beyond it is reported (and logged when above 1 %).
@@ -138,15 +139,15 @@ class FederatedClient:
         weight: float,
         endpoint: ClientEndpoint,
         guard: SpendGuard | None,
-        dp: DPSettings | None,
+        dp: Mechanism | None,
         store: str | Path,
-        train_args: dict,
-        local_steps: int,
+        local: LocalSettings,
         scheme: str,
+        local_steps: int | None = None,
+        randomness: str | None = None,
         seed: int,
         client_dp=None,
         trunk_crops: int = 0,
-        crop_frames: int = 200,
         fixed_head: bool = False,
         update_clip: float | None = None,
         run_id: str | None = None,
@@ -161,14 +162,21 @@ class FederatedClient:
         self.dp = dp
         self.store = Path(store)
         self.store.mkdir(parents=True, exist_ok=True)
-        self.train_args = dict(train_args)
-        self.local_steps = int(local_steps)
+        self.local = local
+        if dp is not None and local_steps is not None and local_steps != dp.steps:
+            raise ConfigError(f"local_steps={local_steps} differs from the mechanism's {dp.steps} steps")
+        if dp is not None and randomness is not None and randomness != dp.randomness:
+            raise ConfigError(f"randomness={randomness!r} differs from the mechanism's {dp.randomness!r}")
+        if dp is None and local_steps is None:
+            raise ConfigError("a non-private client needs local_steps")
+        self.local_steps = dp.steps if dp is not None else int(local_steps)  # type: ignore[arg-type]
+        self.randomness = dp.randomness if dp is not None else (randomness or "secret")
         self.scheme = scheme
         self.seed = int(seed)
         self.client_dp = client_dp
         self.update_clip = update_clip
         if client_dp is not None:
-            from privspk.privacy.distributed import make_rng
+            from privspk.privacy.noise import make_rng
 
             self._noise_rng = make_rng()  # OS entropy: noise shares are never reproducible
         torch.manual_seed(self.seed)
@@ -178,11 +186,11 @@ class FederatedClient:
             from privspk.training.randomness import RoundSeeds
 
             # the trunk is frozen for the whole run: its pooled statistics are computed once, here, from
-            # crops drawn like the rounds' (secret unless train_args say randomness = "simulation")
-            crop_seed = RoundSeeds.draw(self.train_args.get("randomness", "secret"), seed=self.seed).crops
+            # crops drawn like the rounds' (secret unless the randomness is "simulation")
+            crop_seed = RoundSeeds.draw(self.randomness, seed=self.seed).crops
             data = data.with_pooled(pooled_crops(encoder, data.getter, data.utt_ids, crops=trunk_crops,
-                                                 crop_frames=crop_frames, seed=crop_seed,
-                                                 device=self.train_args.get("device", "cpu")))
+                                                 crop_frames=local.crop_frames, seed=crop_seed,
+                                                 device=local.device))
             self.data = data
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
         if fixed_head:
@@ -240,13 +248,13 @@ class FederatedClient:
         unflatten_into(self.net.encoder, self.names, global_vector, add=False)  # 1. load
         if self.guard is not None and self.dp is not None:  # 2. authorize
             try:
-                self.guard.authorize(round_id=round_id, dp=self.dp, steps=self.local_steps)
+                self.guard.authorize(round_id=round_id, mechanism=self.dp)
             except BudgetExceededError as exc:
                 log.info("client %s sits out round %d: %s", self.client_id, round_id, exc)
                 return ClientRoundReport(self.client_id, round_id, "out_of_budget", epsilon=self.epsilon(),
                                          reason=str(exc))
-        result = train_local(self.net, self.data, steps=self.local_steps, dp=self.dp,  # 3. train
-                             seed=self.seed * 100_003 + round_id, **self.train_args)
+        result = train_local(self.net, self.data, self.local, dp=self.dp, steps=self.local_steps,  # 3. train
+                             seed=self.seed * 100_003 + round_id, randomness=self.randomness)
         new = flatten(trainable_state(self.net.encoder), self.names)
         vector = ((new - global_vector) * self.weight).numpy()
         clipped = float(np.mean(np.abs(vector) > self.update_clip)) if self.update_clip and vector.size else 0.0
@@ -260,8 +268,7 @@ class FederatedClient:
         _fault("before_spend", self.client_id, round_id)
         eps = 0.0
         if self.guard is not None and self.dp is not None:  # 5. record
-            eps = self.guard.commit(round_id=round_id, dp=self.dp, steps=self.local_steps, scheme=self.scheme,
-                                    update=vector)
+            eps = self.guard.commit(round_id=round_id, mechanism=self.dp, scheme=self.scheme, update=vector)
         # the head is kept only once the round's spend is recorded: a head trained in a round whose
         # spend never got recorded would carry that round's (unaccounted) data into later updates
         self._save_head()

@@ -5,13 +5,11 @@ and :class:`privspk.privacy.Ledger`: the ledger row carries the digest of the ex
 update bytes, so a re-send after a crash can only release the recorded update.
 
 >>> import tempfile, pathlib
->>> from privspk.config import RunConfig
->>> from privspk.privacy import PrivacyBudget
->>> from privspk.training.local import DPSettings
->>> led = open_run_ledger(pathlib.Path(tempfile.mkdtemp()) / "l.sqlite", RunConfig(), resume=False)
->>> g = LedgerGuard(led, "client0", PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp", clip=1.0)
->>> dp = DPSettings(unit="utterance", noise_multiplier=1.0, clip=1.0, sample_rate=0.05)
->>> round(g.commit(round_id=1, dp=dp, steps=10, scheme="mask", update=b"x"), 3) == round(g.epsilon(), 3)
+>>> from privspk.privacy import Ledger, Mechanism, PrivacyBudget
+>>> led = Ledger(pathlib.Path(tempfile.mkdtemp()) / "l.sqlite", run_id="r", settings={})
+>>> g = LedgerGuard(led, "client0", PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp")
+>>> mech = Mechanism(noise_multiplier=1.0, sample_rate=0.05, steps=10, clip=1.0, delta=1e-5)
+>>> round(g.commit(round_id=1, mechanism=mech, scheme="mask", update=b"x"), 3) == round(g.epsilon(), 3)
 True
 >>> g.committed(1), g.committed(2)
 (True, False)
@@ -24,44 +22,37 @@ from pathlib import Path
 
 import numpy as np
 
-from privspk.config import RunConfig
-from privspk.privacy import BudgetGuard, Ledger, PrivacyBudget
 from privspk.errors import CheckpointError, ConfigError
+from privspk.privacy import BudgetGuard, Ledger, Mechanism, PrivacyBudget
 from privspk.privacy.ledger import SignedHead, digest_update
 from privspk.secagg.keys import IdentityKey
-from privspk.training.local import DPSettings
+
+__all__ = ["LedgerGuard", "client_identity"]
+
+_EXAMPLE = Mechanism(noise_multiplier=1.0, sample_rate=0.05, steps=10, clip=1.0, delta=1e-5)  # for the doctests
 
 
-def ledger_settings(cfg: RunConfig) -> dict:
-    """The privacy-relevant settings a resumed run must keep (stored in the ledger)."""
-    p = cfg.privacy
-    return {
-        "epsilon": p.epsilon, "delta": p.delta, "unit": p.unit, "clip": p.clip, "accountant": p.accountant,
-        "rounds": cfg.federation.rounds, "local_steps": cfg.train.local_steps,
-        "batch_size": cfg.train.batch_size, "speaker_batch": cfg.train.speaker_batch,
-        "scheme": cfg.secagg.scheme, "recipe": cfg.train.recipe,
-        "client_level": p.client_level, "client_epsilon": p.client_epsilon, "client_clip": p.client_clip,
-        "client_noise": p.client_noise,
-        "randomness": p.randomness, "colluders": cfg.secagg.colluders,
-    }
+def _example_guard() -> LedgerGuard:
+    """A guard over a fresh temporary ledger, for the doctests of this module."""
+    import tempfile
 
-
-def open_run_ledger(path: str | Path, cfg: RunConfig, *, resume: bool) -> Ledger:
-    """Open (``resume``) or create the run's ledger; a resume with other privacy settings is refused."""
-    return Ledger(path, run_id=cfg.name, settings=ledger_settings(cfg), create_if_missing=True)
+    led = Ledger(Path(tempfile.mkdtemp()) / "l.sqlite", run_id="r", settings={})
+    return LedgerGuard(led, "client0", PrivacyBudget(epsilon=8, delta=1e-5), accountant="rdp")
 
 
 class LedgerGuard:
-    """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger."""
+    """The :class:`privspk.federation.client.SpendGuard` of one client, over the run's ledger.
 
-    def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str, clip: float,
+    >>> _example_guard().client
+    'client0'
+    """
+
+    def __init__(self, ledger: Ledger, client: str, budget: PrivacyBudget, *, accountant: str,
                  client_budget: PrivacyBudget | None = None, client_mechanism=None,
-                 randomness: str = "secret", identity: IdentityKey | None = None) -> None:
+                 identity: IdentityKey | None = None) -> None:
         self.ledger = ledger
-        self.randomness = randomness  # recorded in every row: "secret" or "simulation"
         self.client = client
         self.identity = identity  # signs the ledger's chain head after each of this client's spends
-        self.clip = clip
         self.client_mechanism = client_mechanism
         self.guard = BudgetGuard(ledger, client, budget, accountant=accountant, client_budget=client_budget)
 
@@ -71,40 +62,74 @@ class LedgerGuard:
         # participation is not secretly sampled here: every round counts at rate 1
         return {"client_mechanism": self.client_mechanism, "client_sample_rate": 1.0}
 
-    def authorize(self, *, round_id: int, dp: DPSettings, steps: int) -> float:
-        """Epsilon after the round; BudgetExceededError (nothing written) when over budget."""
-        return self.guard.authorize_round(round_id, noise_multiplier=dp.noise_multiplier,
-                                          sample_rate=dp.sample_rate, steps=steps, **self._client_level())
+    def authorize(self, *, round_id: int, mechanism: Mechanism) -> float:
+        """Epsilon after the round; BudgetExceededError (nothing written) when over budget.
 
-    def commit(self, *, round_id: int, dp: DPSettings, steps: int, scheme: str, update) -> float:
-        """Record the spend (with the update's digest) in one committed transaction."""
-        row = self.guard.commit_spend(round_id, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
-                                      steps=steps, clip=dp.clip, scheme=scheme, update_digest=_digest(update),
-                                      randomness=self.randomness, signer=self.identity, **self._client_level())
+        >>> round(_example_guard().authorize(round_id=1, mechanism=_EXAMPLE), 3)
+        2.156
+        """
+        return self.guard.authorize_round(round_id, mechanism, **self._client_level())
+
+    def commit(self, *, round_id: int, mechanism: Mechanism, scheme: str, update) -> float:
+        """Record the spend (the mechanism, with the update's digest) in one committed transaction.
+
+        >>> g = _example_guard()
+        >>> g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u") == g.epsilon()
+        True
+        """
+        row = self.guard.commit_spend(round_id, mechanism, scheme=scheme, update_digest=_digest(update),
+                                      signer=self.identity, **self._client_level())
         return row.epsilon_after
 
     def signed_head(self, round_id: int) -> SignedHead | None:
-        """The ledger's chain head after this client's spend of ``round_id``, signed (what it shows the server)."""
+        """The ledger's chain head after this client's spend of ``round_id``, signed (what it shows the server).
+
+        >>> g = _example_guard(); _ = g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u")
+        >>> g.signed_head(1).seq  # unsigned here: no identity key
+        1
+        """
         return self.ledger.signed_head(self.client, round_id)
 
     def client_epsilon(self) -> float | None:
-        """Client-level epsilon spent so far (``None`` without client-level DP)."""
+        """Client-level epsilon spent so far (``None`` without client-level DP).
+
+        >>> _example_guard().client_epsilon() is None
+        True
+        """
         return self.ledger.client_epsilon(self.client)
 
     def committed(self, round_id: int) -> bool:
-        """Whether this client's spend for the round is recorded."""
+        """Whether this client's spend for the round is recorded.
+
+        >>> _example_guard().committed(1)
+        False
+        """
         return self.ledger.row(self.client, round_id) is not None
 
     def released(self, round_id: int, update) -> None:
-        """Mark released; refuses an update other than the recorded one."""
+        """Mark released; refuses an update other than the recorded one.
+
+        >>> g = _example_guard(); _ = g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u")
+        >>> g.released(1, b"u"); g.ledger.row("client0", 1).status
+        'released'
+        """
         self.ledger.mark_released(self.client, round_id, update_digest=_digest(update))
 
     def abandon(self, round_id: int, reason: str) -> None:
-        """Mark the round abandoned (its spend still counts); ``reason`` goes in the row's note."""
+        """Mark the round abandoned (its spend still counts); ``reason`` goes in the row's note.
+
+        >>> g = _example_guard(); _ = g.commit(round_id=1, mechanism=_EXAMPLE, scheme="mask", update=b"u")
+        >>> g.abandon(1, "server timed out"); g.ledger.row("client0", 1).note
+        'server timed out'
+        """
         self.ledger.mark_abandoned(self.client, round_id, reason=reason)
 
     def epsilon(self) -> float:
-        """Epsilon spent so far, from the ledger."""
+        """Epsilon spent so far, from the ledger.
+
+        >>> _example_guard().epsilon()
+        0.0
+        """
         return self.ledger.epsilon(self.client)
 
 

@@ -34,6 +34,12 @@ from privspk.training.net import flatten, trainable_state, unflatten_into
 log = logging.getLogger(__name__)
 
 
+def _example_server() -> FederatedServer:
+    """A server over a 3-parameter linear "encoder" with two clients of equal weight, for the doctests."""
+    torch.manual_seed(0)
+    return FederatedServer(nn.Linear(2, 1), ["weight", "bias"], run_id="r", weights={"c0": 0.5, "c1": 0.5})
+
+
 class FederatedServer:
     """Global encoder state and the FedAvg step.
 
@@ -42,6 +48,10 @@ class FederatedServer:
         names: the trainable parameter names that travel (the rest is frozen and shared).
         run_id: names the run in every message.
         weights: each client's FedAvg weight (sums to 1 over registered clients).
+
+    >>> server = _example_server()
+    >>> server.dim, server.names
+    (3, ['weight', 'bias'])
     """
 
     def __init__(self, encoder: nn.Module, names: Sequence[str], *, run_id: str, weights: Mapping[str, float]) -> None:
@@ -56,23 +66,42 @@ class FederatedServer:
         self.heads = None  # a privspk.privacy.ledger.AggregatedHeads: the signed ledger heads it aggregated
 
     def record_heads(self, round_id: int, heads) -> None:
-        """Keep the clients' signed ledger chain heads of an aggregated round (each signature checked first)."""
+        """Keep the clients' signed ledger chain heads of an aggregated round (each signature checked first).
+
+        >>> server = _example_server(); server.record_heads(1, [None])  # no record kept: nothing to do
+        >>> server.heads is None
+        True
+        """
         heads = [h for h in heads if h is not None]
         if self.heads is not None and heads:
             self.heads.add(round_id, heads)
 
     def global_vector(self) -> torch.Tensor:
-        """The trainable encoder parameters as one float64 vector."""
+        """The trainable encoder parameters as one float64 vector.
+
+        >>> _example_server().global_vector().dtype
+        torch.float64
+        """
         return flatten(trainable_state(self.encoder), self.names)
 
     def spec(self, round_id: int, clients: Sequence[str]) -> RoundSpec:
-        """The announcement of a round with these participants."""
+        """The announcement of a round with these participants.
+
+        >>> _example_server().spec(1, ["c0", "c1"]).dim
+        3
+        """
         return RoundSpec(run_id=self.run_id, round_id=round_id, clients=tuple(clients), dim=self.dim)
 
     def apply(self, result: AggregateResult) -> float:
         """Add the sample-weighted mean of the included updates to the global encoder.
 
         Returns the weight mass that was included (1.0 when nobody dropped).
+
+        >>> server = _example_server(); before = server.global_vector()
+        >>> server.apply(AggregateResult(total=np.ones(3), included=("c0",)))  # c1 dropped: half the mass
+        0.5
+        >>> [round(x, 4) for x in (server.global_vector() - before).tolist()]  # the included mean: 1 / 0.5
+        [2.0, 2.0, 2.0]
         """
         if not result.included:
             raise AggregationError("the opened sum includes no client; the global model is unchanged")
@@ -90,7 +119,13 @@ class FederatedServer:
 
     # ---- persistence for resume --------------------------------------------
     def save(self, path: str | Path, *, completed_round: int) -> None:
-        """Atomically store the global vector and the last completed round."""
+        """Atomically store the global vector and the last completed round.
+
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "state.pt"
+        >>> _example_server().save(p, completed_round=2); p.exists()
+        True
+        """
         path = Path(path)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
@@ -99,7 +134,14 @@ class FederatedServer:
         tmp.replace(path)
 
     def load(self, path: str | Path) -> int:
-        """Restore a saved global vector; returns the last completed round."""
+        """Restore a saved global vector; returns the last completed round.
+
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "state.pt"
+        >>> _example_server().save(p, completed_round=2)
+        >>> _example_server().load(p)
+        2
+        """
         try:
             state = torch.load(Path(path), weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file

@@ -1,11 +1,13 @@
 """Privacy accounting for privspk: budgets, noise planning, the per-round ledger, distributed DP.
 
 * :mod:`~privspk.privacy.budget` - :class:`PrivacyBudget` (epsilon, delta, unit).
-* :mod:`~privspk.privacy.accounting` - epsilon of a spend history (Opacus RDP / PRV).
-* :mod:`~privspk.privacy.planner` - the noise multiplier that fits a planned run.
-* :mod:`~privspk.privacy.ledger` - the SQLite ledger, spend-before-release, recompute check.
+* :mod:`~privspk.privacy.mechanism` - :class:`Mechanism`, one round's DP-SGD parameters, typed.
+* :mod:`~privspk.privacy.accounting` - epsilon of a spend history (Opacus RDP / PRV) and client-level RDP.
+* :mod:`~privspk.privacy.planner` - the mechanism whose noise fits a planned run.
+* :mod:`~privspk.privacy.ledger` - the SQLite ledger: rows, storage, chain, audit (recompute), report.
 * :mod:`~privspk.privacy.guard` - a client's own budget enforcement.
-* :mod:`~privspk.privacy.distributed` - integer noise shares and client-level accounting.
+* :mod:`~privspk.privacy.noise` - integer noise samplers (discrete Gaussian, Skellam).
+* :mod:`~privspk.privacy.distributed` - client-level distributed DP: clip, round, add a noise share; its plan.
 
 Importing this package does not import Opacus or torch; they load on the first epsilon.
 
@@ -53,13 +55,16 @@ from privspk.privacy.ledger import (
     SpendRow,
     digest_update,
 )
-from privspk.privacy.planner import MAX_SIGMA, NoisePlan, plan_noise_multiplier, search_noise_multiplier
+from privspk.privacy.mechanism import RANDOMNESS_MODES, SAMPLE_UNITS, Mechanism
+from privspk.privacy.planner import MAX_SIGMA, plan_mechanism, search_noise_multiplier
 
 __all__ = [
     "ACCOUNTANTS",
     "MAX_SIGMA",
     "NOISE_KINDS",
     "PRIVACY_UNITS",
+    "RANDOMNESS_MODES",
+    "SAMPLE_UNITS",
     "STATUSES",
     "BudgetGuard",
     "ClientLevelMechanism",
@@ -67,7 +72,7 @@ __all__ = [
     "ClientLevelSpend",
     "DistributedDP",
     "Ledger",
-    "NoisePlan",
+    "Mechanism",
     "PrivacyAccountant",
     "PrivacyBudget",
     "RecomputeCheck",
@@ -86,7 +91,7 @@ __all__ = [
     "make_rng",
     "modulus_bits",
     "plan_client_noise_multiplier",
-    "plan_noise_multiplier",
+    "plan_mechanism",
     "rounds_epsilon",
     "sample_discrete_gaussian",
     "sample_skellam",

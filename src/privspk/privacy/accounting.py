@@ -1,4 +1,4 @@
-"""Sample-level privacy accounting: a thin, typed layer over Opacus' accountants.
+"""Privacy accounting: sample-level (a thin, typed layer over Opacus' accountants) and client-level.
 
 The state of an accountant is the *history of its inputs* - a list of
 ``(noise_multiplier, sample_rate, steps)`` - never an epsilon, so every epsilon
@@ -13,6 +13,13 @@ can be recomputed from what the ledger stores. Two accountants are offered:
   (Gopi et al. 2021) through Opacus' ``PRVAccountant``; tighter, slower, and an
   upper bound within ``eps_error = 0.01``.
 
+Client-level accounting (distributed DP, add/remove one client's update) is the second half
+of this module: :class:`ClientLevelMechanism` (the integer noise an opened sum is guaranteed to
+hold), its RDP at integer orders ``CLIENT_RDP_ORDERS`` (Kairouz, Liu, Steinke 2021 for the
+distributed discrete Gaussian; Agarwal, Kairouz, Liu 2021 for Skellam), Poisson subsampling
+of clients by the general bound of Zhu & Wang 2019, and :func:`client_level_epsilon`
+(see :mod:`privspk.privacy.distributed` for the mechanism itself).
+
 Opacus (and so torch) is imported on first use only, so ``import privspk.privacy``
 stays fast.
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,8 +41,16 @@ import numpy as np
 
 from privspk.errors import ConfigError
 from privspk.privacy._checks import positive_float, positive_int, probability
+from privspk.privacy.noise import _check_noise
 
 __all__ = [
+    "CLIENT_RDP_ORDERS",
+    "ClientLevelMechanism",
+    "ClientLevelRound",
+    "client_level_epsilon",
+    "client_level_rdp",
+    "poisson_subsampled_rdp",
+    "rdp_to_epsilon",
     "ACCOUNTANTS",
     "PrivacyAccountant",
     "RoundSpend",
@@ -325,32 +341,59 @@ class PrivacyAccountant:
 
     @property
     def accountant(self) -> str:
-        """The mechanism name (``"rdp"`` or ``"prv"``)."""
+        """The mechanism name (``"rdp"`` or ``"prv"``).
+
+        >>> PrivacyAccountant(accountant="prv").accountant
+        'prv'
+        """
         return self._accountant
 
     @property
     def history(self) -> tuple[SpendStep, ...]:
-        """The compacted history of steps."""
+        """The compacted history of steps.
+
+        >>> acc = PrivacyAccountant(history=[(1.0, 0.1, 5), (1.0, 0.1, 5)])
+        >>> [s.steps for s in acc.history]  # same setting: one entry
+        [10]
+        """
         return self._history
 
     def __len__(self) -> int:
         return sum(s.steps for s in self._history)
 
     def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
-        """Record ``steps`` more steps at ``noise_multiplier`` and ``sample_rate``."""
+        """Record ``steps`` more steps at ``noise_multiplier`` and ``sample_rate``.
+
+        >>> acc = PrivacyAccountant(); acc.step(noise_multiplier=1.0, sample_rate=0.1, steps=3)
+        >>> acc.history[0].steps
+        3
+        """
         new = SpendStep(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         self._history = compact((*self._history, new))
 
     def epsilon(self, *, delta: float) -> float:
-        """Epsilon spent so far at ``delta``."""
+        """Epsilon spent so far at ``delta``.
+
+        >>> round(PrivacyAccountant(history=[(1.5, 0.04, 2250)]).epsilon(delta=1e-5), 6)
+        7.329111
+        """
         return epsilon(self._history, delta=delta, accountant=self._accountant)
 
     def state_dict(self) -> dict[str, object]:
-        """``{"accountant": str, "history": [[sigma, q, steps], ...]}`` (JSON types only)."""
+        """``{"accountant": str, "history": [[sigma, q, steps], ...]}`` (JSON types only).
+
+        >>> PrivacyAccountant(history=[(1.0, 0.1, 5)]).state_dict()
+        {'accountant': 'rdp', 'history': [[1.0, 0.1, 5]]}
+        """
         return {"accountant": self._accountant, "history": [list(s.as_tuple()) for s in self._history]}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Replace the history with ``state``'s; refuses a state of another mechanism."""
+        """Replace the history with ``state``'s; refuses a state of another mechanism.
+
+        >>> acc = PrivacyAccountant()
+        >>> acc.load_state_dict({"accountant": "rdp", "history": [[1.0, 0.1, 5]]}); len(acc.history)
+        1
+        """
         if not isinstance(state, Mapping) or set(state) != {"accountant", "history"}:
             raise ConfigError("accountant state must be a mapping with exactly the keys 'accountant' and 'history'")
         if state["accountant"] != self._accountant:
@@ -364,9 +407,270 @@ class PrivacyAccountant:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, object]) -> PrivacyAccountant:
-        """Build an accountant from :meth:`state_dict` output."""
+        """Build an accountant from :meth:`state_dict` output.
+
+        >>> PrivacyAccountant.from_state_dict({"accountant": "prv", "history": []}).accountant
+        'prv'
+        """
         if not isinstance(state, Mapping) or "accountant" not in state:
             raise ConfigError("accountant state must be a mapping with an 'accountant' key")
         acc = cls(accountant=str(state["accountant"]))
         acc.load_state_dict(state)
         return acc
+
+
+# --------------------------------------------------------------------------- client-level accounting
+CLIENT_RDP_ORDERS: tuple[int, ...] = tuple(range(2, 257))
+"""Consecutive integer RDP orders (the subsampling bound needs every order from 2 up)."""
+
+
+def poisson_subsampled_rdp(rdp: np.ndarray, *, sample_rate: float) -> np.ndarray:
+    """RDP at orders 2, 3, ..., of a mechanism with RDP ``rdp`` (same orders) under Poisson sampling.
+
+    ``rdp[i]`` must be the mechanism's RDP at order ``i + 2`` (consecutive integer orders).
+
+    General upper bound of Zhu & Wang 2019, valid for any mechanism,
+    capped by the unsampled RDP (sampling never hurts, by joint convexity):
+
+    ``(1/(a-1)) log[(1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^{rdp(2)}
+    + 3 sum_{l=3..a} C(a,l) (1-q)^(a-l) q^l e^{(l-1) rdp(l)}]``.
+
+    >>> g = np.array([a / 2.0 for a in range(2, 20)])   # Gaussian, noise multiplier 1
+    >>> sub = poisson_subsampled_rdp(g, sample_rate=0.01)
+    >>> bool(np.all(sub <= g)) and float(sub[0]) < 1e-3
+    True
+    """
+    from scipy.special import gammaln, logsumexp
+
+    eps = np.asarray(rdp, dtype=float)
+    if eps.ndim != 1:
+        raise ConfigError(f"rdp must be a 1-D array over orders 2, 3, ..., got shape {eps.shape}")
+    q = probability("sample_rate", sample_rate, allow_one=True)
+    if q == 1.0:
+        return eps.copy()
+    out = np.empty_like(eps)
+    log_q, log_1q = math.log(q), math.log1p(-q)
+    for i in range(eps.size):
+        a = i + 2
+        ls = np.arange(3, a + 1)
+        log_comb = gammaln(a + 1) - gammaln(ls + 1) - gammaln(a - ls + 1)
+        terms = [
+            (a - 1) * log_1q + math.log(a * q - q + 1.0),
+            math.log(a * (a - 1) / 2.0) + 2 * log_q + (a - 2) * log_1q + eps[0],
+        ]
+        if a >= 3:
+            tail = math.log(3.0) + log_comb + ls * log_q + (a - ls) * log_1q + (ls - 1) * eps[ls - 2]
+            terms.extend(tail.tolist())
+        out[i] = min(float(logsumexp(terms)) / (a - 1), float(eps[i]))
+    return out
+
+
+def rdp_to_epsilon(rdp: np.ndarray, *, orders: Sequence[float], delta: float) -> float:
+    """(epsilon at ``delta``) from RDP values, via Opacus' conversion (Balle et al. 2020, Theorem 21).
+
+    >>> orders = list(range(2, 33))
+    >>> round(rdp_to_epsilon(np.array([a / 2.0 for a in orders]), orders=orders, delta=1e-5), 3)
+    4.753
+    """
+    import warnings
+
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    delta = probability("delta", delta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=np.asarray(rdp, dtype=float), delta=delta)
+    return float(eps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientLevelMechanism:
+    """One round's client-level mechanism: the noisy integer sum, in integer units.
+
+    Args:
+        noise: ``"dgauss"`` or ``"skellam"``.
+        share_sigma: std of each client's noise share (for ``"dgauss"``, the
+            discrete Gaussian's sigma parameter; >= 0.5 as KLS21 requires).
+        shares: how many shares are counted in the sum (see the module notes).
+        l2_sensitivity: L2 bound of one client's rounded integer update.
+        l1_sensitivity: L1 bound of it (<= min(sqrt(dim), l2) * l2 for integers).
+        dim: number of coordinates.
+
+    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+    ...                          l1_sensitivity=1000.0, dim=100)
+    >>> round(m.noise_multiplier, 3)
+    1.0
+    >>> ClientLevelMechanism.from_dict(m.to_dict()) == m
+    True
+    """
+
+    noise: str
+    share_sigma: float
+    shares: int
+    l2_sensitivity: float
+    l1_sensitivity: float
+    dim: int
+
+    def __post_init__(self) -> None:
+        _check_noise(self.noise)
+        object.__setattr__(self, "share_sigma", positive_float("share_sigma", self.share_sigma))
+        object.__setattr__(self, "shares", positive_int("shares", self.shares))
+        object.__setattr__(self, "l2_sensitivity", positive_float("l2_sensitivity", self.l2_sensitivity))
+        object.__setattr__(self, "l1_sensitivity", positive_float("l1_sensitivity", self.l1_sensitivity))
+        object.__setattr__(self, "dim", positive_int("dim", self.dim))
+        if self.noise == "dgauss" and self.share_sigma < 0.5:
+            raise ConfigError(
+                f"discrete Gaussian shares need sigma >= 0.5 for the KLS21 bound, got {self.share_sigma:g}; "
+                "raise the scale or the noise multiplier"
+            )
+
+    @property
+    def sum_variance(self) -> float:
+        """Per-coordinate variance of the counted noise (``shares * share_sigma^2``).
+
+        >>> ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).sum_variance
+        10000.0
+        """
+        return self.shares * self.share_sigma**2
+
+    @property
+    def noise_multiplier(self) -> float:
+        """Effective central noise multiplier: counted noise std / L2 sensitivity.
+
+        >>> ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).noise_multiplier
+        1.0
+        """
+        return math.sqrt(self.sum_variance) / self.l2_sensitivity
+
+    def rdp(self) -> np.ndarray:
+        """Unsampled RDP of one round at :data:`CLIENT_RDP_ORDERS`.
+
+        >>> ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).rdp().shape == (len(CLIENT_RDP_ORDERS),)
+        True
+        """
+        return _mechanism_rdp(self).copy()
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """Plain-typed dict (what the ledger stores).
+
+        >>> sorted(ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                      l1_sensitivity=1000.0, dim=100).to_dict())
+        ['dim', 'l1_sensitivity', 'l2_sensitivity', 'noise', 'share_sigma', 'shares']
+        """
+        return {
+            "noise": self.noise,
+            "share_sigma": self.share_sigma,
+            "shares": self.shares,
+            "l2_sensitivity": self.l2_sensitivity,
+            "l1_sensitivity": self.l1_sensitivity,
+            "dim": self.dim,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ClientLevelMechanism:
+        """Inverse of :meth:`to_dict`; unknown or missing keys are errors.
+
+        >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+        ...                          l1_sensitivity=1000.0, dim=100)
+        >>> ClientLevelMechanism.from_dict(m.to_dict()) == m
+        True
+        """
+        keys = {"noise", "share_sigma", "shares", "l2_sensitivity", "l1_sensitivity", "dim"}
+        if not isinstance(data, Mapping) or set(data) != keys:
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ConfigError(f"client-level mechanism needs exactly the keys {sorted(keys)}, got {got}")
+        return cls(**{k: data[k] for k in keys})  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=1024)
+def _mechanism_rdp(mech: ClientLevelMechanism) -> np.ndarray:
+    a = np.asarray(CLIENT_RDP_ORDERS, dtype=float)
+    d2, d1, dim = mech.l2_sensitivity, mech.l1_sensitivity, mech.dim
+    if mech.noise == "skellam":
+        v = mech.sum_variance
+        surcharge = np.minimum(((2.0 * a - 1.0) * d2 * d2 + 6.0 * d1) / (4.0 * v * v), 3.0 * d1 / (2.0 * v))
+        out = a * d2 * d2 / (2.0 * v) + surcharge
+    else:
+        n, s = mech.shares, mech.share_sigma
+        ks = np.arange(1, n)
+        tau = 10.0 * float(np.sum(np.exp(-2.0 * math.pi**2 * s * s * ks / (ks + 1.0))))
+        l2s = d2 / (math.sqrt(n) * s)
+        l1s = d1 / (math.sqrt(n) * s)
+        out = np.minimum.reduce(
+            [
+                a / 2.0 * l2s**2 + tau * dim,
+                a / 2.0 * (l2s**2 + 2.0 * l1s * tau + tau**2 * dim),
+                a / 2.0 * (l2s + math.sqrt(dim) * tau) ** 2,
+            ]
+        )
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _subsampled(mech: ClientLevelMechanism, sample_rate: float) -> np.ndarray:
+    out = poisson_subsampled_rdp(_mechanism_rdp(mech), sample_rate=sample_rate)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientLevelRound:
+    """A round a client took part in, with its client-level mechanism and client sampling rate.
+
+    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+    ...                          l1_sensitivity=1000.0, dim=100)
+    >>> ClientLevelRound(round=3, mechanism=m, sample_rate=0.1).round
+    3
+    """
+
+    round: int
+    mechanism: ClientLevelMechanism
+    sample_rate: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "round", positive_int("round", self.round))
+        if not isinstance(self.mechanism, ClientLevelMechanism):
+            raise ConfigError(f"mechanism must be a ClientLevelMechanism, got {type(self.mechanism).__name__}")
+        object.__setattr__(self, "sample_rate", probability("sample_rate", self.sample_rate, allow_one=True))
+
+
+def client_level_rdp(rounds: Sequence[ClientLevelRound]) -> np.ndarray:
+    """Composed client-level RDP at :data:`CLIENT_RDP_ORDERS` (the rules are in the module notes).
+
+    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
+    ...                          l1_sensitivity=1000.0, dim=100)
+    >>> one = client_level_rdp([ClientLevelRound(round=1, mechanism=m, sample_rate=0.1)])
+    >>> gap = client_level_rdp([ClientLevelRound(round=3, mechanism=m, sample_rate=0.1)])
+    >>> bool(np.allclose(gap, 3 * one))
+    True
+    """
+    ordered = sorted(rounds, key=lambda r: r.round)
+    total = np.zeros(len(CLIENT_RDP_ORDERS))
+    previous = 0
+    for r in ordered:
+        if r.round <= previous:
+            raise ConfigError(f"client-level rounds must be distinct, round {r.round} appears twice")
+        count = r.round - previous if r.sample_rate < 1.0 else 1
+        total = total + count * _subsampled(r.mechanism, r.sample_rate)
+        previous = r.round
+    return total
+
+
+def client_level_epsilon(rounds: Sequence[ClientLevelRound], *, delta: float) -> float:
+    """Client-level epsilon at ``delta`` after ``rounds``; 0.0 when there are none.
+
+    >>> m = ClientLevelMechanism(noise="dgauss", share_sigma=60.0, shares=10, l2_sensitivity=150.0,
+    ...                          l1_sensitivity=1500.0, dim=100)
+    >>> eps = client_level_epsilon([ClientLevelRound(round=r, mechanism=m, sample_rate=1.0) for r in (1, 2)],
+    ...                            delta=1e-5)
+    >>> 0 < eps < 20
+    True
+    """
+    rounds = list(rounds)
+    if not rounds:
+        return 0.0
+    return rdp_to_epsilon(client_level_rdp(rounds), orders=CLIENT_RDP_ORDERS, delta=delta)

@@ -1,5 +1,10 @@
 """Client-level distributed DP: integer noise shares added before secure aggregation.
 
+This module holds the mechanism (:class:`DistributedDP`: clip, randomised rounding, the client's
+noise share, the modulus it needs) and its planning; the samplers live in
+:mod:`privspk.privacy.noise` and the client-level accounting in :mod:`privspk.privacy.accounting`
+(both re-exported here).
+
 Each client clips its whole update (L2), scales it to integers with conditional
 randomized rounding (so the rounded vector's norm stays bounded), and adds its
 *share* of integer noise before masking / BFV encryption. The server only ever
@@ -50,17 +55,33 @@ True
 
 from __future__ import annotations
 
-import functools
 import math
-import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from privspk.errors import BudgetExceededError, ConfigError
 from privspk.privacy._checks import positive_float, positive_int, probability, real
+from privspk.privacy.accounting import (  # client-level accounting; re-exported here for existing imports
+    CLIENT_RDP_ORDERS,
+    ClientLevelMechanism,
+    ClientLevelRound,
+    client_level_epsilon,
+    client_level_rdp,
+    poisson_subsampled_rdp,
+    rdp_to_epsilon,
+)
 from privspk.privacy.budget import PrivacyBudget
+from privspk.privacy.noise import (  # the samplers; re-exported here for existing imports
+    NOISE_KINDS,
+    _check_noise,
+    client_noise_share,
+    discrete_gaussian_pmf,
+    make_rng,
+    sample_discrete_gaussian,
+    sample_skellam,
+)
 from privspk.privacy.planner import search_noise_multiplier
 
 __all__ = [
@@ -80,6 +101,7 @@ __all__ = [
     "make_rng",
     "modulus_bits",
     "noise_tail_bound",
+    "plan_client_level",
     "plan_client_noise_multiplier",
     "poisson_subsampled_rdp",
     "rdp_to_epsilon",
@@ -88,104 +110,8 @@ __all__ = [
     "sample_skellam",
 ]
 
-NOISE_KINDS: tuple[str, ...] = ("dgauss", "skellam")
-"""Integer noise families for distributed DP."""
-
-CLIENT_RDP_ORDERS: tuple[int, ...] = tuple(range(2, 257))
-"""Consecutive integer RDP orders (the subsampling bound needs every order from 2 up)."""
-
 DEFAULT_BETA = math.exp(-0.5)
 """Failure probability of one conditional-rounding attempt (KLS21's default)."""
-
-
-def make_rng(seed: int | None = None) -> np.random.Generator:
-    """A numpy ``Generator``; seeded from :func:`secrets.randbits` (128 bits) unless ``seed`` is given.
-
-    Pass a seed only in simulations and tests; real clients must use the default.
-
-    >>> int(make_rng(1).integers(0, 10)) == int(make_rng(1).integers(0, 10))
-    True
-    """
-    if seed is None:
-        return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int or None, got {seed!r}")
-    return np.random.default_rng(seed)
-
-
-def _shape(size: int | tuple[int, ...]) -> tuple[int, ...]:
-    shape = (size,) if isinstance(size, (int, np.integer)) else tuple(size)
-    if any(isinstance(s, bool) or int(s) < 0 for s in shape):
-        raise ConfigError(f"size must be non-negative integers, got {size!r}")
-    return tuple(int(s) for s in shape)
-
-
-def sample_discrete_gaussian(*, sigma: float, size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Discrete Gaussian N_Z(0, sigma^2) samples (int64), P(x) proportional to exp(-x^2 / (2 sigma^2)).
-
-    Canonne, Kamath, Steinke 2020, Algorithm 3: draw Y from a discrete Laplace
-    of scale ``t = floor(sigma) + 1`` (a difference of two geometric variables)
-    and keep it with probability ``exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))``.
-
-    >>> x = sample_discrete_gaussian(sigma=3.0, size=20000, rng=make_rng(0))
-    >>> x.dtype, abs(float(x.mean())) < 0.1, abs(float(x.var()) / 9 - 1) < 0.05
-    (dtype('int64'), True, True)
-    """
-    sigma = positive_float("sigma", sigma)
-    shape = _shape(size)
-    n = int(np.prod(shape, dtype=np.int64))
-    out = np.empty(n, dtype=np.int64)
-    t = math.floor(sigma) + 1
-    p_success = -math.expm1(-1.0 / t)
-    s2 = sigma * sigma
-    filled = 0
-    while filled < n:
-        m = 2 * (n - filled) + 16
-        y = rng.geometric(p_success, m).astype(np.int64) - rng.geometric(p_success, m).astype(np.int64)
-        keep = rng.random(m) < np.exp(-((np.abs(y) - s2 / t) ** 2) / (2.0 * s2))
-        take = y[keep][: n - filled]
-        out[filled : filled + take.size] = take
-        filled += take.size
-    return out.reshape(shape)
-
-
-def discrete_gaussian_pmf(values: np.ndarray, *, sigma: float) -> np.ndarray:
-    """Probability of each integer in ``values`` under N_Z(0, sigma^2) (normalised numerically).
-
-    >>> p = discrete_gaussian_pmf(np.arange(-60, 61), sigma=5.0)
-    >>> round(float(p.sum()), 12)
-    1.0
-    """
-    sigma = positive_float("sigma", sigma)
-    half = int(math.ceil(40.0 * sigma)) + 1
-    support = np.arange(-half, half + 1, dtype=float)
-    norm = float(np.exp(-(support**2) / (2.0 * sigma * sigma)).sum())
-    vals = np.asarray(values, dtype=float)
-    return np.exp(-(vals**2) / (2.0 * sigma * sigma)) / norm
-
-
-def sample_skellam(*, variance: float, size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Symmetric Skellam samples (int64): Poisson(variance/2) - Poisson(variance/2).
-
-    >>> x = sample_skellam(variance=50.0, size=20000, rng=make_rng(0))
-    >>> abs(float(x.var()) / 50 - 1) < 0.05
-    True
-    """
-    variance = positive_float("variance", variance)
-    shape = _shape(size)
-    mu = variance / 2.0
-    return rng.poisson(mu, shape).astype(np.int64) - rng.poisson(mu, shape).astype(np.int64)
-
-
-def client_noise_share(*, central_sigma: float, n_clients: int) -> float:
-    """Per-client noise std so that ``n_clients`` independent shares sum to ``central_sigma``.
-
-    >>> client_noise_share(central_sigma=10.0, n_clients=4)
-    5.0
-    """
-    central_sigma = positive_float("central_sigma", central_sigma)
-    n_clients = positive_int("n_clients", n_clients)
-    return central_sigma / math.sqrt(n_clients)
 
 
 def clip_update_l2(vec: np.ndarray, *, clip: float) -> np.ndarray:
@@ -320,238 +246,6 @@ def _signed_bits(bound: float) -> int:
     return int(math.floor(bound)).bit_length() + 1
 
 
-def _check_noise(noise: object) -> str:
-    if noise not in NOISE_KINDS:
-        raise ConfigError(f"unknown noise {noise!r}; choose one of: {', '.join(NOISE_KINDS)}")
-    return str(noise)
-
-
-def poisson_subsampled_rdp(rdp: np.ndarray, *, sample_rate: float) -> np.ndarray:
-    """RDP at orders 2, 3, ..., of a mechanism with RDP ``rdp`` (same orders) under Poisson sampling.
-
-    ``rdp[i]`` must be the mechanism's RDP at order ``i + 2`` (consecutive integer orders).
-
-    General upper bound of Zhu & Wang 2019, valid for any mechanism,
-    capped by the unsampled RDP (sampling never hurts, by joint convexity):
-
-    ``(1/(a-1)) log[(1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^{rdp(2)}
-    + 3 sum_{l=3..a} C(a,l) (1-q)^(a-l) q^l e^{(l-1) rdp(l)}]``.
-
-    >>> g = np.array([a / 2.0 for a in range(2, 20)])   # Gaussian, noise multiplier 1
-    >>> sub = poisson_subsampled_rdp(g, sample_rate=0.01)
-    >>> bool(np.all(sub <= g)) and float(sub[0]) < 1e-3
-    True
-    """
-    from scipy.special import gammaln, logsumexp
-
-    eps = np.asarray(rdp, dtype=float)
-    if eps.ndim != 1:
-        raise ConfigError(f"rdp must be a 1-D array over orders 2, 3, ..., got shape {eps.shape}")
-    q = probability("sample_rate", sample_rate, allow_one=True)
-    if q == 1.0:
-        return eps.copy()
-    out = np.empty_like(eps)
-    log_q, log_1q = math.log(q), math.log1p(-q)
-    for i in range(eps.size):
-        a = i + 2
-        ls = np.arange(3, a + 1)
-        log_comb = gammaln(a + 1) - gammaln(ls + 1) - gammaln(a - ls + 1)
-        terms = [
-            (a - 1) * log_1q + math.log(a * q - q + 1.0),
-            math.log(a * (a - 1) / 2.0) + 2 * log_q + (a - 2) * log_1q + eps[0],
-        ]
-        if a >= 3:
-            tail = math.log(3.0) + log_comb + ls * log_q + (a - ls) * log_1q + (ls - 1) * eps[ls - 2]
-            terms.extend(tail.tolist())
-        out[i] = min(float(logsumexp(terms)) / (a - 1), float(eps[i]))
-    return out
-
-
-def rdp_to_epsilon(rdp: np.ndarray, *, orders: Sequence[float], delta: float) -> float:
-    """(epsilon at ``delta``) from RDP values, via Opacus' conversion (Balle et al. 2020, Theorem 21).
-
-    >>> orders = list(range(2, 33))
-    >>> round(rdp_to_epsilon(np.array([a / 2.0 for a in orders]), orders=orders, delta=1e-5), 3)
-    4.753
-    """
-    import warnings
-
-    from opacus.accountants.analysis import rdp as rdp_analysis
-
-    delta = probability("delta", delta)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=np.asarray(rdp, dtype=float), delta=delta)
-    return float(eps)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientLevelMechanism:
-    """One round's client-level mechanism: the noisy integer sum, in integer units.
-
-    Args:
-        noise: ``"dgauss"`` or ``"skellam"``.
-        share_sigma: std of each client's noise share (for ``"dgauss"``, the
-            discrete Gaussian's sigma parameter; >= 0.5 as KLS21 requires).
-        shares: how many shares are counted in the sum (see the module notes).
-        l2_sensitivity: L2 bound of one client's rounded integer update.
-        l1_sensitivity: L1 bound of it (<= min(sqrt(dim), l2) * l2 for integers).
-        dim: number of coordinates.
-
-    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
-    ...                          l1_sensitivity=1000.0, dim=100)
-    >>> round(m.noise_multiplier, 3)
-    1.0
-    >>> ClientLevelMechanism.from_dict(m.to_dict()) == m
-    True
-    """
-
-    noise: str
-    share_sigma: float
-    shares: int
-    l2_sensitivity: float
-    l1_sensitivity: float
-    dim: int
-
-    def __post_init__(self) -> None:
-        _check_noise(self.noise)
-        object.__setattr__(self, "share_sigma", positive_float("share_sigma", self.share_sigma))
-        object.__setattr__(self, "shares", positive_int("shares", self.shares))
-        object.__setattr__(self, "l2_sensitivity", positive_float("l2_sensitivity", self.l2_sensitivity))
-        object.__setattr__(self, "l1_sensitivity", positive_float("l1_sensitivity", self.l1_sensitivity))
-        object.__setattr__(self, "dim", positive_int("dim", self.dim))
-        if self.noise == "dgauss" and self.share_sigma < 0.5:
-            raise ConfigError(
-                f"discrete Gaussian shares need sigma >= 0.5 for the KLS21 bound, got {self.share_sigma:g}; "
-                "raise the scale or the noise multiplier"
-            )
-
-    @property
-    def sum_variance(self) -> float:
-        """Per-coordinate variance of the counted noise (``shares * share_sigma^2``)."""
-        return self.shares * self.share_sigma**2
-
-    @property
-    def noise_multiplier(self) -> float:
-        """Effective central noise multiplier: counted noise std / L2 sensitivity."""
-        return math.sqrt(self.sum_variance) / self.l2_sensitivity
-
-    def rdp(self) -> np.ndarray:
-        """Unsampled RDP of one round at :data:`CLIENT_RDP_ORDERS`."""
-        return _mechanism_rdp(self).copy()
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        """Plain-typed dict (what the ledger stores)."""
-        return {
-            "noise": self.noise,
-            "share_sigma": self.share_sigma,
-            "shares": self.shares,
-            "l2_sensitivity": self.l2_sensitivity,
-            "l1_sensitivity": self.l1_sensitivity,
-            "dim": self.dim,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> ClientLevelMechanism:
-        """Inverse of :meth:`to_dict`; unknown or missing keys are errors."""
-        keys = {"noise", "share_sigma", "shares", "l2_sensitivity", "l1_sensitivity", "dim"}
-        if not isinstance(data, Mapping) or set(data) != keys:
-            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-            raise ConfigError(f"client-level mechanism needs exactly the keys {sorted(keys)}, got {got}")
-        return cls(**{k: data[k] for k in keys})  # type: ignore[arg-type]
-
-
-@functools.lru_cache(maxsize=1024)
-def _mechanism_rdp(mech: ClientLevelMechanism) -> np.ndarray:
-    a = np.asarray(CLIENT_RDP_ORDERS, dtype=float)
-    d2, d1, dim = mech.l2_sensitivity, mech.l1_sensitivity, mech.dim
-    if mech.noise == "skellam":
-        v = mech.sum_variance
-        surcharge = np.minimum(((2.0 * a - 1.0) * d2 * d2 + 6.0 * d1) / (4.0 * v * v), 3.0 * d1 / (2.0 * v))
-        out = a * d2 * d2 / (2.0 * v) + surcharge
-    else:
-        n, s = mech.shares, mech.share_sigma
-        ks = np.arange(1, n)
-        tau = 10.0 * float(np.sum(np.exp(-2.0 * math.pi**2 * s * s * ks / (ks + 1.0))))
-        l2s = d2 / (math.sqrt(n) * s)
-        l1s = d1 / (math.sqrt(n) * s)
-        out = np.minimum.reduce(
-            [
-                a / 2.0 * l2s**2 + tau * dim,
-                a / 2.0 * (l2s**2 + 2.0 * l1s * tau + tau**2 * dim),
-                a / 2.0 * (l2s + math.sqrt(dim) * tau) ** 2,
-            ]
-        )
-    out.setflags(write=False)
-    return out
-
-
-@functools.lru_cache(maxsize=1024)
-def _subsampled(mech: ClientLevelMechanism, sample_rate: float) -> np.ndarray:
-    out = poisson_subsampled_rdp(_mechanism_rdp(mech), sample_rate=sample_rate)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientLevelRound:
-    """A round a client took part in, with its client-level mechanism and client sampling rate.
-
-    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
-    ...                          l1_sensitivity=1000.0, dim=100)
-    >>> ClientLevelRound(round=3, mechanism=m, sample_rate=0.1).round
-    3
-    """
-
-    round: int
-    mechanism: ClientLevelMechanism
-    sample_rate: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "round", positive_int("round", self.round))
-        if not isinstance(self.mechanism, ClientLevelMechanism):
-            raise ConfigError(f"mechanism must be a ClientLevelMechanism, got {type(self.mechanism).__name__}")
-        object.__setattr__(self, "sample_rate", probability("sample_rate", self.sample_rate, allow_one=True))
-
-
-def client_level_rdp(rounds: Sequence[ClientLevelRound]) -> np.ndarray:
-    """Composed client-level RDP at :data:`CLIENT_RDP_ORDERS` (the rules are in the module notes).
-
-    >>> m = ClientLevelMechanism(noise="skellam", share_sigma=50.0, shares=4, l2_sensitivity=100.0,
-    ...                          l1_sensitivity=1000.0, dim=100)
-    >>> one = client_level_rdp([ClientLevelRound(round=1, mechanism=m, sample_rate=0.1)])
-    >>> gap = client_level_rdp([ClientLevelRound(round=3, mechanism=m, sample_rate=0.1)])
-    >>> bool(np.allclose(gap, 3 * one))
-    True
-    """
-    ordered = sorted(rounds, key=lambda r: r.round)
-    total = np.zeros(len(CLIENT_RDP_ORDERS))
-    previous = 0
-    for r in ordered:
-        if r.round <= previous:
-            raise ConfigError(f"client-level rounds must be distinct, round {r.round} appears twice")
-        count = r.round - previous if r.sample_rate < 1.0 else 1
-        total = total + count * _subsampled(r.mechanism, r.sample_rate)
-        previous = r.round
-    return total
-
-
-def client_level_epsilon(rounds: Sequence[ClientLevelRound], *, delta: float) -> float:
-    """Client-level epsilon at ``delta`` after ``rounds``; 0.0 when there are none.
-
-    >>> m = ClientLevelMechanism(noise="dgauss", share_sigma=60.0, shares=10, l2_sensitivity=150.0,
-    ...                          l1_sensitivity=1500.0, dim=100)
-    >>> eps = client_level_epsilon([ClientLevelRound(round=r, mechanism=m, sample_rate=1.0) for r in (1, 2)],
-    ...                            delta=1e-5)
-    >>> 0 < eps < 20
-    True
-    """
-    rounds = list(rounds)
-    if not rounds:
-        return 0.0
-    return rdp_to_epsilon(client_level_rdp(rounds), orders=CLIENT_RDP_ORDERS, delta=delta)
-
-
 @dataclass(frozen=True, kw_only=True)
 class DistributedDP:
     """Client-side encoder for distributed DP: clip, scale, round, add a noise share.
@@ -617,17 +311,29 @@ class DistributedDP:
 
     @property
     def share_sigma(self) -> float:
-        """Each client's noise std in integer units."""
+        """Each client's noise std in integer units.
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).share_sigma
+        50.0
+        """
         return self.noise_multiplier * self.clip * self.scale / math.sqrt(self.n_clients)
 
     @property
     def l2_sensitivity(self) -> float:
-        """L2 bound of a client's rounded integer update."""
+        """L2 bound of a client's rounded integer update.
+
+        >>> round(DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).l2_sensitivity, 3)
+        100.519
+        """
         return rounded_l2_bound(l2_bound=self.clip * self.scale, dim=self.dim, beta=self.beta)
 
     @property
     def l1_sensitivity(self) -> float:
-        """L1 bound of a client's rounded integer update."""
+        """L1 bound of a client's rounded integer update.
+
+        >>> round(DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).l1_sensitivity, 3)
+        317.869
+        """
         l2 = self.l2_sensitivity
         return l2 * min(math.sqrt(self.dim), l2)
 
@@ -637,13 +343,21 @@ class DistributedDP:
 
         A client refuses a round whose fewest possible survivors are below this
         (``MaskClient.submit_integers(..., min_survivors=...)``).
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10, counted_shares=2,
+        ...               colluders=1).required_survivors
+        3
         """
         counted = self.n_clients if self.counted_shares is None else self.counted_shares
         return counted + self.colluders
 
     def mechanism(self, *, counted_shares: int | None = None) -> ClientLevelMechanism:
         """The mechanism to account for, counting ``counted_shares`` shares (default: the encoder's
-        ``counted_shares``, else all)."""
+        ``counted_shares``, else all).
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).mechanism().shares
+        4
+        """
         if counted_shares is None:
             counted_shares = self.counted_shares
         shares = self.n_clients if counted_shares is None else positive_int("counted_shares", counted_shares)
@@ -659,7 +373,12 @@ class DistributedDP:
         )
 
     def encode(self, update: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        """Clip, scale, conditionally round, and add this client's noise share (int64, length ``dim``)."""
+        """Clip, scale, conditionally round, and add this client's noise share (int64, length ``dim``).
+
+        >>> codes = DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).encode(np.full(10, 0.01), rng=make_rng(0))
+        >>> codes.dtype, codes.shape
+        (dtype('int64'), (10,))
+        """
         arr = np.asarray(update, dtype=np.float64).ravel()
         if arr.size != self.dim:
             raise ConfigError(f"update has {arr.size} values, this encoder expects dim={self.dim}")
@@ -672,11 +391,19 @@ class DistributedDP:
         return rounded + share
 
     def decode(self, total: np.ndarray) -> np.ndarray:
-        """Float sum of clipped updates (plus the central noise) from the integer sum."""
+        """Float sum of clipped updates (plus the central noise) from the integer sum.
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).decode(np.zeros(10, dtype=np.int64))[:2].tolist()
+        [0.0, 0.0]
+        """
         return np.asarray(total, dtype=np.float64) / self.scale
 
     def modulus_bits(self, *, failure_prob: float = 1e-12) -> int:
-        """Signed modulus bits that hold the noisy sum of all ``n_clients`` w.p. >= 1 - ``failure_prob``."""
+        """Signed modulus bits that hold the noisy sum of all ``n_clients`` w.p. >= 1 - ``failure_prob``.
+
+        >>> DistributedDP(clip=1.0, scale=100.0, noise_multiplier=1.0, n_clients=4, dim=10).modulus_bits()
+        12
+        """
         return modulus_bits(
             max_abs=math.floor(self.l2_sensitivity),
             n_clients=self.n_clients,
@@ -757,3 +484,43 @@ def plan_client_noise_multiplier(
             f"({exc}); plan fewer rounds, sample fewer clients per round, count more noise shares, or raise epsilon"
         ) from None
     return replace(template, noise_multiplier=z)
+
+
+def plan_client_level(
+    mask_options: Mapping[str, object],
+    *,
+    n_clients: int,
+    colluders: int,
+    budget: PrivacyBudget,
+    rounds: int,
+    clip: float,
+    noise: str,
+    dim: int,
+    bits: int = 16,
+) -> tuple[DistributedDP, dict]:
+    """Distributed-DP encoder for client-level DP over the ``mask`` scheme, and the mask options that carry its noise.
+
+    Codes use the mask quantiser's units (``bits``-bit values over ``[-clip, clip]``, asked of the
+    mask scheme built from ``mask_options``); the noise multiplier is planned for ``rounds`` rounds
+    at the client-level ``budget``, counting only the honest noise shares guaranteed in an opened
+    sum: the fewest clients a round can open with, minus ``colluders`` (whose shares the server
+    knows). Each client refuses a round that cannot guarantee that many survivors
+    (:attr:`DistributedDP.required_survivors`). The returned options add ``noise_headroom_bits``.
+
+    >>> dp, opts = plan_client_level({"colluders": 1}, n_clients=4, colluders=1, rounds=2, clip=0.05,
+    ...     budget=PrivacyBudget(epsilon=8, delta=1e-5, unit="client"), noise="dgauss", dim=1000)
+    >>> dp.counted_shares, opts["bits"], opts["noise_headroom_bits"] >= 0
+    (2, 16, True)
+    """
+    from privspk.secagg import build_scheme, headroom_for
+
+    if n_clients < 2:
+        raise ConfigError("client-level DP needs at least 2 clients")
+    options = {**mask_options, "bits": bits, "clip": clip}
+    mask = build_scheme("mask", options)
+    counted = guaranteed_noise_shares(min_survivors=mask.min_survivors(n_clients), colluders=colluders)
+    template = DistributedDP(clip=clip, scale=mask.quantiser(n_clients).scale, noise_multiplier=1.0,
+                             n_clients=n_clients, dim=dim, noise=noise, counted_shares=counted, colluders=colluders)
+    dp = plan_client_noise_multiplier(budget=budget, rounds=rounds, sample_rate=1.0, template=template)
+    options["noise_headroom_bits"] = max(0, dp.modulus_bits() - bits - headroom_for(n_clients))
+    return dp, options

@@ -18,11 +18,13 @@ speaker is held to the budget, and the row's epsilon is the worst speaker's.
 >>> from privspk.privacy.budget import PrivacyBudget
 >>> from privspk.privacy.ledger import Ledger
 >>> led = Ledger(pathlib.Path(tempfile.mkdtemp()) / "l.sqlite", run_id="r", settings={})
+>>> from privspk.privacy.mechanism import Mechanism
 >>> guard = BudgetGuard(led, "c0", PrivacyBudget(epsilon=4.0, delta=1e-5))
->>> round(guard.authorize_round(1, noise_multiplier=1.0, sample_rate=0.05, steps=50), 3)
+>>> mech = Mechanism(noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, delta=1e-5)
+>>> round(guard.authorize_round(1, mech), 3)
 3.176
->>> row = guard.commit_spend(1, noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, scheme="mask")
->>> guard.authorize_round(2, noise_multiplier=1.0, sample_rate=0.05, steps=50)  # doctest: +ELLIPSIS
+>>> row = guard.commit_spend(1, mech, scheme="mask")
+>>> guard.authorize_round(2, mech)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 privspk.errors.BudgetExceededError: client c0: round 2 would take epsilon from 3.176 to 4.038; over its budget ...
@@ -31,22 +33,33 @@ privspk.errors.BudgetExceededError: client c0: round 2 would take epsilon from 3
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from privspk.errors import BudgetExceededError, ConfigError, LedgerError
 from privspk.privacy._checks import nonempty_str, positive_int, probability
-from privspk.privacy.accounting import RoundSpend, SpendStep, check_accountant, rounds_epsilon, speaker_epsilons
+from privspk.privacy.accounting import (
+    ClientLevelMechanism,
+    ClientLevelRound,
+    RoundSpend,
+    SpendStep,
+    check_accountant,
+    client_level_epsilon,
+    rounds_epsilon,
+    speaker_epsilons,
+)
 from privspk.privacy.budget import PrivacyBudget
-from privspk.privacy.distributed import ClientLevelMechanism, ClientLevelRound, client_level_epsilon
 from privspk.privacy.ledger import ClientLevelSpend, Ledger, Spend, SpendRow
+from privspk.privacy.mechanism import Mechanism
 
 __all__ = ["BudgetGuard", "RoundPreview"]
 
 logger = logging.getLogger(__name__)
 
 _REL_TOL = 1e-9  # a plan at the budget and the guard's recomposition may differ in the last bits
+_EXAMPLE = Mechanism(noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, delta=1e-5)  # for the doctests
 
 
 def _example_guard(epsilon: float = 4.0, unit: str = "utterance") -> BudgetGuard:
@@ -139,33 +152,64 @@ class BudgetGuard:
 
     @property
     def client(self) -> str:
-        """The guarded client's id."""
+        """The guarded client's id.
+
+        >>> _example_guard().client
+        'c0'
+        """
         return self._client
 
     @property
     def budget(self) -> PrivacyBudget:
-        """The sample-level budget."""
+        """The sample-level budget.
+
+        >>> str(_example_guard().budget)
+        'epsilon=4 (delta=1e-05) per utterance'
+        """
         return self._budget
 
     @property
     def client_budget(self) -> PrivacyBudget | None:
-        """The client-level budget, if any."""
+        """The client-level budget, if any.
+
+        >>> _example_guard().client_budget is None
+        True
+        """
         return self._client_budget
 
     def spent(self) -> float:
-        """Epsilon recorded so far (worst speaker when speakers are declared)."""
+        """Epsilon recorded so far (worst speaker when speakers are declared).
+
+        >>> g = _example_guard(); _ = g.commit_spend(1, _EXAMPLE, scheme="mask")
+        >>> round(g.spent(), 3)
+        3.176
+        """
         return self._ledger.epsilon(self._client)
 
     def remaining(self) -> float:
-        """Budget epsilon minus what was spent (never negative)."""
+        """Budget epsilon minus what was spent (never negative).
+
+        >>> _example_guard().remaining()
+        4.0
+        """
         return max(0.0, self._budget.epsilon - self.spent())
 
     def client_spent(self) -> float | None:
-        """Client-level epsilon recorded so far (``None`` without client-level DP)."""
+        """Client-level epsilon recorded so far (``None`` without client-level DP).
+
+        >>> _example_guard().client_spent() is None
+        True
+        """
         return self._ledger.client_epsilon(self._client)
 
     def speaker_epsilons(self) -> dict[str, float]:
-        """Each declared speaker's epsilon so far."""
+        """Each declared speaker's epsilon so far.
+
+        >>> g = _example_guard(unit="speaker")
+        >>> _ = g.commit_spend(1, dataclasses.replace(_EXAMPLE, unit="speaker"), scheme="mask", speakers=["ann"])
+        >>> {s: round(e, 3) for s, e in g.speaker_epsilons().items()}
+        {'ann': 3.176}
+        """
         return speaker_epsilons(
             self._ledger.round_spends(self._client), delta=self._budget.delta, accountant=self._accountant
         )
@@ -186,29 +230,42 @@ class BudgetGuard:
             )
         return client_mechanism, probability("client_sample_rate", client_sample_rate, allow_one=True)
 
+    def _check_mechanism(self, mechanism: Mechanism) -> SpendStep:
+        """The round's accountant step, once the mechanism is known to be charged as this guard charges."""
+        if not isinstance(mechanism, Mechanism):
+            raise ConfigError(f"mechanism must be a Mechanism, got {type(mechanism).__name__}")
+        changed = [
+            f"{name} {getattr(mechanism, name)!r} (the guard's: {mine!r})"
+            for name, mine in (("unit", self._budget.unit), ("accountant", self._accountant),
+                               ("delta", self._budget.delta))
+            if getattr(mechanism, name) != mine
+        ]
+        if changed:
+            raise ConfigError(f"client {self._client}: the round's mechanism has another {'; '.join(changed)}")
+        return mechanism.step
+
     def preview(
         self,
         round: int,
+        mechanism: Mechanism,
         *,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
         speakers: Sequence[str] = (),
         client_mechanism: ClientLevelMechanism | None = None,
         client_sample_rate: float | None = None,
     ) -> RoundPreview:
-        """What the round would cost, without writing anything.
+        """What a round of ``mechanism`` would cost, without writing anything.
 
-        Raises LedgerError when ``round`` is already recorded or not above the client's last round.
+        Raises LedgerError when ``round`` is already recorded or not above the client's last round,
+        ConfigError when ``mechanism``'s unit, accountant or delta is not the guard's.
 
-        >>> p = _example_guard(epsilon=4.0).preview(1, noise_multiplier=1.0, sample_rate=0.05, steps=50)
+        >>> p = _example_guard(epsilon=4.0).preview(1, _EXAMPLE)
         >>> round(p.epsilon_after, 3), p.within_budget
         (3.176, True)
         """
         round = positive_int("round", round)
         if isinstance(speakers, str):
             raise ConfigError("speakers must be a sequence of speaker ids, not one string")
-        step = SpendStep(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+        step = self._check_mechanism(mechanism)
         cl = self._client_level_args(client_mechanism, client_sample_rate)
         rows = self._ledger.rows(self._client)
         if rows and round <= rows[-1].round:
@@ -231,11 +288,7 @@ class BudgetGuard:
         within = eps_after <= limit and not over
         client_eps = None
         if cl is not None:
-            prior = [
-                ClientLevelRound(round=r.round, mechanism=cl_row.mechanism, sample_rate=cl_row.sample_rate)
-                for r in rows
-                if (cl_row := r.client_level) is not None
-            ]
+            prior = self._ledger.client_level_rounds(self._client)
             prior.append(ClientLevelRound(round=round, mechanism=cl[0], sample_rate=cl[1]))
             client_delta = (self._client_budget or self._budget).delta
             client_eps = client_level_epsilon(prior, delta=client_delta)
@@ -250,21 +303,19 @@ class BudgetGuard:
             over_budget_speakers=over,
         )
 
-    def exhausted_speakers(
-        self, speakers: Sequence[str], *, noise_multiplier: float, sample_rate: float, steps: int
-    ) -> tuple[str, ...]:
+    def exhausted_speakers(self, speakers: Sequence[str], mechanism: Mechanism) -> tuple[str, ...]:
         """The speakers among ``speakers`` whose epsilon a round with them would push past the budget.
 
         A client drops their recordings from the next round and keeps training on the rest.
 
         >>> g = _example_guard(epsilon=4.0, unit="speaker")
-        >>> _ = g.commit_spend(1, noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, scheme="mask",
-        ...                    speakers=["ann"])
-        >>> g.exhausted_speakers(["ann", "bob"], noise_multiplier=1.0, sample_rate=0.05, steps=50)
+        >>> mech = dataclasses.replace(_EXAMPLE, unit="speaker")
+        >>> _ = g.commit_spend(1, mech, scheme="mask", speakers=["ann"])
+        >>> g.exhausted_speakers(["ann", "bob"], mech)
         ('ann',)
         """
+        step = self._check_mechanism(mechanism)
         rounds = self._ledger.round_spends(self._client)
-        step = SpendStep(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         nxt = (rounds[-1].round if rounds else 0) + 1
         out = []
         for spk in sorted(set(speakers)):
@@ -277,45 +328,22 @@ class BudgetGuard:
     def authorize_round(
         self,
         round: int,
+        mechanism: Mechanism,
         *,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
         speakers: Sequence[str] = (),
         client_mechanism: ClientLevelMechanism | None = None,
         client_sample_rate: float | None = None,
     ) -> float:
-        """Epsilon after the round if it fits the budget(s); raises BudgetExceededError (nothing written) if not."""
-        return self._authorize(
-            round,
-            noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate,
-            steps=steps,
-            speakers=speakers,
-            client_mechanism=client_mechanism,
-            client_sample_rate=client_sample_rate,
-        ).epsilon_after
+        """Epsilon after the round if it fits the budget(s); raises BudgetExceededError (nothing written) if not.
 
-    def _authorize(
-        self,
-        round: int,
-        *,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-        speakers: Sequence[str],
-        client_mechanism: ClientLevelMechanism | None,
-        client_sample_rate: float | None,
-    ) -> RoundPreview:
-        p = self.preview(
-            round,
-            noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate,
-            steps=steps,
-            speakers=speakers,
-            client_mechanism=client_mechanism,
-            client_sample_rate=client_sample_rate,
-        )
+        >>> round(_example_guard().authorize_round(1, _EXAMPLE), 3)
+        3.176
+        """
+        return self._authorize(round, mechanism, speakers=speakers, client_mechanism=client_mechanism,
+                               client_sample_rate=client_sample_rate).epsilon_after
+
+    def _authorize(self, round: int, mechanism: Mechanism, **round_facts: object) -> RoundPreview:
+        p = self.preview(round, mechanism, **round_facts)  # type: ignore[arg-type]
         if p.within_budget:
             return p
         spent = self.spent()
@@ -342,39 +370,28 @@ class BudgetGuard:
     def commit_spend(
         self,
         round: int,
+        mechanism: Mechanism,
         *,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-        clip: float,
         scheme: str,
         speakers: Sequence[str] = (),
         client_mechanism: ClientLevelMechanism | None = None,
         client_sample_rate: float | None = None,
         update_digest: str | None = None,
-        randomness: str = "secret",
         signer: object | None = None,
     ) -> SpendRow:
         """Authorize the round again and record its spend (committed before the update may leave).
 
-        ``randomness`` is recorded with the row: ``secret`` or ``simulation`` (see
+        The row records ``mechanism`` (its randomness included: ``secret`` or ``simulation``, see
         :mod:`privspk.training.randomness`). ``signer`` (the client's identity key) signs the
         ledger's new chain head (see :meth:`privspk.privacy.Ledger.record_spend`).
 
         >>> g = _example_guard()
-        >>> row = g.commit_spend(1, noise_multiplier=1.0, sample_rate=0.05, steps=50, clip=1.0, scheme="bfv")
+        >>> row = g.commit_spend(1, _EXAMPLE, scheme="bfv")
         >>> row.status, round(row.epsilon_after, 3), round(g.remaining(), 3)
         ('spent', 3.176, 0.824)
         """
-        p = self._authorize(
-            round,
-            noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate,
-            steps=steps,
-            speakers=speakers,
-            client_mechanism=client_mechanism,
-            client_sample_rate=client_sample_rate,
-        )
+        p = self._authorize(round, mechanism, speakers=speakers, client_mechanism=client_mechanism,
+                            client_sample_rate=client_sample_rate)
         client_level = None
         if client_mechanism is not None and p.client_epsilon_after is not None:
             client_level = ClientLevelSpend(
@@ -386,17 +403,10 @@ class BudgetGuard:
         spend = Spend(
             client=self._client,
             round=round,
-            unit=self._budget.unit,
-            accountant=self._accountant,
-            noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate,
-            steps=steps,
-            delta=self._budget.delta,
+            mechanism=mechanism,
             epsilon_after=p.epsilon_after,
-            clip=clip,
             scheme=scheme,
             speakers=tuple(speakers),
-            randomness=randomness,
             client_level=client_level,
             update_digest=update_digest,
         )

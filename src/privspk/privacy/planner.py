@@ -7,10 +7,10 @@ so that what was already spent is composed in, and with errors that say what to
 change when no noise multiplier can do it.
 
 >>> from privspk.privacy.budget import PrivacyBudget
->>> plan = plan_noise_multiplier(budget=PrivacyBudget(epsilon=8, delta=1e-5), sample_rate=0.04, steps=2000)
->>> round(plan.noise_multiplier, 4)  # Opacus' own test value: 1.3562
+>>> mech = plan_mechanism(budget=PrivacyBudget(epsilon=8, delta=1e-5), sample_rate=0.04, steps=2000, clip=1.0)
+>>> round(mech.noise_multiplier, 4)  # Opacus' own test value: 1.3562
 1.3562
->>> 8 - 0.01 <= plan.epsilon <= 8
+>>> 8 - 0.01 <= mech.epsilon() <= 8
 True
 """
 
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from privspk.errors import BudgetExceededError
+from privspk.errors import BudgetExceededError, ConfigError
 from privspk.privacy._checks import positive_float, positive_int, probability
 from privspk.privacy.accounting import SpendEntry, SpendStep, as_history, check_accountant, epsilon
 from privspk.privacy.budget import PrivacyBudget
+from privspk.privacy.mechanism import SAMPLE_UNITS, Mechanism
 
-__all__ = ["MAX_SIGMA", "NoisePlan", "plan_noise_multiplier", "search_noise_multiplier"]
+__all__ = ["MAX_SIGMA", "plan_mechanism", "search_noise_multiplier"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,57 +81,33 @@ def search_noise_multiplier(
     return sigma_high, eps_high
 
 
-@dataclass(frozen=True, kw_only=True)
-class NoisePlan:
-    """The outcome of :func:`plan_noise_multiplier`.
-
-    ``epsilon`` is the total after what was already spent *and* all planned rounds.
-
-    >>> p = NoisePlan(noise_multiplier=1.0, epsilon=2.0, sample_rate=0.1, steps=10, rounds=3,
-    ...               accountant="rdp", delta=1e-5, unit="utterance")
-    >>> p.total_steps, len(p.history())
-    (30, 3)
-    """
-
-    noise_multiplier: float
-    epsilon: float
-    sample_rate: float
-    steps: int
-    rounds: int
-    accountant: str
-    delta: float
-    unit: str
-
-    @property
-    def total_steps(self) -> int:
-        """Planned steps over all rounds."""
-        return self.steps * self.rounds
-
-    def history(self) -> tuple[SpendStep, ...]:
-        """The planned rounds as spend steps (one per round)."""
-        step = SpendStep(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)
-        return (step,) * self.rounds
-
-
-def plan_noise_multiplier(
+def plan_mechanism(
     *,
     budget: PrivacyBudget,
     sample_rate: float,
     steps: int,
+    clip: float,
     rounds: int = 1,
     accountant: str = "rdp",
+    randomness: str = "secret",
     already_spent: Iterable[SpendEntry] = (),
     tolerance: float = 0.01,
     max_sigma: float = MAX_SIGMA,
-) -> NoisePlan:
-    """Noise multiplier for ``rounds`` rounds of ``steps`` DP-SGD steps at ``sample_rate`` within ``budget``.
+) -> Mechanism:
+    """The mechanism of one round whose ``rounds`` rounds of ``steps`` DP-SGD steps at ``sample_rate`` fit ``budget``.
+
+    Its noise multiplier is the smallest (within ``tolerance`` in epsilon) that keeps the
+    composition of what was already spent and all planned rounds within the budget; its unit
+    and delta are the budget's. ``mechanism.epsilon(rounds, already_spent=...)`` is the planned total.
 
     Args:
         budget: the (epsilon, delta) to stay within.
         sample_rate: Poisson sampling rate of one record (utterance or speaker) per step.
         steps: local DP-SGD steps per round.
+        clip: the clipping bound the rounds train with.
         rounds: planned rounds.
         accountant: ``"rdp"`` or ``"prv"``.
+        randomness: ``"secret"`` or ``"simulation"`` (recorded with the mechanism).
         already_spent: history already recorded (it is composed in, not re-planned).
         tolerance: the plan's epsilon is within this of the budget (and never above it).
         max_sigma: give up beyond this noise multiplier.
@@ -141,13 +117,16 @@ def plan_noise_multiplier(
             when no noise multiplier up to ``max_sigma`` fits; the message says what to change.
 
     >>> b = PrivacyBudget(epsilon=0.05, delta=1e-5)
-    >>> plan_noise_multiplier(budget=b, sample_rate=0.04, steps=100)  # doctest: +ELLIPSIS
+    >>> plan_mechanism(budget=b, sample_rate=0.04, steps=100, clip=1.0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     privspk.errors.BudgetExceededError: no noise multiplier up to 1e+06 keeps 1 round(s) x 100 step(s)...
     """
     if not isinstance(budget, PrivacyBudget):
         raise TypeError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
+    if budget.unit not in SAMPLE_UNITS:
+        raise ConfigError(f"DP-SGD protects one of {'|'.join(SAMPLE_UNITS)}; a {budget.unit!r} budget is planned "
+                          "by plan_client_noise_multiplier")
     sample_rate = probability("sample_rate", sample_rate, allow_one=True)
     steps = positive_int("steps", steps)
     rounds = positive_int("rounds", rounds)
@@ -188,13 +167,5 @@ def plan_noise_multiplier(
         "planned noise multiplier %.4f for %d round(s) x %d step(s) at q=%g: epsilon %.4f of %s",
         sigma, rounds, steps, sample_rate, eps, budget,
     )
-    return NoisePlan(
-        noise_multiplier=sigma,
-        epsilon=eps,
-        sample_rate=sample_rate,
-        steps=steps,
-        rounds=rounds,
-        accountant=accountant,
-        delta=delta,
-        unit=budget.unit,
-    )
+    return Mechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, clip=clip, delta=delta,
+                     unit=budget.unit, accountant=accountant, randomness=randomness)

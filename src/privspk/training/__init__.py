@@ -6,8 +6,8 @@ sampled speaker's summed gradient is clipped as one unit.
 """
 
 from privspk.training.data import ClientData
-from privspk.training.local import DPSettings, LocalResult, train_local
+from privspk.training.local import LocalResult, LocalSettings, train_local
 from privspk.training.net import SpeakerNet
 from privspk.training.pretrain import pretrain
 
-__all__ = ["ClientData", "DPSettings", "LocalResult", "SpeakerNet", "pretrain", "train_local"]
+__all__ = ["ClientData", "LocalResult", "LocalSettings", "SpeakerNet", "pretrain", "train_local"]

@@ -25,13 +25,14 @@ from privspk.device import torch_device
 from privspk.errors import ConfigError
 from privspk.features.crops import CropDataset
 from privspk.models.heads import aam_softmax_loss
+from privspk.privacy.mechanism import SAMPLE_UNITS, Mechanism
 from privspk.training.data import ClientData
 from privspk.training.randomness import RoundSeeds
 from privspk.training.speaker_dp import clip_group_sum
 
 log = logging.getLogger(__name__)
 
-UNITS = ("utterance", "speaker")
+UNITS = SAMPLE_UNITS  # what DP-SGD here protects (the privacy package's list)
 GHOST_MIN_BATCH = 32
 #: torch warns on every backward pass through Opacus' full backward hooks when the first hooked module's
 #: input needs no gradient (features, frozen layers); Opacus reads only output gradients, so it is harmless.
@@ -45,30 +46,42 @@ def _backward(loss: torch.Tensor) -> None:
         loss.backward()
 
 
-@dataclass(frozen=True)
-class DPSettings:
-    """The DP-SGD mechanism of one client's round.
+@dataclass(frozen=True, kw_only=True)
+class LocalSettings:
+    """How a client trains locally, apart from the DP mechanism (:class:`~privspk.privacy.Mechanism`).
 
-    ``sample_rate`` is the Poisson rate over the privacy unit (utterances or speakers).
+    ``batch_size`` is the expected logical batch of the non-private and speaker-level paths
+    (the utterance-level DP batch follows the mechanism's sample rate); ``physical_batch`` bounds
+    what one forward pass holds; ``speaker_batch`` utterances come with each sampled speaker;
+    ``ema`` > 0 returns the exponential moving average (that decay) of the round's iterates;
+    ``device`` is where the net and the batches go (the DP noise is drawn there too).
 
-    >>> DPSettings(unit="speaker", noise_multiplier=1.1, clip=1.0, sample_rate=0.25).unit
-    'speaker'
+    >>> LocalSettings(batch_size=64, physical_batch=64, lr=1e-3).optimizer
+    'adam'
+    >>> LocalSettings(batch_size=0, physical_batch=64, lr=1e-3)
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: batch_size must be >= 1, got 0
     """
 
-    unit: str
-    noise_multiplier: float
-    clip: float
-    sample_rate: float
+    batch_size: int
+    physical_batch: int
+    lr: float
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    crop_frames: int = 200
+    speaker_batch: int = 8
+    margin: float = 0.2
+    scale: float = 30.0
+    ema: float = 0.0
+    device: str | torch.device = "cpu"
 
     def __post_init__(self) -> None:
-        if self.unit not in UNITS:
-            raise ConfigError(f"privacy unit must be one of {UNITS}, got {self.unit!r}")
-        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
-            raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-        if self.clip <= 0:
-            raise ConfigError(f"clip must be > 0, got {self.clip}")
-        if not 0 < self.sample_rate <= 1:
-            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        for name in ("batch_size", "physical_batch", "crop_frames", "speaker_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
 
 
 @dataclass
@@ -80,7 +93,7 @@ class LocalResult:
     seconds: float
     step_seconds: float
     examples: int
-    dp: DPSettings | None
+    dp: Mechanism | None
 
 
 def sample_rate_for(data: ClientData, *, unit: str, batch_size: int, speaker_batch: int) -> float:
@@ -101,7 +114,7 @@ def sample_rate_for(data: ClientData, *, unit: str, batch_size: int, speaker_bat
         return 1.0 / math.ceil(len(data) / batch_size)
     if unit == "speaker":
         return min(1.0, (batch_size / speaker_batch) / data.n_speakers)
-    raise ConfigError(f"privacy unit must be one of {UNITS}, got {unit!r}")
+    raise ConfigError(f"privacy unit must be one of {SAMPLE_UNITS}, got {unit!r}")
 
 
 def _dataset(data: ClientData, *, crop_frames: int, seed: int):
@@ -161,14 +174,14 @@ class ParamEMA:
                 p.copy_(s)
 
 
-def _optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: float,
+def _optimizer(params: list[nn.Parameter], settings: LocalSettings,
                ema: ParamEMA | None = None) -> torch.optim.Optimizer:
-    if name == "adam":
-        opt = torch.optim.Adam(params, lr=lr)
-    elif name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if settings.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=settings.lr)
+    elif settings.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
     else:
-        raise ConfigError(f"optimizer must be adam or sgd, got {name!r}")
+        raise ConfigError(f"optimizer must be adam or sgd, got {settings.optimizer!r}")
     if ema is not None:  # runs after every real step (Opacus' skipped micro-steps never reach it)
         opt.register_step_post_hook(lambda *_: ema.update())
     return opt
@@ -177,63 +190,42 @@ def _optimizer(params: list[nn.Parameter], *, name: str, lr: float, momentum: fl
 def train_local(
     net: nn.Module,
     data: ClientData,
+    settings: LocalSettings,
     *,
-    steps: int,
-    batch_size: int,
-    physical_batch: int,
-    lr: float,
-    optimizer: str = "adam",
-    momentum: float = 0.9,
-    crop_frames: int = 200,
-    speaker_batch: int = 8,
-    dp: DPSettings | None,
-    margin: float = 0.2,
-    scale: float = 30.0,
+    dp: Mechanism | None,
+    steps: int | None = None,
     seed: int = 0,
-    ema: float = 0.0,
-    randomness: str = "secret",
-    device: str | torch.device = "cpu",
+    randomness: str | None = None,
 ) -> LocalResult:
-    """Train ``net`` in place for ``steps`` optimizer steps on ``data``.
+    """Train ``net`` in place on ``data``: one round of ``dp`` (DP-SGD), or ``steps`` non-private steps.
 
-    Only parameters with ``requires_grad`` change. With ``dp`` set, every step is a
-    DP-SGD step of the given mechanism; ``steps`` is the number of noisy releases the
-    accountant must charge. ``ema`` > 0 returns the exponential moving average (that
-    decay) of the trainable parameters over this round's steps instead of the last iterate.
-    ``randomness`` (see :mod:`privspk.training.randomness`): ``secret`` (default) draws the
-    round's noise, Poisson batch membership, speaker sample and crops from generators seeded
-    by the operating system's CSPRNG, one per use (nobody can replay them, ``seed`` only
-    seeds the global torch generator); ``simulation`` derives them from ``seed`` (a run
-    repeats bit for bit; its epsilon assumes nothing). ``net`` and the batches go to ``device``
-    (the DP noise is drawn there too) and ``net`` is handed back on the CPU, also when training fails.
+    Only parameters with ``requires_grad`` change. With ``dp`` set, every step is a DP-SGD
+    step of that mechanism and the round has ``dp.steps`` of them: the noisy releases the
+    accountant charges (``steps``, if given too, must agree). ``randomness`` (see
+    :mod:`privspk.training.randomness`) is ``dp.randomness`` for a DP round and this argument
+    (default ``secret``) otherwise: ``secret`` draws the round's noise, Poisson batch membership,
+    speaker sample and crops from generators seeded by the operating system's CSPRNG, one per
+    use (nobody can replay them, ``seed`` only seeds the global torch generator); ``simulation``
+    derives them from ``seed`` (a run repeats bit for bit; its epsilon assumes nothing). ``net``
+    and the batches go to ``settings.device`` and ``net`` is handed back on the CPU, also when
+    training fails.
     """
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
+    steps, randomness = _round_steps(dp, steps, randomness)
     model = _forward_model(net, data)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (check the fine-tuning recipe)")
-    dev = torch_device(device)
+    dev = torch_device(settings.device)
     torch.manual_seed(seed)
     net.to(dev).train()
     start = time.perf_counter()
     try:
-        averager = ParamEMA(params, decay=ema) if ema else None
+        averager = ParamEMA(params, decay=settings.ema) if settings.ema else None
         draws = RoundSeeds.draw(randomness, seed=seed)
-        if dp is None:
-            losses, n_ex = _train_plain(model, data, params, steps=steps, batch_size=batch_size, lr=lr,
-                                        optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                        margin=margin, scale=scale, draws=draws, ema=averager, dev=dev)
-        elif dp.unit == "utterance":
-            losses, n_ex = _train_dp_utterance(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
-                                               lr=lr, optimizer=optimizer, momentum=momentum,
-                                               crop_frames=crop_frames, margin=margin, scale=scale, draws=draws,
-                                               ema=averager, dev=dev)
-        else:
-            losses, n_ex = _train_dp_speaker(model, data, params, dp=dp, steps=steps, physical_batch=physical_batch,
-                                             lr=lr, optimizer=optimizer, momentum=momentum, crop_frames=crop_frames,
-                                             speaker_batch=speaker_batch, margin=margin, scale=scale, draws=draws,
-                                             ema=averager, dev=dev)
+        # the local training loop of each privacy unit (``None``: non-private)
+        run = {None: _train_plain, "utterance": _train_dp_utterance, "speaker": _train_dp_speaker}[
+            dp.unit if dp is not None else None]
+        losses, n_ex = run(model, data, params, settings, dp=dp, steps=steps, draws=draws, ema=averager, dev=dev)
         if averager is not None:
             averager.apply()
     finally:
@@ -244,10 +236,26 @@ def train_local(
                        step_seconds=seconds / steps, examples=n_ex, dp=dp)
 
 
-def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentum, crop_frames, margin, scale, draws,
-                 ema=None, dev=None):
-    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
-    ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
+def _round_steps(dp: Mechanism | None, steps: int | None, randomness: str | None) -> tuple[int, str]:
+    """The round's step count and randomness mode: the mechanism's for a DP round, else the arguments."""
+    if dp is not None:
+        if not isinstance(dp, Mechanism):
+            raise ConfigError(f"dp must be a privspk.privacy.Mechanism, got {type(dp).__name__}")
+        if steps is not None and steps != dp.steps:
+            raise ConfigError(f"steps={steps} differs from the mechanism's {dp.steps} (the steps the ledger charges)")
+        if randomness is not None and randomness != dp.randomness:
+            raise ConfigError(f"randomness={randomness!r} differs from the mechanism's {dp.randomness!r}")
+        return dp.steps, dp.randomness
+    if steps is None or steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    return steps, "secret" if randomness is None else randomness
+
+
+def _train_plain(net, data, params, settings: LocalSettings, *, dp: None, steps: int, draws: RoundSeeds,
+                 ema: ParamEMA | None = None, dev: torch.device | None = None):
+    batch_size = settings.batch_size
+    opt = _optimizer(params, settings, ema=ema)
+    ds = _dataset(data, crop_frames=settings.crop_frames, seed=draws.crops)
     rng = draws.numpy("sampling")
     losses, n_ex = [], 0
     order = np.array([], dtype=np.int64)
@@ -259,7 +267,7 @@ def _train_plain(net, data, params, *, steps, batch_size, lr, optimizer, momentu
             order = np.concatenate([order, rng.permutation(len(ds))])
         idx, order = order[:batch_size], order[batch_size:]
         x, y = _batch(ds, idx, dev)
-        loss = aam_softmax_loss(net(x), y, margin=margin, scale=scale)
+        loss = aam_softmax_loss(net(x), y, margin=settings.margin, scale=settings.scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -273,8 +281,8 @@ def _batch(ds: CropDataset, idx, dev: torch.device | None = None) -> tuple[torch
     return torch.stack(xs).to(dev), torch.tensor(ys, dtype=torch.long).to(dev)
 
 
-def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                        margin, scale, draws, ema=None, dev=None):
+def _train_dp_utterance(net, data, params, settings: LocalSettings, *, dp: Mechanism, steps: int, draws: RoundSeeds,
+                        ema: ParamEMA | None = None, dev: torch.device | None = None):
     """Opacus PrivacyEngine, Poisson sampling, flat per-sample clipping, hooks mode.
 
     Opacus' Poisson sampler takes the loader's own generator (else torch's global one)."""
@@ -284,17 +292,17 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
 
     from privspk.models.heads import AAMSoftmaxLoss
 
-    ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
+    ds = _dataset(data, crop_frames=settings.crop_frames, seed=draws.crops)
     n_batches = round(1.0 / dp.sample_rate)
     loader = DataLoader(ds, batch_size=math.ceil(len(ds) / n_batches), generator=draws.torch("sampling"))
-    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
+    opt = _optimizer(params, settings, ema=ema)
     engine = PrivacyEngine(accountant="rdp")
     gen = draws.torch("noise", device=dev or "cpu")  # Opacus draws the noise on the parameters' device
     # Fast gradient clipping ("ghost": per-sample norms without per-sample gradients) needs
     # non-empty batches; below an expected batch of 32 an empty Poisson batch is plausible,
     # so small batches use per-sample-gradient hooks, which handle it.
     mode = "ghost" if data.pooled is not None and dp.sample_rate * len(ds) >= GHOST_MIN_BATCH else "hooks"
-    criterion = AAMSoftmaxLoss(margin=margin, scale=scale)
+    criterion = AAMSoftmaxLoss(margin=settings.margin, scale=settings.scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         made = engine.make_private(
@@ -312,7 +320,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
         raise ConfigError(f"Opacus sampled at q={loader_p.sample_rate}, the plan says {dp.sample_rate}")
     losses, n_ex, done, epoch = [], 0, 0, 0
     try:
-        with BatchMemoryManager(data_loader=loader_p, max_physical_batch_size=physical_batch,
+        with BatchMemoryManager(data_loader=loader_p, max_physical_batch_size=settings.physical_batch,
                                 optimizer=opt_p) as mem_loader:
             while done < steps:
                 ds.set_epoch(epoch)
@@ -324,7 +332,7 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
                     if mode == "ghost":
                         loss = criterion(model_p(x), y)
                     else:
-                        loss = aam_softmax_loss(model_p(x), y, margin=margin, scale=scale,
+                        loss = aam_softmax_loss(model_p(x), y, margin=settings.margin, scale=settings.scale,
                                                 reduction="mean" if x.shape[0] else "sum")
                     _backward(loss)
                     opt_p.step()
@@ -341,13 +349,14 @@ def _train_dp_utterance(net, data, params, *, dp, steps, physical_batch, lr, opt
     return losses, n_ex
 
 
-def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optimizer, momentum, crop_frames,
-                      speaker_batch, margin, scale, draws, ema=None, dev=None):
+def _train_dp_speaker(net, data, params, settings: LocalSettings, *, dp: Mechanism, steps: int, draws: RoundSeeds,
+                      ema: ParamEMA | None = None, dev: torch.device | None = None):
     """Speaker-level DP-SGD: Poisson over speakers, per-speaker clipping of summed gradients."""
     from opacus.grad_sample import GradSampleModule
 
-    opt = _optimizer(params, name=optimizer, lr=lr, momentum=momentum, ema=ema)
-    ds = _dataset(data, crop_frames=crop_frames, seed=draws.crops)
+    speaker_batch = settings.speaker_batch
+    opt = _optimizer(params, settings, ema=ema)
+    ds = _dataset(data, crop_frames=settings.crop_frames, seed=draws.crops)
     rng = draws.numpy("sampling")
     gen = draws.torch("noise", device=dev or "cpu")
     expected_speakers = dp.sample_rate * data.n_speakers
@@ -368,12 +377,12 @@ def _train_dp_speaker(net, data, params, *, dp, steps, physical_batch, lr, optim
             total = [torch.zeros_like(p) for p in params]
             step_loss = 0.0
             # physical batches hold whole speakers, so each speaker's gradient is summed before clipping
-            per_chunk = max(1, physical_batch // speaker_batch) * speaker_batch
+            per_chunk = max(1, settings.physical_batch // speaker_batch) * speaker_batch
             for lo in range(0, len(items), per_chunk):
                 idx = items[lo : lo + per_chunk]
                 grp = (torch.tensor(groups[lo : lo + per_chunk]) - groups[lo]).to(dev)
                 x, y = _batch(ds, idx, dev)
-                loss = aam_softmax_loss(gsm(x), y, margin=margin, scale=scale, reduction="sum")
+                loss = aam_softmax_loss(gsm(x), y, margin=settings.margin, scale=settings.scale, reduction="sum")
                 _backward(loss)
                 gs = [p.grad_sample for p in params]
                 summed, _ = clip_group_sum(gs, grp, n_groups=int(grp.max()) + 1, clip=dp.clip)

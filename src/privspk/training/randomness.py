@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from privspk.errors import ConfigError
-from privspk.privacy.ledger import RANDOMNESS_MODES, SIMULATION_WARNING
+from privspk.privacy.mechanism import RANDOMNESS_MODES, SIMULATION_WARNING
 
 __all__ = ["RANDOMNESS_MODES", "SIMULATION_WARNING", "RoundSeeds", "check_randomness", "randomness_note"]
 

@@ -202,7 +202,7 @@ class Node:
         self.endpoint = self.scheme.keyholder(identity=self.identity)
 
     def _setup_client(self, cfg, body: bytes) -> None:
-        from privspk.federation.guard import open_run_ledger
+        from privspk.api import open_run_ledger
         from privspk.models.finetune import apply_recipe
         from privspk.prepare import prepare_data
         from privspk.runtimes.flower.identity import load_identity
@@ -219,7 +219,7 @@ class Node:
         self.encoder = encoder
         self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if cfg.privacy.enabled:
-            self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg, resume=True)
+            self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg)
         from privspk.secagg.he_scheme import HeScheme
 
         self.scheme = self._scheme(cfg)
@@ -271,23 +271,15 @@ class Node:
                 self.endpoint = self.scheme.client(self.settings.client_id, identity=self.identity)
 
     def _build_client(self, weight: float):
-        from privspk.api import _scheme_options, build_federated_client
-        from privspk.privacy import PrivacyBudget, plan_noise_multiplier
-        from privspk.training.local import sample_rate_for
+        from privspk.api import _scheme_options, build_federated_client, plan_client_mechanism
 
         cfg = self.cfg
-        privacy = cfg.privacy
-        q = None
-        if privacy.enabled:
-            b = PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta, unit=privacy.unit)
-            q = sample_rate_for(self.data, unit=privacy.unit, batch_size=cfg.train.batch_size,
-                                speaker_batch=cfg.train.speaker_batch)
-            self.plan = plan_noise_multiplier(budget=b, sample_rate=q, steps=cfg.train.local_steps,
-                                              rounds=cfg.federation.rounds, accountant=privacy.accountant)
+        if cfg.privacy.enabled:
+            self.plan = plan_client_mechanism(cfg, self.data)
         return build_federated_client(cfg, client_id=self.settings.client_id, index=self.settings.partition,
                                       data=self.data, encoder=self.encoder, names=self.names, weight=weight,
                                       endpoint=self.endpoint, run_dir=self.run_dir, ledger=self.ledger,
-                                      plan=self.plan if privacy.enabled else None, sample_rate=q,
+                                      mechanism=self.plan if cfg.privacy.enabled else None,
                                       options=_scheme_options(cfg), identity=self.identity)
 
     # ------------------------------------------------------------------ a round
