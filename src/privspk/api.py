@@ -473,6 +473,7 @@ def _train(
         data: already prepared data (saves re-loading when running several configs).
     """
     from privspk.federation import FederatedServer, InProcessFederation
+    from privspk.federation.runtime import round_row
     from privspk.models.finetune import apply_recipe
     from privspk.privacy import PrivacyBudget, plan_noise_multiplier
     from privspk.secagg import build_scheme
@@ -583,13 +584,9 @@ def _train(
     rounds: list[dict] = []
     for r in range(last_done + 1, cfg.federation.rounds + 1):
         rep = fed.run_round(r)
-        row = rep.to_dict()
-        row["epsilon"] = {cid: c.epsilon() for cid, c in clients.items()}
-        if client_dp is not None:
-            row["client_epsilon"] = {cid: c.guard.client_epsilon() for cid, c in clients.items()}
-        row["delta"] = privacy.delta if privacy.enabled else None
-        row["unit"] = privacy.unit if privacy.enabled else None
-        row["randomness"] = privacy.randomness
+        row = round_row(rep, privacy, epsilon={cid: c.epsilon() for cid, c in clients.items()},
+                        client_epsilon=({cid: c.guard.client_epsilon() for cid, c in clients.items()}
+                                        if client_dp is not None else None))
         last = r == cfg.federation.rounds
         if eval_every and (r % eval_every == 0 or last):
             row["eval"] = evaluator.evaluate(server.encoder)
