@@ -8,6 +8,11 @@ one change: a ClientApp task is run by ``run_clientapp`` in a child forked from 
 already-initialised process (same arguments, same token, same Runtime API; the child
 exits when the task ends). Other task types keep Flower's subprocess launch. Set
 ``PRIVSPK_FORK_CLIENTAPP=0`` to use Flower's stock launcher.
+
+Its task loop does not poll while a ClientApp runs (it sleeps on the child's pidfd)
+nor while the node is idle: the SuperNode wakes it when a message is complete
+(:class:`TaskSignal`), with a slow poll as fallback. The FAB is installed once per node
+(:func:`patch_fab_install`).
 """
 
 from __future__ import annotations

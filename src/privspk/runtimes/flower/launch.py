@@ -3,9 +3,11 @@
 - ``serve`` execs ``flower-superlink`` (TLS files + node authentication, or
   ``--insecure`` on a loopback address only, with a warning).
 - ``join`` runs the node's privspk agent (:mod:`~privspk.runtimes.flower.node`) and
-  Flower's SuperNode in one process. The SuperNode's idle sleeps (3 s between pulls,
-  0.5 s while a reply is pending) are capped at ``--poll`` seconds: they would
-  otherwise cost each stage of a round up to 3 s.
+  Flower's SuperNode in one process. The SuperNode's idle sleeps (3 s between pulls)
+  become ``--poll`` seconds for a second after an exchange, then ramp to 0.15 s
+  (:func:`idle_interval`); its 0.5 s waits for a local reply become 10 ms; a new task
+  is handed to the SuperExec only once its message is complete, with a wake-up
+  signal (:func:`patch_task_signal`).
 - ``run`` writes a Flower connection for the SuperLink, submits the app in
   ``privspk/runtimes/flower/app`` with the run's settings, and prints the per-round
   lines from the run directory's ``progress.jsonl`` (when the run directory is local).
