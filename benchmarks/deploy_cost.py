@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                    "results go to deploy_cost_threads<N>.json/.md)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    import signal
+
+    # a SIGTERM (e.g. `timeout`) unwinds through LocalFederation.close: no node process is left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = RunConfig.load(args.config) if args.config else RunConfig.preset("demo")
     if args.threads is not None:
         cfg = cfg.replace(threads=args.threads)
