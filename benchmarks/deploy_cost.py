@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+LEGS = ("down", "start", "setup", "pull", "load", "app", "up")
 DEFAULT_OUT = HERE / "results"
 TARGET_RATIO = 2.0
 
@@ -87,7 +88,7 @@ def summarise(inproc: list[dict], dep: list[dict]) -> dict:
                      "eval_s": mean([r.get("eval_seconds", 0) for r in dep]),
                      "exchanges": mean([r["transport"].get("exchanges", 0) for r in dep]),
                      "legs_s": {leg: mean([r["transport"].get("legs_seconds", {}).get(leg, 0) for r in dep])
-                                for leg in ("down", "start", "app", "up")}},
+                                for leg in LEGS}},
     }
     d, i = out["deployed"], out["in_process"]
     out["ratio_round"] = round(d["round_s"] / i["round_s"], 2) if i["round_s"] else None
@@ -105,7 +106,9 @@ def markdown(payload: dict) -> str:
         "# Deployed (Flower, loopback) vs in-process rounds",
         "",
         f"Config `{meta['config']}`, {meta['rounds']} round(s), {meta['clients']} clients, scheme "
-        f"`{meta['scheme']}`; {meta['machine']}; load average at start {meta['loadavg']}.",
+        f"`{meta['scheme']}`; {meta['machine']}; load average (1, 5, 15 min) before the in-process run "
+        f"{meta['loadavg']}, before the deployed run {meta.get('loadavg_deployed')}, at the end "
+        f"{meta.get('loadavg_end')}.",
         "",
         "| per round (mean) | in-process | deployed |",
         "|---|---:|---:|",
@@ -121,10 +124,12 @@ def markdown(payload: dict) -> str:
         f"| held-out evaluation (s, not in the round) | {i['eval_s']} | {d['eval_s']} |",
         f"| Flower exchanges (one message per node each) | - | {d.get('exchanges')} |",
         "",
-        "Path of each exchange's last reply, summed over the round's exchanges (wall clocks of the "
-        "processes; loopback only): push end -> ClientApp forked on the node (`down`, negative when the "
-        "node starts before the ServerApp's push returns), fork -> ClientApp handler (`start`: the ClientApp "
-        "pulls its message), handler (`app`: the node's privspk work, training included), handler end -> "
+        "Where each exchange's time goes: the path of its last reply, summed over the round's exchanges "
+        "(wall clocks of the processes; loopback only): push end -> ClientApp forked on the node (`down`: "
+        "the SuperNode's poll of the SuperLink and its fetch of the message's objects, negative when the "
+        "node starts before the ServerApp's push returns), fork -> ClientApp handler (`start` = `setup`: "
+        "the ClientApp's HTTP client and threads, + `pull`: its pull of the message from the SuperNode, + "
+        "`load`: FAB and app), handler (`app`: the node's privspk work, training included), handler end -> "
         f"reply seen by the ServerApp (`up`): {json.dumps(d.get('legs_s'))}.",
         "",
         f"Deployed / in-process round: **{s['ratio_round']}x** (target <= {TARGET_RATIO}x: "
@@ -153,35 +158,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data", help="data folder (prepared with `make corpus`)")
     p.add_argument("--rounds", type=int, default=2, help="rounds to time (default 2)")
     p.add_argument("--work", help="scratch folder for runs and node state (default: a new temporary folder)")
+    p.add_argument("--threads", type=int, help="torch threads of every process (default: the config's; the "
+                   "results go to deploy_cost_threads<N>.json/.md)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    import signal
+
+    # a SIGTERM (e.g. `timeout`) unwinds through LocalFederation.close: no node process is left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = RunConfig.load(args.config) if args.config else RunConfig.preset("demo")
+    if args.threads is not None:
+        cfg = cfg.replace(threads=args.threads)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="privspk_deploy_cost-"))
     cfg = cfg.replace(data_dir=str(Path(args.data).resolve()), out_dir=str(work / "runs"),
                       federation=dataclasses.replace(cfg.federation, rounds=args.rounds))
     load = os.getloadavg()
     print(f"in-process: {cfg.federation.n_clients} clients x {args.rounds} rounds ...", flush=True)
     inproc = in_process(cfg.replace(name="bench_inprocess"))
-    print(f"deployed on loopback ...", flush=True)
+    print("deployed on loopback ...", flush=True)
+    load_dep = os.getloadavg()
     dep, startup, total = deployed(cfg.replace(name="bench_deployed"), work / "processes")
+    load_end = os.getloadavg()
     config_label = "demo preset"  # never a path of this machine
     if args.config:
         config_label = (f"demo preset with threads = {cfg.threads} ({Path(args.config).name})"
                         if cfg.name == "demo" else Path(args.config).name)
+    config_label += f", threads = {cfg.threads}"
     payload = {
         "meta": {"config": config_label, "rounds": args.rounds, "clients": cfg.federation.n_clients,
                  "scheme": cfg.secagg.scheme, "machine": f"{platform.processor() or platform.machine()}, "
                  f"{os.cpu_count()} CPUs", "loadavg": [round(x, 2) for x in load],
+                 "loadavg_deployed": [round(x, 2) for x in load_dep], "loadavg_end": [round(x, 2) for x in load_end],
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "command": f"python benchmarks/deploy_cost.py --data data --rounds {args.rounds}"
-                            + (f" --config {Path(args.config).name}" if args.config else "")},
+                            + (f" --config {Path(args.config).name}" if args.config else "")
+                            + (f" --threads {args.threads}" if args.threads is not None else "")},
         "startup": startup, "deployed_total_s": round(total, 2),
         "rounds": {"in_process": inproc, "deployed": dep},
         "summary": summarise(inproc, dep),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "deploy_cost.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (args.out / "deploy_cost.md").write_text(markdown(payload))
+    stem = "deploy_cost" if args.threads is None else f"deploy_cost_threads{args.threads}"
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(payload))
     print(markdown(payload))
     return 0
 

@@ -601,16 +601,14 @@ def _setup_federation(cfg: RunConfig, data: PreparedData, clients_data: dict, me
 def _run_rounds(cfg: RunConfig, f: _Federation, run_dir: Path, *, first: int, eval_every: int,
                 on_round: Callable[[dict], None] | None) -> list[dict]:
     """Rounds ``first`` .. ``[federation] rounds``: each one's summary logged (fsync'ed) and handed to ``on_round``."""
+    from privspk.federation.runtime import round_row
+
     privacy = cfg.privacy
     rounds: list[dict] = []
     for r in range(first, cfg.federation.rounds + 1):
-        row = f.fed.run_round(r).to_dict()
-        row["epsilon"] = {cid: c.epsilon() for cid, c in f.clients.items()}
-        if f.client_dp is not None:
-            row["client_epsilon"] = {cid: c.guard.client_epsilon() for cid, c in f.clients.items()}
-        row["delta"] = privacy.delta if privacy.enabled else None
-        row["unit"] = privacy.unit if privacy.enabled else None
-        row["randomness"] = privacy.randomness
+        row = round_row(f.fed.run_round(r), privacy, epsilon={cid: c.epsilon() for cid, c in f.clients.items()},
+                        client_epsilon=({cid: c.guard.client_epsilon() for cid, c in f.clients.items()}
+                                        if f.client_dp is not None else None))
         if eval_every and (r % eval_every == 0 or r == cfg.federation.rounds):
             row["eval"] = f.evaluator.evaluate(f.server.encoder)
         rounds.append(row)

@@ -449,7 +449,10 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"wrote {led.plot(args.plot)}")
         if args.check:
-            checks = led.recompute()
+            checks = [c for c in led.recompute() if args.client is None or c.client == args.client]
+            if args.client is not None and args.client not in led.clients():
+                print(f"no row of client {args.client!r} in this ledger (clients: {', '.join(led.clients()) or 'none'})")
+                return 1
             bad = [c for c in checks if not c.ok]
             for c in checks:
                 note = _eps_note(led.row(c.client, c.round).randomness)
@@ -459,12 +462,26 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                 print(f"{len(bad)} of {len(checks)} rows do not recompute to their recorded epsilon")
             else:
                 print(f"all {len(checks)} rows recompute to their recorded epsilon")
-            return 1 if _check_chain(led, path, args.server_record) or bad else 0
+            return 1 if _check_chain(led, path, args.server_record, client=args.client) or bad else 0
     return 0
 
 
-def _check_chain(led, ledger_path: Path, record_path: str | None) -> bool:
-    """Print the hash-chain verdict of ``privspk ledger --check``; True when something is wrong."""
+def _record_of(record, client: str):
+    """``record`` (an ``AggregatedHeads``) cut down to one client's heads and key (read-only use)."""
+    import copy
+
+    own = copy.copy(record)
+    own.rounds = {r: {client: heads[client]} for r, heads in record.rounds.items() if client in heads}
+    own.keys = {c: k for c, k in record.keys.items() if c == client}
+    return own
+
+
+def _check_chain(led, ledger_path: Path, record_path: str | None, *, client: str | None = None) -> bool:
+    """Print the hash-chain verdict of ``privspk ledger --check``; True when something is wrong.
+
+    With ``client`` only that client is checked: its chain, and the server record's heads of
+    that client (a node's ledger holds its own client only, the server's record all of them).
+    """
     from privspk.api import AGGREGATED_HEADS
     from privspk.privacy.ledger import AggregatedHeads
 
@@ -472,17 +489,31 @@ def _check_chain(led, ledger_path: Path, record_path: str | None) -> bool:
     record = None
     if record_path is not None or default.exists():
         record = AggregatedHeads.load(record_path if record_path is not None else default)
+    others: list[str] = []
+    if record is not None and client is not None:
+        record = _record_of(record, client)
+    elif record is not None:
+        others = sorted(set(record.by_client()) - set(led.clients()))
     findings = led.verify_chain(record)
+    if client is not None:
+        findings = [f for f in findings if f.client in (None, client)]
     for f in findings:
         print(f"TAMPERED: {f}")
     if findings:
         print(f"{len(findings)} problem(s) in the ledger's hash chain, round sequence or signatures")
+        if others:
+            print(f"(the server record also covers client(s) {', '.join(others)} that have no row in this ledger; "
+                  "on a node, whose ledger holds its own client only, check that client with --client ID)")
         return True
-    signed = sum(1 for c in led.clients() if (h := led.signed_head(c, led.last_round(c))) and h.signature)
-    print(f"hash chain intact: {len(led.clients())} client(s), rounds in sequence, {signed} with signed chain heads")
+    clients = [c for c in led.clients() if client is None or c == client]
+    signed = sum(1 for c in clients if (h := led.signed_head(c, led.last_round(c))) and h.signature)
+    who = f"client {client}" if client is not None else f"{len(clients)} client(s)"
+    print(f"hash chain intact: {who}, rounds in sequence, {signed} with signed chain heads")
     if record is None:
         print(f"no server record of aggregated heads ({default.name}): a truncated tail cannot be detected; "
               "pass --server-record")
+    elif client is not None:
+        print(f"matches the server's record of {len(record.rounds)} aggregated round(s) of {client}")
     else:
         print(f"matches the server's record of {len(record.rounds)} aggregated round(s)")
     return False
@@ -688,7 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ledger", help="show a run's privacy ledger")
     sp.add_argument("run", help="run directory or ledger file")
-    sp.add_argument("--client")
+    sp.add_argument("--client", help="show (and with --check, check) this client only: on a node, whose ledger "
+                    "holds its own client, checks it against that client's part of --server-record")
     sp.add_argument("--json")
     sp.add_argument("--csv")
     sp.add_argument("--plot", help="PNG of epsilon over rounds")

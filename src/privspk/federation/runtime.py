@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from privspk.errors import AggregationError
 from privspk.federation.client import ClientRoundReport, FederatedClient
 from privspk.federation.server import FederatedServer
-from privspk.secagg import Scheme
+from privspk.secagg import AggregateResult, Scheme
 from privspk.secagg.simulate import run_round
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,73 @@ class RoundReport:
             "skipped": self.skipped,
             "clients": {c: vars(r) for c, r in self.clients.items()},
         }
+
+
+def aggregation_failed(report: RoundReport, exc: Exception, *, start: float, t0: float) -> RoundReport:
+    """Close ``report`` as a round whose sum was not opened (``start``: round start, ``t0``: aggregation start)."""
+    report.skipped = f"aggregation failed, nothing opened: {exc}"
+    report.secagg_seconds = time.perf_counter() - t0
+    report.round_seconds = time.perf_counter() - start
+    log.warning("round %d: %s", report.round_id, report.skipped)
+    return report
+
+
+def finish_round(report: RoundReport, result: AggregateResult, *, server: FederatedServer,
+                 record_heads: Callable[[int, tuple[str, ...]], None], state_path: Path | None = None,
+                 on_aggregated: Callable[[int, tuple[str, ...]], None] | None = None,
+                 uplink_excludes: Collection[str] = ()) -> None:
+    """Close a round whose sum was opened, the same way in every runtime (nothing here moves bytes).
+
+    In this order: the FedAvg step (:meth:`FederatedServer.apply`), who is in the sum and who
+    dropped, the bytes sent up (without the parties in ``uplink_excludes``), the included
+    clients' signed ledger heads (``record_heads(round_id, included)``), the saved server
+    state, then ``on_aggregated(round_id, included)`` (the ledgers' rows become
+    ``aggregated``). The heads are recorded before the round counts as done: a crash in
+    between re-runs the round, whose clients re-send the same rows (the record takes the
+    same heads again).
+
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> srv = FederatedServer(nn.Linear(2, 1, bias=False), ["weight"], run_id="r", weights={"a": 0.5, "b": 0.5})
+    >>> rep, seen = RoundReport(1, {}), []
+    >>> res = AggregateResult(total=np.zeros(2), included=("a",), dropped={"b": "no reply at stage collect"},
+    ...                       bytes_up={"a": 10, "keyholder": 5})
+    >>> finish_round(rep, res, server=srv, record_heads=lambda r, inc: seen.append(("heads", r, inc)),
+    ...              on_aggregated=lambda r, inc: seen.append(("ledger", r, inc)), uplink_excludes={"keyholder"})
+    >>> rep.weight_mass, rep.included, sorted(rep.dropped), rep.bytes_up, seen
+    (0.5, ('a',), ['b'], 10, [('heads', 1, ('a',)), ('ledger', 1, ('a',))])
+    """
+    round_id = report.round_id
+    report.weight_mass = server.apply(result)
+    report.included = result.included
+    report.dropped.update(result.dropped)
+    report.bytes_up = int(sum(v for k, v in result.bytes_up.items() if k not in uplink_excludes))
+    record_heads(round_id, result.included)
+    if state_path is not None:
+        server.save(state_path, completed_round=round_id)
+    if on_aggregated is not None:
+        on_aggregated(round_id, result.included)
+
+
+def round_row(report: RoundReport, privacy, *, epsilon: Mapping[str, float],
+              client_epsilon: Mapping[str, float] | None = None) -> dict:
+    """A round's JSON row, from which every runtime prints its per-round line (``privspk.cli``).
+
+    ``privacy`` is the run's ``[privacy]`` section; ``epsilon`` each client's spend so far.
+
+    >>> from privspk.config import PrivacySection
+    >>> row = round_row(RoundReport(2, {}), PrivacySection(enabled=False), epsilon={"a": 0.0})
+    >>> row["round"], row["epsilon"], row["unit"], row["delta"], row["randomness"]
+    (2, {'a': 0.0}, None, None, 'secret')
+    """
+    row = report.to_dict()
+    row["epsilon"] = dict(epsilon)
+    if client_epsilon is not None:
+        row["client_epsilon"] = dict(client_epsilon)
+    row["delta"] = privacy.delta if privacy.enabled else None
+    row["unit"] = privacy.unit if privacy.enabled else None
+    row["randomness"] = privacy.randomness
+    return row
 
 
 class InProcessFederation:
@@ -111,23 +178,14 @@ class InProcessFederation:
         try:
             result = run_round(self.scheme, spec, endpoints, silent=silent)
         except AggregationError as exc:
-            report.skipped = f"aggregation failed, nothing opened: {exc}"
-            report.secagg_seconds = time.perf_counter() - t0
-            report.round_seconds = time.perf_counter() - start
-            log.warning("round %d: %s", round_id, report.skipped)
-            return report
+            return aggregation_failed(report, exc, start=start, t0=t0)
         report.secagg_seconds = time.perf_counter() - t0
-        report.weight_mass = self.server.apply(result)
-        report.included = result.included
-        report.dropped = dict(result.dropped)
-        report.bytes_up = int(sum(result.bytes_up.values()))
-        # the signed heads are recorded before the round counts as done: a crash in between re-runs the
-        # round, whose clients re-send the same rows (the record takes the same heads again)
-        self.server.record_heads(round_id, [self.clients[cid].signed_head(round_id) for cid in result.included])
-        if self.state_path is not None:
-            self.server.save(self.state_path, completed_round=round_id)
-        if self.on_aggregated is not None:
-            self.on_aggregated(round_id, result.included)
+
+        def record_heads(rid: int, included) -> None:
+            self.server.record_heads(rid, [self.clients[cid].signed_head(rid) for cid in included])
+
+        finish_round(report, result, server=self.server, record_heads=record_heads, state_path=self.state_path,
+                     on_aggregated=self.on_aggregated)
         for cid in senders:
             self.clients[cid].forget_staged(round_id)
         report.round_seconds = time.perf_counter() - start

@@ -38,6 +38,9 @@ def handle(msg: Message, context: Context) -> Message:
         out_meta, out_body = {"error": f"{type(exc).__name__}: {exc}"}, b""
     from privspk.runtimes.flower import fastexec
 
-    # wall-clock stamps for the transport breakdown (fork, ClientApp start, ClientApp end); loopback only
-    out_meta["t_node"] = [fastexec.FORKED_AT or t_app, t_app, time.time()]
+    # wall-clock stamps for the transport breakdown (fork, pull of the message started and done, handler
+    # start and end); loopback only
+    fork = fastexec.FORKED_AT or t_app
+    pulled = fastexec.PULLED if len(fastexec.PULLED) == 2 else [fork, fork]
+    out_meta["t_node"] = [fork, *pulled, t_app, time.time()]
     return Message(to_content(out_meta, out_body), reply_to=msg)

@@ -3,9 +3,11 @@
 - ``serve`` execs ``flower-superlink`` (TLS files + node authentication, or
   ``--insecure`` on a loopback address only, with a warning).
 - ``join`` runs the node's privspk agent (:mod:`~privspk.runtimes.flower.node`) and
-  Flower's SuperNode in one process. The SuperNode's idle sleeps (3 s between pulls,
-  0.5 s while a reply is pending) are capped at ``--poll`` seconds: they would
-  otherwise cost each stage of a round up to 3 s.
+  Flower's SuperNode in one process. The SuperNode's idle sleeps (3 s between pulls)
+  become ``--poll`` seconds for a second after an exchange, then ramp to 0.15 s
+  (:func:`idle_interval`); its 0.5 s waits for a local reply become 10 ms; a new task
+  is handed to the SuperExec only once its message is complete, with a wake-up
+  signal (:func:`patch_task_signal`).
 - ``run`` writes a Flower connection for the SuperLink, submits the app in
   ``privspk/runtimes/flower/app`` with the run's settings, and prints the per-round
   lines from the run directory's ``progress.jsonl`` (when the run directory is local).
@@ -31,7 +33,10 @@ from privspk.errors import ConfigError, PrivspkError
 log = logging.getLogger(__name__)
 
 APP_DIR = Path(__file__).with_name("app")
+TASK_SOCKET = "task.sock"
+MAX_SOCKET_PATH = 100
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 CONNECTION = "privspk"
 
 
@@ -113,9 +118,20 @@ def superlink_command(*, host: str, port: int, insecure: bool, ca: str | None = 
 
 
 def flower_env(poll: float) -> dict[str, str]:
-    """Environment for Flower processes: short SuperExec task polling, privspk importable."""
+    """Environment for Flower processes: short SuperExec task polling, no telemetry, privspk importable.
+
+    Flower sends a usage event to its telemetry server when a process starts and
+    exits, a ClientApp (one per message) included, and waits up to a timeout for it at
+    exit. A privacy deployment does not phone home, and the wait costs each message
+    time: it is off unless ``FLWR_TELEMETRY_ENABLED`` is already set.
+
+    >>> env = flower_env(0.05)
+    >>> env["FLWR_TELEMETRY_ENABLED"] if "FLWR_TELEMETRY_ENABLED" not in os.environ else "0"
+    '0'
+    """
     env = dict(os.environ)
     env.setdefault(POLL_ENV, f"{max(0.01, poll):g}")
+    env.setdefault(TELEMETRY_ENV, "0")
     src = str(Path(__file__).resolve().parents[3])
     if src not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
@@ -123,6 +139,10 @@ def flower_env(poll: float) -> dict[str, str]:
     if bindir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
     return env
+
+
+SERVERAPP_POLL = 0.5
+"""Seconds between the SuperLink SuperExec's asks for a submitted run to start (once per run)."""
 
 
 def serve(*, host: str, port: int, insecure: bool, ca: str | None, cert: str | None, key: str | None,
@@ -133,19 +153,57 @@ def serve(*, host: str, port: int, insecure: bool, ca: str | None, cert: str | N
     cmd = superlink_command(host=host, port=port, insecure=insecure, ca=ca, cert=cert, key=key, auth=auth,
                             database=database)
     print(f"privspk serve: {' '.join(cmd)}", flush=True)
-    os.execve(cmd[0], cmd, flower_env(poll))
+    # the SuperLink's SuperExec asks it for a submitted run to start: a run starts at most
+    # SERVERAPP_POLL s late, instead of the SuperLink answering 1/poll requests a second for nothing
+    # (at 0.05 s that was a quarter of all the HTTP requests of a deployed run)
+    env = flower_env(poll)
+    env[POLL_ENV] = f"{max(poll, SERVERAPP_POLL):g}"
+    os.execve(cmd[0], cmd, env)
     return 0  # not reached
 
 
 # ---------------------------------------------------------------------------------------------- join
-class _CappedTime:
-    """The ``time`` module with ``sleep`` capped at ``cap`` seconds (the SuperNode's idle waits)."""
+def idle_interval(idle: float, poll: float, *, fast: float = 1.0, cap: float = 0.15) -> float:
+    """Seconds to wait before the next poll after ``idle`` seconds without work.
 
-    def __init__(self, cap: float) -> None:
+    Every ``poll`` seconds during the first ``fast`` seconds (the next stage of a round
+    comes within that), then a linear ramp to ``cap`` (a node that waits for a slow
+    trainer or for the server's evaluation): latency where it counts, fewer requests
+    (each one costs CPU on both ends) where it does not.
+
+    >>> [round(idle_interval(t, 0.05), 3) for t in (0.0, 0.9, 1.5, 2.0, 60.0)]
+    [0.05, 0.05, 0.1, 0.15, 0.15]
+    """
+    if idle < fast:
+        return poll
+    return min(max(cap, poll), poll + (idle - fast) * 0.1)
+
+
+class _CappedTime:
+    """The ``time`` module of Flower's SuperNode loop, with its fixed sleeps shortened.
+
+    The loop sleeps 3 s when the SuperLink had no message (here: :func:`idle_interval`,
+    ``poll`` s at first) and 0.5 s while it waits for the ClientApp's reply or its
+    objects (here: ``busy`` s, a look at the node's own in-memory state).
+    """
+
+    IDLE_SLEEP = 1.0  # Flower's idle sleep is 3 s, its waits for a local reply 0.5 s
+
+    def __init__(self, cap: float, busy: float = 0.01) -> None:
         self._cap = cap
+        self._busy = min(busy, cap)
+        self._idle_since: float | None = None
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(float(seconds), self._cap))
+        seconds = float(seconds)
+        if seconds < self.IDLE_SLEEP:
+            self._idle_since = None  # a message is being answered: the next idle spell starts afresh
+            time.sleep(min(seconds, self._busy))
+            return
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        time.sleep(min(seconds, idle_interval(now - self._idle_since, self._cap)))
 
     def __getattr__(self, name: str):
         return getattr(time, name)
@@ -165,7 +223,85 @@ def patch_supernode_polling(cap: float) -> bool:
     return True
 
 
-PULL_BACKOFF = (0.01, 0.25)
+FETCH_GATE_MAX = 30.0
+"""Longest time (s) the SuperNode keeps a new task from its SuperExec while it fetches the message's objects."""
+
+
+def patch_task_signal(path: Path) -> bool:
+    """Hand a task to the SuperExec only once its message is complete, and wake it then (at ``path``).
+
+    Flower's SuperNode creates the ClientApp task before it fetches the message's
+    objects from the SuperLink, its SuperExec finds the task by polling, and the
+    ClientApp it starts polls for the objects again: on a loaded machine a ClientApp
+    asked for its objects about ten times per message. Here (the SuperNode runs in
+    this process) the new task cannot be claimed while the fetch is running (at most
+    :data:`FETCH_GATE_MAX` s), and when the last fetched object is in the node's store
+    the SuperNode signals its SuperExec
+    (:func:`~privspk.runtimes.flower.fastexec.notify_task`), which then claims it at once.
+    False if Flower changed shape (the SuperExec then polls, as before).
+    """
+    try:
+        from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+        from flwr.supernode import start_client_internal as sci
+        from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+    except ImportError:
+        return False
+    originals = (getattr(sci, "pull_objects", None), getattr(InMemoryObjectStore, "put", None),
+                 getattr(InMemoryNodeState, "create_task", None), getattr(InMemoryNodeState, "claim_task", None))
+    if any(fn is None for fn in originals):
+        log.warning("Flower's SuperNode changed shape; its SuperExec polls for tasks")
+        return False
+    original_pull, original_put, original_create, original_claim = originals
+    if getattr(original_pull, "privspk_signals", False):
+        return True
+    from privspk.runtimes.flower.fastexec import notify_task
+
+    fetch: dict = {"since": None, "pending": set()}  # the message being stored: fetch start, objects not yet in
+
+    def release() -> None:
+        fetch["since"] = None
+        fetch["pending"] = set()
+        notify_task(path)
+
+    def create_task(self, *args, **kwargs):
+        fetch["since"] = time.monotonic()
+        return original_create(self, *args, **kwargs)
+
+    def claim_task(self, task_id):
+        since = fetch["since"]
+        if since is not None and time.monotonic() - since < FETCH_GATE_MAX:
+            return None  # its message is still being fetched: the SuperExec is woken when it is complete
+        return original_claim(self, task_id)
+
+    def pull_objects(*args, **kwargs):
+        try:
+            contents = original_pull(*args, **kwargs)
+        except BaseException:
+            release()  # the task fails: let the SuperExec see it now
+            raise
+        if contents:
+            fetch["pending"] = set(contents)
+        else:
+            release()
+        return contents
+
+    def put(self, object_id, object_content):
+        original_put(self, object_id, object_content)
+        pending = fetch["pending"]
+        if object_id in pending:
+            pending.discard(object_id)
+            if not pending:
+                release()
+
+    pull_objects.privspk_signals = True  # type: ignore[attr-defined]
+    sci.pull_objects = pull_objects
+    InMemoryObjectStore.put = put  # type: ignore[method-assign]
+    InMemoryNodeState.create_task = create_task  # type: ignore[method-assign]
+    InMemoryNodeState.claim_task = claim_task  # type: ignore[method-assign]
+    return True
+
+
+PULL_BACKOFF = (0.01, 0.1)
 """First and longest wait (s) between tries to pull a message object that is not there yet."""
 
 
@@ -181,11 +317,11 @@ def patch_object_pull_backoff(initial: float = PULL_BACKOFF[0], cap: float = PUL
     an object keeps Flower's bound (``max_time``); the count of tries is lifted so that
     short waits cannot run out of tries before it. False if Flower changed shape.
 
-    >>> patch_object_pull_backoff(0.01, 0.25)
+    >>> patch_object_pull_backoff(0.01, 0.1)
     True
     >>> from flwr.supercore.inflatable import inflatable_utils as u
     >>> u.pull_objects.__kwdefaults__["initial_backoff"], u.pull_objects.__kwdefaults__["backoff_cap"]
-    (0.01, 0.25)
+    (0.01, 0.1)
     """
     try:
         from flwr.supercore.inflatable import inflatable_utils as u
@@ -273,12 +409,20 @@ def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, pa
     argv = supernode_argv(superlink=superlink, run_dir=settings.run_root, insecure=insecure, root_certificates=ca,
                           auth_key=auth_key)
     os.environ.update(flower_env(poll))
+    telemetry = sys.modules.get("flwr.supercore.telemetry")
+    if telemetry is not None:  # read at import; this process imported Flower before the environment was set
+        telemetry.FLWR_TELEMETRY_ENABLED = os.environ[TELEMETRY_ENV]
     from privspk.runtimes.flower.fastexec import install_shim
 
     shim = install_shim(settings.run_root / "bin")  # forks ClientApps instead of starting a Python per message
     os.environ["PATH"] = os.pathsep.join([str(shim.parent), os.environ.get("PATH", "")])
     patched = patch_supernode_polling(poll)
     patch_object_pull_backoff()
+    from privspk.runtimes.flower.fastexec import TASK_SOCKET_ENV
+
+    signal_path = settings.run_root / TASK_SOCKET
+    if len(str(signal_path)) <= MAX_SOCKET_PATH and patch_task_signal(signal_path):
+        os.environ[TASK_SOCKET_ENV] = str(signal_path)  # the SuperExec, started by the SuperNode, listens there
     print(f"privspk join: {describe(settings)} agent at {agent.address}; polling "
           f"{'every %gs' % poll if patched else 'Flower stock (3 s)'}", flush=True)
     from flwr.supernode.cli.flower_supernode import flower_supernode
@@ -354,6 +498,7 @@ def run(*, config_text: str, superlink: str, insecure: bool, ca: str | None, dat
     if not resume:
         progress.unlink(missing_ok=True)
     env = dict(os.environ, FLWR_HOME=str(flwr_home))
+    env.setdefault(TELEMETRY_ENV, "0")
     cmd = [_flower_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", str(run_cfg), "--format", "json"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

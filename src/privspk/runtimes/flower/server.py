@@ -187,6 +187,7 @@ class FlowerFederation:
         import numpy as np
 
         from privspk.federation import ClientRoundReport, RoundReport
+        from privspk.federation.runtime import aggregation_failed, finish_round
         from privspk.secagg import KEYHOLDER
 
         start = time.perf_counter()
@@ -236,22 +237,10 @@ class FlowerFederation:
             spec = self.server.spec(round_id, senders)
             result = self._aggregate(spec, transport)
         except (AggregationError, PrivspkError) as exc:
-            report.skipped = f"aggregation failed, nothing opened: {exc}"
-            report.secagg_seconds = time.perf_counter() - t0
-            report.round_seconds = time.perf_counter() - start
-            log.warning("round %d: %s", round_id, report.skipped)
-            return report
+            return aggregation_failed(report, exc, start=start, t0=t0)
         report.secagg_seconds = time.perf_counter() - t0
-        report.weight_mass = self.server.apply(result)
-        report.included = result.included
-        report.dropped.update(result.dropped)
-        report.bytes_up = int(sum(v for k, v in result.bytes_up.items() if k != KEYHOLDER))
-        # as in-process: the signed heads are recorded before the round counts as done
-        self.record_heads(round_id, result.included)
-        if self.state_path is not None:
-            self.server.save(self.state_path, completed_round=round_id)
-        if self.on_aggregated is not None:
-            self.on_aggregated(round_id, result.included)
+        finish_round(report, result, server=self.server, record_heads=self.record_heads, state_path=self.state_path,
+                     on_aggregated=self.on_aggregated, uplink_excludes={KEYHOLDER})
         # answered before the next request (confirm_notices): the nodes mark their ledgers meanwhile
         self._notices = post(self.grid, {node: ({"kind": "aggregated", "round": round_id,
                                                   "included": list(result.included)}, b"")
@@ -432,6 +421,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     from privspk.api import HeldoutEvaluator, _scheme_options, pretrained_encoder
     from privspk.cli import _round_line
     from privspk.federation import FederatedServer
+    from privspk.federation.runtime import round_row
     from privspk.models.finetune import apply_recipe
     from privspk.prepare import prepare_data
     from privspk.runtimes.flower.node import encoder_to_bytes, load_plugins
@@ -536,10 +526,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     rounds: list[dict] = []
     for r in range(last_done + 1, cfg.federation.rounds + 1):
         rep = fed.run_round(r)
-        row = rep.to_dict()
-        row["epsilon"] = {cid: c.epsilon for cid, c in rep.clients.items()}
-        row["delta"] = cfg.privacy.delta if cfg.privacy.enabled else None
-        row["unit"] = cfg.privacy.unit if cfg.privacy.enabled else None
+        row = round_row(rep, cfg.privacy, epsilon={cid: c.epsilon for cid, c in rep.clients.items()})
         row["transport"] = getattr(rep, "transport", {})
         if settings.evaluate:
             t_eval = time.perf_counter()
