@@ -473,6 +473,7 @@ def _train(
         data: already prepared data (saves re-loading when running several configs).
     """
     from privspk.federation import FederatedServer, InProcessFederation
+    from privspk.federation.server import server_optimizer_for
     from privspk.models.finetune import apply_recipe
     from privspk.privacy import PrivacyBudget, plan_noise_multiplier
     from privspk.secagg import build_scheme
@@ -557,7 +558,8 @@ def _train(
     if privacy.client_level:
         client_dp, options = plan_client_level(cfg, dim=n_trainable)
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
-    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights,
+                             optimizer=server_optimizer_for(cfg.federation))
     if ledger is not None:
         from privspk.privacy.ledger import AggregatedHeads
 

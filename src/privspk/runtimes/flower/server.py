@@ -432,6 +432,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     from privspk.api import HeldoutEvaluator, _scheme_options, pretrained_encoder
     from privspk.cli import _round_line
     from privspk.federation import FederatedServer
+    from privspk.federation.server import server_optimizer_for
     from privspk.models.finetune import apply_recipe
     from privspk.prepare import prepare_data
     from privspk.runtimes.flower.node import encoder_to_bytes, load_plugins
@@ -500,7 +501,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
         if rep.error:
             log.warning("node %s refused the roster: %s", node, rep.error)
     t_setup = time.perf_counter()
-    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights,
+                             optimizer=server_optimizer_for(cfg.federation))
     if cfg.privacy.enabled:  # the signed ledger heads it aggregates, as in-process (`privspk ledger --check`)
         from privspk.api import AGGREGATED_HEADS
         from privspk.privacy.ledger import AggregatedHeads
