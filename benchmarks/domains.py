@@ -59,6 +59,8 @@ VAL_SEED = 0
 # tuning grids (validation split, seed 0): DP per utterance at epsilon 8, and the non-private reference
 TUNE_DP = [{"lr": lr, "clip": c} for lr in (3e-3, 1e-2, 3e-2) for c in (0.3, 1.0)]
 TUNE_NP = [{"lr": lr} for lr in (1e-3, 3e-3, 1e-2)]
+# DP per speaker at epsilon 8 (SPEAKER_UNIT sampling, the tuned clip): the learning rate
+TUNE_SPEAKER = [{"lr": lr} for lr in (1e-3, 3e-3, 1e-2)]
 # speaker-level DP samples whole speakers: all 40 utterances of each sampled speaker, fewer, larger steps
 SPEAKER_UNIT = {"local_steps": 20, "batch_size": 640, "speaker_batch": 40}
 # levers on top of the tuned DP recipe, one at a time (epsilon 8 per utterance, validation split)
@@ -72,6 +74,12 @@ LEVERS: dict[str, dict] = {
     "server_momentum": {"federation": {"server_optimizer": "momentum", "server_lr": 0.5, "server_momentum": 0.9}},
     # each client sends the exponential moving average of its local iterates (free post-processing)
     "ema": {"train": {"ema": 0.9}},
+    # second round (after the first four on validation): each lever with the step size it may need
+    "batch4x_lr3e-2": {"train": {"batch_size": 1024, "local_steps": 12, "lr": 3e-2}},
+    "norm_only_lr3e-2": {"train": {"recipe": "embedding_norm", "lr": 3e-2}},
+    "server_momentum_lr3e-3": {"train": {"lr": 3e-3},
+                               "federation": {"server_optimizer": "momentum", "server_lr": 1.0, "server_momentum": 0.9}},
+    "ema0.98": {"train": {"ema": 0.98}},
 }
 GRID_PRIORITY = (8.0, 2.0, 4.0, 1.0)
 
@@ -248,6 +256,10 @@ class Runner:
                     r = json.loads(line)
                     self.done[r["key"]] = r
 
+    def has(self, cfg, *, split: str) -> bool:
+        """Whether this config already ran on this split (then :meth:`run` costs nothing)."""
+        return f"{split}:{cfg.fingerprint()}" in self.done
+
     def run(self, cfg, data, *, split: str, stage: str, info: dict) -> dict:
         key = f"{split}:{cfg.fingerprint()}"
         if key in self.done:
@@ -298,8 +310,11 @@ def markdown(payload: dict) -> str:
     m = payload["meta"]
     cols = sorted({k for s in payload["summary"] for k in s["dp"]}, key=lambda k: (k.split("/")[0], float(k.split("/")[1])))
     lines = ["# Client domains: what federation adds in the clients' channel, and what DP keeps", "",
-             f"Measured {m['date']} on {m['machine']}, {m['threads']} torch thread(s), {m['minutes']} min wall in "
-             f"all (load at the start: {m['load_start']}, at the end: {m['load_end']}); {m['clients']} clients "
+             f"Measured {m['date']} on {m['machine']}, {m['threads']} torch thread(s); this invocation {m['minutes']} "
+             f"min wall (load at its start: {m['load_start']}, at its end: {m['load_end']})"
+             + (f"; all {m['runs']} runs in `rows.jsonl` (this and earlier invocations, some in parallel) took "
+                f"{m['runs_wall_min']} min wall, {m['runs_cpu_min']} min CPU" if m.get("runs") else "")
+             + f"; {m['clients']} clients "
              f"(domains: {', '.join(m['domains'])}) x {m['rounds']} rounds, embedding recipe; each client keeps "
              f"{m['val_per_client']} of its speakers for validation ({m['val_speakers']} speakers, {m['val_trials']} "
              f"trials per condition); test: {m['trials']} held-out trials per condition ({m['heldout']} speakers); "
@@ -307,12 +322,17 @@ def markdown(payload: dict) -> str:
     t = payload.get("tuning")
     if t:
         lines += ["## Tuning (validation split, seed 0)", "",
-                  f"Chosen: DP lr {t['chosen_dp']['lr']:g}, clip {t['chosen_dp']['clip']:g}; non-private lr "
+                  f"Chosen: DP lr {t['chosen_dp']['lr']:g}, clip {t['chosen_dp']['clip']:g}"
+                  + (f" (per speaker: lr {t['chosen_speaker']['lr']:g})" if t.get("chosen_speaker") else "")
+                  + "; non-private lr "
                   f"{t['chosen_np']['lr']:g}. {t['configs_dp']} DP configurations and {t['configs_np']} non-private "
-                  f"ones tried, {t['minutes']} min wall. Privacy cost: {t['privacy_cost']}", "",
+                  f"ones tried, {t['minutes']} min wall (then {t.get('lever_runs', 0)} lever runs, below). Privacy cost "
+                  f"of the tuning: {t['privacy_cost']}", "",
                   "| run | lr | clip | validation in-domain EER % | validation clean EER % | wall s |", "|---|---|---|---|---|---|"]
         for r in t["tried"]:
-            lines.append(f"| {'DP eps 8' if r['epsilon'] else 'non-private'} | {r['lr']:g} | "
+            kind = ("non-private" if r["epsilon"] is None else
+                    "DP eps 8 per speaker" if r.get("unit") == "speaker" else "DP eps 8 per utterance")
+            lines.append(f"| {kind} | {r['lr']:g} | "
                          f"{'' if r.get('clip') is None else format(r['clip'], 'g')} | {_pct(r['objective'])} | "
                          f"{_pct(r['final']['clean'])} | {r['seconds']} |")
         lines.append("")
@@ -382,8 +402,8 @@ def plot(payload: dict, path: Path) -> None:
 NOTES = ("Runs use simulation randomness (crops, batches and noise derived from the seed, so every run of a seed "
          "shares its clients' frozen-trunk statistics): the noise is the same Gaussian at the same sigma, the "
          "epsilon is as accounted, but a deployment must use secret randomness (the default). Plain aggregation "
-         "(the sum secure aggregation opens is the same). The grid's DP runs per speaker use the tuned lr and clip "
-         "with the fixed speaker sampling of SPEAKER_UNIT (not tuned). Gain kept is computed per seed against that "
+         "(the sum secure aggregation opens is the same). The grid's DP runs per speaker use their own tuned lr, the "
+         "tuned clip and the fixed speaker sampling of SPEAKER_UNIT (not tuned). Gain kept is computed per seed against that "
          "seed's non-private run.")
 
 
@@ -394,26 +414,32 @@ def _load() -> str:
         return "unknown"
 
 
-def tuning_table(runner_rows: list[dict], domains) -> dict | None:
+def tuning_table(runner_rows: list[dict], domains, *, lever_runs: int = 0) -> dict | None:
     tried = [r for r in runner_rows if r["stage"] == "tune"]
     if not tried:
         return None
     for r in tried:
         r["objective"] = _objective(r, domains)
-    dp = [r for r in tried if r["epsilon"] is not None]
+    dp = [r for r in tried if r["epsilon"] is not None and r.get("unit", "utterance") == "utterance"]
+    spk = [r for r in tried if r["epsilon"] is not None and r.get("unit") == "speaker"]
     npr = [r for r in tried if r["epsilon"] is None]
     best_dp = min(dp, key=lambda r: r["objective"]) if dp else None
     best_np = min(npr, key=lambda r: r["objective"]) if npr else None
+    best_spk = min(spk, key=lambda r: r["objective"]) if spk else None
     return {"chosen_dp": {"lr": best_dp["lr"], "clip": best_dp["clip"]} if best_dp else None,
             "chosen_np": {"lr": best_np["lr"]} if best_np else None,
-            "configs_dp": len(dp), "configs_np": len(npr),
+            "chosen_speaker": {"lr": best_spk["lr"]} if best_spk else None,
+            "configs_dp": len(dp), "configs_np": len(npr), "configs_speaker": len(spk),
             "minutes": round(sum(r["seconds"] for r in tried) / 60, 1),
-            "privacy_cost": (f"not accounted in the ledger. The {len(dp)} DP tuning runs each spend epsilon 8 per "
-                             f"utterance of the clients' training speakers; together, by basic composition, at most "
-                             f"{8 * len(dp):g} per utterance (a loose bound; only the chosen configuration's "
-                             f"settings leave the tuning). The validation speakers are never trained on; their "
-                             f"utterances choose 1 of {len(dp)} (DP) and 1 of {len(npr)} (non-private) settings "
-                             f"without DP (at most log2 of that many bits about them)."),
+            "lever_runs": lever_runs,
+            "privacy_cost": (f"not accounted in the ledger. The {len(dp)} DP tuning runs and {lever_runs} lever runs "
+                             f"on validation each spend epsilon 8 per utterance of the clients' training speakers "
+                             f"({len(spk)} more spend epsilon 8 per speaker); "
+                             f"together, by basic composition, at most {8 * (len(dp) + lever_runs):g} per utterance "
+                             f"(a loose bound; only the chosen settings leave the tuning). The validation speakers "
+                             f"are never trained on; their utterances choose 1 of {len(dp) + lever_runs} (DP) and 1 "
+                             f"of {len(npr)} (non-private) settings without DP (at most log2 of that many bits about "
+                             f"them)."),
             "tried": tried}
 
 
@@ -475,7 +501,16 @@ def main(argv: list[str] | None = None) -> int:
     tuning = tuning_table([dict(r) for r in tune_rows], domains)
     dp_ov = dict(tuning["chosen_dp"])
     np_ov = dict(tuning["chosen_np"])
-    print(f"tuned: DP {dp_ov}, non-private {np_ov}", flush=True)
+    spk_ov = dict(dp_ov)
+    if "speaker" in units and "tune" in stages:
+        for ov in TUNE_SPEAKER:
+            cfg, _ = run_config(base, seed=0, epsilon=8.0, unit="speaker", overrides={**dp_ov, **ov},
+                                label=f"val_lr{ov['lr']:g}_c{dp_ov['clip']:g}")
+            tune_rows.append(runner.run(cfg, val_data, split="val", stage="tune",
+                                        info={"seed": 0, "epsilon": 8.0, "unit": "speaker", "clip": dp_ov["clip"], **ov}))
+        tuning = tuning_table([dict(r) for r in tune_rows], domains)
+        spk_ov.update(tuning["chosen_speaker"] or {})
+    print(f"tuned: DP {dp_ov}, DP per speaker {spk_ov}, non-private {np_ov}", flush=True)
 
     def write_all(grid_rows, levers):
         payload = {"meta": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -486,10 +521,15 @@ def main(argv: list[str] | None = None) -> int:
                             "val_speakers": len(val_data.split.heldout), "val_trials": len(val_data.trials),
                             "load_start": load_start, "load_end": _load(),
                             "minutes": round((time.perf_counter() - start) / 60, 1),
+                            "runs": len(runner.done),
+                            "runs_wall_min": round(sum(r["seconds"] for r in runner.done.values()) / 60, 1),
+                            "runs_cpu_min": round(sum(r.get("cpu_seconds", 0) for r in runner.done.values()) / 60, 1),
                             "command": " ".join(["python benchmarks/domains.py",
                                                  *(argv if argv is not None else sys.argv[1:])]),
-                            "recipe": {"dp": dp_ov, "nonprivate": np_ov, "speaker_unit": SPEAKER_UNIT}},
-                   "tuning": tuning, "levers": levers, "rows": grid_rows, "summary": summarise(grid_rows),
+                            "recipe": {"dp": dp_ov, "nonprivate": np_ov, "speaker": {**spk_ov, **SPEAKER_UNIT}}},
+                   "tuning": tuning_table([dict(r) for r in tune_rows], domains,
+                                          lever_runs=len([k for k in lever_val if k != "tuned"])),
+                   "levers": levers, "rows": grid_rows, "summary": summarise(grid_rows),
                    "skipped": skipped, "notes": NOTES}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -502,13 +542,14 @@ def main(argv: list[str] | None = None) -> int:
     # 2. levers on the validation split (seed 0), the tuned DP recipe as the baseline
     lever_val = {}
     if "levers" in stages:
-        base_val = next(r for r in tune_rows if r["epsilon"] is not None and r["lr"] == dp_ov["lr"] and r["clip"] == dp_ov["clip"])
+        base_val = next(r for r in tune_rows if r["epsilon"] is not None and r["unit"] == "utterance"
+                        and r["lr"] == dp_ov["lr"] and r["clip"] == dp_ov["clip"])
         lever_val["tuned"] = base_val
         for name, change in LEVERS.items():
-            if over():
+            cfg, _ = run_config(base, seed=0, epsilon=8.0, unit="utterance", overrides={**dp_ov, **change}, label=f"val_{name}")
+            if over() and not runner.has(cfg, split="val"):
                 skipped.append(f"lever {name} (validation)")
                 continue
-            cfg, _ = run_config(base, seed=0, epsilon=8.0, unit="utterance", overrides={**dp_ov, **change}, label=f"val_{name}")
             lever_val[name] = runner.run(cfg, val_data, split="val", stage="levers", info={"seed": 0, "epsilon": 8.0, "unit": "utterance", "lever": name})
 
     # 3. the grid on the test trials
@@ -516,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def grid_run(seed, eps, unit, ov, label="", stage="grid"):
         cfg, tag = run_config(base, seed=seed, epsilon=eps, unit=unit, overrides=ov, label=label)
-        if over():
+        if over() and not runner.has(cfg, split="test"):
             skipped.append(f"{stage} {tag}")
             return None
         return runner.run(cfg, train_data, split="test", stage=stage, info={"seed": seed, "epsilon": eps, "unit": unit})
@@ -546,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         settings += [(e, u) for e in sorted(set(epsilons) - set(GRID_PRIORITY), reverse=True) for u in units]
         for eps, unit in settings:
             for seed in seeds:
-                r = grid_run(seed, eps, unit, np_ov if eps is None else dp_ov)
+                r = grid_run(seed, eps, unit, np_ov if eps is None else (spk_ov if unit == "speaker" else dp_ov))
                 if r is not None:
                     grid_rows.append(r)
                     write_all(grid_rows, levers_table())
