@@ -451,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--units", default="utterance,speaker")
     ap.add_argument("--val-per-client", type=int, default=4)
+    ap.add_argument("--speaker-lr", type=float, default=None,
+                    help="use this per-speaker lr instead of the tuned one (to start the speaker grid before its "
+                         "tuning ends; rows are keyed by config, so only runs at the finally tuned lr are reported)")
     ap.add_argument("--confirm-all", action="store_true", help="run every lever on test, not only those that help")
     ap.add_argument("--time-budget-min", type=float, default=120.0)
     ap.add_argument("--quick", action="store_true", help="smoke: one tuning point each, no levers, seed 0, eps 8")
@@ -510,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                                         info={"seed": 0, "epsilon": 8.0, "unit": "speaker", "clip": dp_ov["clip"], **ov}))
         tuning = tuning_table([dict(r) for r in tune_rows], domains)
         spk_ov.update(tuning["chosen_speaker"] or {})
+    if args.speaker_lr is not None:
+        spk_ov["lr"] = args.speaker_lr
     print(f"tuned: DP {dp_ov}, DP per speaker {spk_ov}, non-private {np_ov}", flush=True)
 
     def write_all(grid_rows, levers):
