@@ -155,7 +155,7 @@ def test_out_of_range_values_are_all_reported_at_once():
     msg = str(exc.value)
     for part in ["[privacy] epsilon must be a positive finite number, got -1.0", "[privacy] delta must be in (0, 1)",
                  "[privacy] unit must be utterance|speaker, got 'client'",
-                 "[train] recipe must be full|last|head|adapters|embedding, got 'everything'",
+                 "[train] recipe must be full|last|head|adapters|embedding|embedding_norm, got 'everything'",
                  "[features] n_mels must be in [10, 128], got 5", "threads must be >= 1, got 0"]:
         assert part in msg, f"missing {part!r} in {msg}"
 

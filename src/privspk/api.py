@@ -574,7 +574,8 @@ def _setup_federation(cfg: RunConfig, data: PreparedData, clients_data: dict, me
     if cfg.privacy.enabled and cfg.privacy.client_level:
         client_dp, options = plan_client_level(cfg, dim=n_trainable)
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
-    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights,
+                             optimizer=server_optimizer_for(cfg.federation))
     if ledger is not None:
         from privspk.privacy.ledger import AggregatedHeads
 
@@ -596,6 +597,22 @@ def _setup_federation(cfg: RunConfig, data: PreparedData, clients_data: dict, me
     return _Federation(fed=fed, server=server, clients=clients, evaluator=evaluator, client_dp=client_dp,
                        options=options, n_trainable=n_trainable, pretrain_info=pretrain_info,
                        pretrain_eval=pretrain_eval, t_pretrained=t_pretrained)
+
+
+def server_optimizer_for(federation):  # noqa: ANN201 - a ServerOptimizer or None
+    """The server-side optimiser a ``[federation]`` section asks for (None: plain FedAvg).
+
+    >>> from privspk.config import FederationSection
+    >>> server_optimizer_for(FederationSection()) is None
+    True
+    >>> server_optimizer_for(FederationSection(server_optimizer="momentum", server_lr=0.5)).lr
+    0.5
+    """
+    if federation.server_optimizer == "none":
+        return None
+    from privspk.crossdevice.loop import ServerOptimizer
+
+    return ServerOptimizer(federation.server_optimizer, lr=federation.server_lr, momentum=federation.server_momentum)
 
 
 def _run_rounds(cfg: RunConfig, f: _Federation, run_dir: Path, *, first: int, eval_every: int,

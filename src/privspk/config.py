@@ -178,7 +178,7 @@ class PretrainSection:
 
 # privspk.models.finetune.RECIPES, spelled out so that reading a config (and building the CLI's
 # parser) does not import torch; tests/test_config.py checks the two agree
-TRAIN_RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters", "embedding")
+TRAIN_RECIPES: tuple[str, ...] = ("full", "last", "head", "adapters", "embedding", "embedding_norm")
 
 # what DP-SGD training protects, and where its randomness comes from: the privacy package's lists
 # (it imports neither torch nor Opacus until an epsilon is computed)
@@ -193,7 +193,7 @@ class TrainSection:
     """Local training on each client, per round.
 
     ``recipe`` picks which encoder parameters train (``full``, ``last``, ``head``,
-    ``adapters``, ``embedding``); the rest stay frozen and are not sent. ``batch_size`` is the
+    ``adapters``, ``embedding``, ``embedding_norm``); the rest stay frozen and are not sent. ``batch_size`` is the
     *expected* batch under Poisson sampling; ``physical_batch`` bounds memory. With the
     ``embedding`` recipe and ``trunk_crops > 0`` each client computes the frozen trunk's
     pooled statistics of ``trunk_crops`` random crops per utterance once and trains on them.
@@ -337,15 +337,29 @@ class SecAggSection:
 
 @dataclass(frozen=True)
 class FederationSection:
-    """Clients, rounds and the range updates are clipped to before quantisation."""
+    """Clients, rounds and the range updates are clipped to before quantisation.
+
+    ``server_optimizer`` (cross-silo): ``"none"`` adds the sample-weighted mean update to the
+    global model (FedAvg); ``"momentum"`` (FedAvgM) or ``"adam"`` treat the (noisy) mean update
+    as a pseudo-gradient step with ``server_lr`` (and ``server_momentum``). Post-processing of
+    the aggregate: it changes no epsilon.
+    """
 
     n_clients: int = 3
     rounds: int = 5
     update_clip: float = 0.5
     mode: str = "cross-silo"
+    server_optimizer: str = "none"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
 
     def check(self) -> list[str]:
         errs = []
+        if self.server_optimizer not in ("none", "momentum", "adam"):
+            errs.append(f"server_optimizer must be none|momentum|adam, got {self.server_optimizer!r}")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0) or not 0.0 <= self.server_momentum < 1.0:
+            errs.append(f"server_lr must be > 0 and server_momentum in [0, 1), got {self.server_lr}, "
+                        f"{self.server_momentum}")
         if self.mode not in FEDERATION_MODES:
             errs.append(f"mode must be {'|'.join(FEDERATION_MODES)}, got {self.mode!r}")
         if self.n_clients < 1 or self.rounds < 1:

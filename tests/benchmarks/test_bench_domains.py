@@ -21,19 +21,86 @@ _spec.loader.exec_module(bd)
 
 @pytest.fixture
 def base(tmp_path):
-    return bd.base_config(SimpleNamespace(runs=tmp_path / "runs", data=tmp_path / "data", threads=1))
+    return bd.base_config(SimpleNamespace(runs=tmp_path / "runs", data=tmp_path / "data", threads=1,
+                                          domains="callcentre"))
 
 
-def test_one_client_per_domain_and_configs_round_trip(base):
-    assert base.corpus.domains == bd.DOMAINS and base.federation.n_clients == len(bd.DOMAINS)
-    for eps, unit in ((None, "utterance"), (8.0, "utterance"), (2.0, "speaker")):
-        cfg, tag = bd.run_config(base, seed=1, epsilon=eps, unit=unit)
-        assert cfg.privacy.enabled == (eps is not None) and cfg.seed == 1
+def test_the_demo_federation_in_the_call_centre_and_configs_round_trip(base):
+    assert base.corpus.domains == ("callcentre",) and base.federation.n_clients == 3
+    assert base.privacy.randomness == "simulation" and base.secagg.scheme == "plain"
+    for eps, unit, ov in ((None, "utterance", {"lr": 3e-3}), (8.0, "utterance", {"lr": 3e-2, "clip": 1.0}),
+                          (2.0, "speaker", {"lr": 1e-2, "clip": 0.3})):
+        cfg, tag = bd.run_config(base, seed=1, epsilon=eps, unit=unit, overrides=ov)
+        assert cfg.privacy.enabled == (eps is not None) and cfg.seed == 1 and cfg.train.lr == ov["lr"]
         assert RunConfig.from_toml(cfg.to_toml()) == cfg
         if eps is None:
-            assert cfg.train.lr == bd.NONPRIVATE["lr"] and tag == "utterance_np_s1"
+            assert tag == "utterance_np_s1"
+        else:
+            assert cfg.privacy.clip == ov["clip"] and cfg.privacy.epsilon == eps
         if unit == "speaker":
             assert cfg.train.speaker_batch == bd.SPEAKER_UNIT["speaker_batch"] and cfg.privacy.unit == "speaker"
+
+
+@pytest.mark.parametrize("lever", sorted(bd.LEVERS))
+def test_each_lever_is_a_valid_config_that_changes_one_thing(base, lever):
+    tuned = {"lr": 3e-2, "clip": 1.0}
+    ref, _ = bd.run_config(base, seed=0, epsilon=8.0, unit="utterance", overrides=tuned)
+    cfg, tag = bd.run_config(base, seed=0, epsilon=8.0, unit="utterance", overrides={**tuned, **bd.LEVERS[lever]},
+                             label=lever)
+    assert RunConfig.from_toml(cfg.to_toml()) == cfg and tag.startswith(lever)
+    changed = {sec for sec in ("train", "federation", "privacy") if getattr(cfg, sec) != getattr(ref, sec)}
+    assert changed == set(bd.LEVERS[lever])
+
+
+def _fake_data():
+    from privspk.corpus import SpeakerSplit
+    from privspk.prepare import PreparedData
+
+    clients = [tuple(f"c{k}s{i:02d}" for i in range(8)) for k in range(3)]
+    held = tuple(f"h{i}" for i in range(4))
+    utt2spk = {f"{s}-{j}": s for s in [x for g in clients for x in g] + list(held) for j in range(5)}
+    split = SpeakerSplit(public=("p0",), clients=tuple(clients), heldout=held)
+    return PreparedData(corpus=None, split=split, features=None, utt2spk=utt2spk, trials=["test trials"],
+                        corpus_id="x", speaker_domains={s: "callcentre" for g in clients for s in g},
+                        domain_trials={"callcentre": ["test"]})
+
+
+def test_validation_split_keeps_speakers_out_of_training_and_away_from_the_test_trials():
+    data = _fake_data()
+    train, val = bd.validation_split(data, per_client=3)
+    kept = set(val.split.heldout)
+    assert len(kept) == 9 and all(len(g) == 5 for g in train.split.clients)
+    assert not kept & {s for g in train.split.clients for s in g}  # never trained on
+    assert kept <= {s for g in data.split.clients for s in g} and not kept & set(data.split.heldout)
+    assert train.trials == data.trials and train.domain_trials == data.domain_trials  # the test trials, unchanged
+    assert val.split.clients == train.split.clients
+    spk = {u: s for u, s in data.utt2spk.items()}
+    for t in val.trials:
+        assert spk[t.enroll] in kept and spk[t.test] in kept
+    assert set(val.domain_trials) == {"callcentre", "callcentre/cross"}
+    assert all(t.enroll.endswith("@callcentre") and t.test.endswith("@callcentre") for t in val.domain_trials["callcentre"])
+    assert any(t.target for t in val.trials) and any(not t.target for t in val.trials)
+    again, _ = bd.validation_split(data, per_client=3)
+    assert again.split == train.split  # deterministic
+
+
+def test_validation_split_refuses_too_small_clients():
+    from privspk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot keep 7 for validation"):
+        bd.validation_split(_fake_data(), per_client=7)
+    with pytest.raises(ConfigError, match="must be >= 2"):
+        bd.validation_split(_fake_data(), per_client=1)
+
+
+def test_tuning_picks_the_lowest_validation_eer_and_states_the_privacy_cost():
+    rows = [{"stage": "tune", "epsilon": 8.0, "lr": lr, "clip": c, "final": {"callcentre": e, "clean": 0.1},
+             "seconds": 60.0} for lr, c, e in ((1e-2, 0.3, 0.12), (3e-2, 0.3, 0.10), (3e-2, 1.0, 0.11))]
+    rows += [{"stage": "tune", "epsilon": None, "lr": lr, "clip": None, "final": {"callcentre": e, "clean": 0.1},
+              "seconds": 60.0} for lr, e in ((1e-3, 0.09), (3e-3, 0.08))]
+    t = bd.tuning_table(rows, ["callcentre"])
+    assert t["chosen_dp"] == {"lr": 3e-2, "clip": 0.3} and t["chosen_np"] == {"lr": 3e-3}
+    assert t["configs_dp"] == 3 and "at most 24 per utterance" in t["privacy_cost"] and t["minutes"] == 5.0
 
 
 def _row(seed, eps, unit, pre, fin):
@@ -50,6 +117,8 @@ def test_summary_computes_relative_gain_and_gain_kept(tmp_path):
     kept = s["dp"]["utterance/8"]["gain_kept"]
     assert math.isclose(kept[0], (0.6 + 0.5) / 2) and kept[1] > 0
     md = bd.markdown({"meta": {"date": "d", "machine": "m", "threads": 1, "minutes": 1, "clients": 4, "rounds": 5,
-                               "trials": 10, "heldout": 2, "seeds": [0, 1], "command": "c"},
+                               "trials": 10, "heldout": 2, "seeds": [0, 1], "command": "c", "load_start": "1",
+                               "load_end": "2", "domains": ["car"], "val_per_client": 4, "val_speakers": 12,
+                               "val_trials": 100},
                       "summary": [s], "notes": "n", "skipped": []})
     assert "| car | 20.00 | 11.00 +- 1.41 | 45 % | 15.00 +- 1.41 / 0.55 +- 0.07 |" in md

@@ -125,3 +125,41 @@ def test_load_refuses_a_missing_or_corrupt_file(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match="cannot read the server state"):
         _server().load(path)
+
+
+def test_server_momentum_accumulates_the_mean_updates_and_resumes(tmp_path):
+    from privspk.config import FederationSection
+    from privspk.federation.server import server_optimizer_for
+
+    fed = FederationSection(server_optimizer="momentum", server_lr=0.5, server_momentum=0.5)
+
+    def srv(seed=0):
+        torch.manual_seed(seed)
+        return FederatedServer(nn.Linear(3, 2), ["weight", "bias"], run_id="run", weights={"a": 0.25, "b": 0.75},
+                               optimizer=server_optimizer_for(fed))
+
+    s = srv()
+    before = s.global_vector().clone()
+    d = np.ones(8)
+    s.apply(AggregateResult(total=d, included=("a", "b")))  # v = d, step 0.5 d
+    s.apply(AggregateResult(total=d, included=("a", "b")))  # v = 1.5 d, step 0.75 d
+    np.testing.assert_allclose((s.global_vector() - before).numpy(), 1.25 * d, rtol=1e-6, atol=1e-6)
+    s.save(tmp_path / "state.pt", completed_round=2)
+    other = srv(seed=1)
+    assert other.load(tmp_path / "state.pt") == 2
+    s.apply(AggregateResult(total=d, included=("a", "b")))  # v = 1.75 d
+    other.apply(AggregateResult(total=d, included=("a", "b")))
+    assert torch.equal(other.global_vector(), s.global_vector())
+    plain = _server()  # a state saved without an optimiser cannot resume a run that has one
+    plain.save(tmp_path / "plain.pt", completed_round=1)
+    with pytest.raises(CheckpointError, match="server-optimizer state"):
+        srv().load(tmp_path / "plain.pt")
+
+
+def test_federation_section_checks_the_server_optimizer():
+    from privspk.config import RunConfig
+
+    with pytest.raises(ConfigError, match="server_optimizer must be none|momentum|adam"):
+        RunConfig.from_dict({"federation": {"server_optimizer": "sgd"}})
+    with pytest.raises(ConfigError, match="server_lr must be > 0"):
+        RunConfig.from_dict({"federation": {"server_lr": 0.0}})

@@ -26,7 +26,12 @@ EXPECTED = {
     "head": {"pooling", "embedding"},
     "adapters": {"adapters", "embedding"},
     "embedding": {"embedding"},
+    "embedding_norm": {"embedding.stats_norm", "embedding.norm"},
 }
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def tiny() -> ECAPAEncoder:
@@ -43,10 +48,9 @@ def test_recipe_trains_exactly_what_it_claims(recipe: str) -> None:
     enc = tiny()
     add_adapters(enc, rank=2)  # present for every recipe, so "full" and the others can be told apart
     n_trainable = apply_recipe(enc, recipe, rank=2)
-    assert trained_tops(enc) == EXPECTED[recipe]
-    frozen_tops = {name.split(".")[0] for name, p in enc.named_parameters() if not p.requires_grad}
-    assert not frozen_tops & EXPECTED[recipe]
-    by_hand = sum(p.numel() for name, p in enc.named_parameters() if name.split(".")[0] in EXPECTED[recipe])
+    assert all(_under(n, EXPECTED[recipe]) == p.requires_grad for n, p in enc.named_parameters())
+    assert all(any(_under(n, {e}) for n, p in enc.named_parameters() if p.requires_grad) for e in EXPECTED[recipe])
+    by_hand = sum(p.numel() for name, p in enc.named_parameters() if _under(name, EXPECTED[recipe]))
     assert n_trainable == by_hand == count_parameters(enc, trainable_only=True)
     assert {n for n, _ in trainable_parameters_for(enc, recipe)} == {
         n for n, p in enc.named_parameters() if p.requires_grad
@@ -58,6 +62,16 @@ def test_recipes_shrink_in_the_expected_order() -> None:
     assert counts["head"] < counts["last"] < counts["full"]
     assert counts["adapters"] < counts["last"]
     assert counts["embedding"] < counts["head"] and counts["embedding"] < counts["adapters"]
+    assert counts["embedding_norm"] < counts["embedding"] / 4
+
+
+def test_embedding_norm_recipe_cuts_at_the_pooled_statistics() -> None:
+    from privspk.training.trunk import embedding_only
+
+    enc = tiny()
+    apply_recipe(enc, "embedding_norm")
+    assert embedding_only(enc) and not enc.embedding.linear.weight.requires_grad
+    assert enc.embedding.stats_norm.weight.requires_grad and enc.embedding.norm.bias.requires_grad
 
 
 def test_trainable_parameters_for_changes_nothing() -> None:

@@ -99,6 +99,21 @@ class ServerOptimizer:
         self._v: torch.Tensor | None = None
         self._t = 0
 
+    def state_dict(self) -> dict:
+        """The optimiser's moments and step count (for a resumable server state).
+
+        >>> opt = ServerOptimizer("adam", lr=0.1); _ = opt.step(torch.zeros(2), torch.ones(2))
+        >>> other = ServerOptimizer("adam", lr=0.1); other.load_state_dict(opt.state_dict()); other._t
+        1
+        """
+        return {"kind": self.kind, "t": self._t, "m": self._m, "v": self._v}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s moments (ConfigError for another optimiser kind)."""
+        if state.get("kind") != self.kind:
+            raise ConfigError(f"server optimizer state is {state.get('kind')!r}, this run uses {self.kind!r}")
+        self._t, self._m, self._v = int(state["t"]), state["m"], state["v"]
+
     def step(self, theta: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """New parameters after applying the mean update ``delta`` (a pseudo-gradient pointing uphill)."""
         self._t += 1

@@ -54,9 +54,11 @@ class FederatedServer:
     (3, ['weight', 'bias'])
     """
 
-    def __init__(self, encoder: nn.Module, names: Sequence[str], *, run_id: str, weights: Mapping[str, float]) -> None:
+    def __init__(self, encoder: nn.Module, names: Sequence[str], *, run_id: str, weights: Mapping[str, float],
+                 optimizer=None) -> None:
         if not names:
             raise ConfigError("no trainable encoder parameters to federate")
+        self.optimizer = optimizer  # a privspk.crossdevice.loop.ServerOptimizer, or None for plain FedAvg
         self.encoder = encoder
         self.names = list(names)
         self.run_id = run_id
@@ -114,7 +116,11 @@ class FederatedServer:
         if not np.all(np.isfinite(result.total)):
             raise AggregationError("opened sum holds NaN/inf; the global model is unchanged")
         step = torch.from_numpy(np.asarray(result.total, dtype=np.float64) / mass)
-        unflatten_into(self.encoder, self.names, step, add=True)
+        if self.optimizer is None:
+            unflatten_into(self.encoder, self.names, step, add=True)
+        else:
+            theta = self.global_vector()
+            unflatten_into(self.encoder, self.names, self.optimizer.step(theta, step), add=False)
         return mass
 
     # ---- persistence for resume --------------------------------------------
@@ -130,7 +136,8 @@ class FederatedServer:
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:  # a Python file: a refused write is an OSError naming the path
             torch.save({"run_id": self.run_id, "round": completed_round, "names": self.names,
-                        "vector": self.global_vector()}, fh)
+                        "vector": self.global_vector(),
+                        "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}, fh)
         tmp.replace(path)
 
     def load(self, path: str | Path) -> int:
@@ -149,4 +156,9 @@ class FederatedServer:
         if state.get("run_id") != self.run_id or state.get("names") != self.names:
             raise CheckpointError(f"{path}: server state belongs to another run or model; refusing to resume")
         unflatten_into(self.encoder, self.names, state["vector"], add=False)
+        if self.optimizer is not None:
+            if state.get("optimizer") is None:
+                raise CheckpointError(f"{path}: server state has no server-optimizer state; refusing to resume "
+                                      "a run whose [federation] server_optimizer changed")
+            self.optimizer.load_state_dict(state["optimizer"])
         return int(state["round"])

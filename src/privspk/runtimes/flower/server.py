@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +418,7 @@ def serve_run(grid, run_config: Mapping[str, Any], *, on_round=None) -> dict:
 def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     import torch
 
-    from privspk.api import HeldoutEvaluator, _scheme_options, pretrained_encoder
+    from privspk.api import HeldoutEvaluator, _scheme_options, pretrained_encoder, server_optimizer_for
     from privspk.cli import _round_line
     from privspk.federation import FederatedServer
     from privspk.federation.runtime import round_row
@@ -490,7 +490,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
         if rep.error:
             log.warning("node %s refused the roster: %s", node, rep.error)
     t_setup = time.perf_counter()
-    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights)
+    server = FederatedServer(encoder, names, run_id=cfg.name, weights=weights,
+                             optimizer=server_optimizer_for(cfg.federation))
     if cfg.privacy.enabled:  # the signed ledger heads it aggregates, as in-process (`privspk ledger --check`)
         from privspk.api import AGGREGATED_HEADS
         from privspk.privacy.ledger import AggregatedHeads
