@@ -252,13 +252,13 @@ def test_degenerate_x25519_key_is_refused_at_the_door() -> None:
 @pytest.fixture
 def combine_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real = shamir.Shamir.combine
+    real = shamir._combine_block
 
-    def spy(parts, ssss=False):  # noqa: ANN001
+    def spy(parts):  # noqa: ANN001
         calls.append(len(parts))
-        return real(parts, ssss=ssss)
+        return real(parts)
 
-    monkeypatch.setattr(shamir.Shamir, "combine", staticmethod(spy))
+    monkeypatch.setattr(shamir, "_combine_block", spy)
     return calls
 
 

@@ -40,18 +40,49 @@ def test_every_t_subset_works_and_t_minus_1_does_not() -> None:
 
 def test_exactly_t_shares_are_interpolated(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[int]] = []
-    real = Shamir.combine
+    real = shamir._combine_block
 
-    def spy(parts, ssss=False):  # noqa: ANN001
+    def spy(parts):  # noqa: ANN001
         calls.append([i for i, _ in parts])
-        return real(parts, ssss=ssss)
+        return real(parts)
 
-    monkeypatch.setattr(shamir.Shamir, "combine", staticmethod(spy))
+    monkeypatch.setattr(shamir, "_combine_block", spy)
     secret = os.urandom(48)
     shares = split_secret(secret, threshold=4, n_shares=9)
     offered = {i: shares[i - 1] for i in (9, 2, 7, 5, 3, 8)}
     assert combine_secret(offered, threshold=4) == secret
     assert calls == [[2, 3, 5, 7]] * 3  # three blocks, each from the 4 lowest offered indices
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 12), data=st.data())
+def test_shares_interoperate_with_pycryptodome_both_ways(n: int, data: st.DataObject) -> None:
+    """Same field, encoding and share format as pycryptodome's Shamir: each side opens the other's shares."""
+    t = data.draw(st.integers(2, n))
+    block = data.draw(st.binary(min_size=16, max_size=16))
+    ours = split_secret(block, threshold=t, n_shares=n)
+    subset = data.draw(st.lists(st.integers(1, n), min_size=t, max_size=t, unique=True))
+    assert Shamir.combine([(i, ours[i - 1]) for i in subset]) == block
+    theirs = dict(Shamir.split(t, n, block))
+    assert combine_secret({i: theirs[i] for i in subset}, threshold=t) == block
+
+
+def test_field_product_matches_pycryptodome() -> None:
+    from Crypto.Protocol.SecretSharing import _Element  # the reference field (private name, test only)
+
+    for _ in range(50):
+        a, b = (int.from_bytes(os.urandom(16), "big") for _ in range(2))
+        assert shamir.gf_mul(a, b) == int(_Element(a) * _Element(b)) == shamir.gf_mul(b, a)
+        if a:
+            assert shamir.gf_mul(a, shamir._gf_inv(a)) == 1
+
+
+def test_largest_share_count() -> None:
+    secret = os.urandom(16)
+    shares = split_secret(secret, threshold=3, n_shares=255)
+    assert combine_secret({253: shares[252], 254: shares[253], 255: shares[254]}, threshold=3) == secret
+    with pytest.raises(ConfigError, match="at most 255 shares"):
+        split_secret(secret, threshold=3, n_shares=256)
 
 
 def test_single_shares_do_not_depend_on_the_secret() -> None:

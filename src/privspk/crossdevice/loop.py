@@ -48,7 +48,7 @@ from privspk.crossdevice.population import DevicePopulation, builtin_heldout_var
 from privspk.errors import ConfigError
 
 __all__ = ["CrossDeviceResult", "ServerOptimizer", "check_crossdevice_config", "population_for",
-           "run_crossdevice", "sample_devices"]
+           "run_crossdevice", "sample_devices", "validation_evaluator"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,32 @@ def population_for(cfg: RunConfig) -> DevicePopulation:
                             seed=c.population_seed, features=cfg.features.feature_config(), exclude_variants=exclude)
 
 
+def validation_evaluator(cfg: RunConfig, data):
+    """An evaluator on the **validation** speakers: the built-in corpus' client speakers.
+
+    The cross-device mode trains on the device population and reports on the held-out
+    speakers' trials; the corpus' client speakers take part in neither (nor in pretraining),
+    so their trials (drawn like the held-out ones, same counts per utterance) are where
+    settings are tuned without touching the test trials.
+    """
+    import dataclasses
+
+    from privspk.api import HeldoutEvaluator
+    from privspk.evaluation.trials import make_trials
+
+    speakers = {s for group in data.split.clients for s in group}
+    if len(speakers) < 2:
+        raise ConfigError(f"validation needs at least 2 client speakers in the built-in corpus, got {len(speakers)}")
+    utt2spk = {u: s for u, s in data.utt2spk.items() if s in speakers}
+    trials = make_trials(utt2spk, n_target_per_utt=cfg.eval.target_per_utt,
+                         n_nontarget_per_utt=cfg.eval.nontarget_per_utt, seed=cfg.seed)
+    vdata = dataclasses.replace(data, trials=trials, domain_trials={})  # shares data.pooled (the trunk cache)
+    evaluator = HeldoutEvaluator(vdata, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
+                                 seed=cfg.seed)
+    evaluator.heldout_utt2spk = utt2spk  # top-1 over the validation speakers
+    return evaluator
+
+
 def _plan_noise(cfg: RunConfig, *, dim: int) -> dict[str, Any]:
     """Noise multiplier and accounting for the run (DP-FedAvg or DP-FTRL), or ``{"private": False}``."""
     c, p = cfg.crossdevice, cfg.privacy
@@ -195,6 +221,7 @@ def run_crossdevice(
     eval_every: int = 1,
     data=None,
     write: bool = True,
+    evaluate_on: str = "test",
 ) -> CrossDeviceResult:
     """Run a cross-device job end to end (see the module notes); report under ``out_dir/name``.
 
@@ -207,6 +234,8 @@ def run_crossdevice(
         data: prepared built-in corpus data (:func:`privspk.prepare.prepare_data`), to reuse.
         write: write the run directory (report, ledger, checkpoint); False keeps the device
             stores and ledger in a temporary folder (benchmark sweeps).
+        evaluate_on: ``"test"`` (the held-out speakers' trials) or ``"validation"`` (the
+            corpus' client speakers, :func:`validation_evaluator`: for tuning settings).
     """
     import shutil
     import tempfile
@@ -216,6 +245,8 @@ def run_crossdevice(
     from privspk.prepare import prepare_data
 
     check_crossdevice_config(cfg)
+    if evaluate_on not in ("test", "validation"):
+        raise ConfigError(f"evaluate_on must be test|validation, got {evaluate_on!r}")
     c, p = cfg.crossdevice, cfg.privacy
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -234,8 +265,8 @@ def run_crossdevice(
     population.build(workers=cfg.threads, progress=progress)
     base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
     base.eval()
-    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
-                                 seed=cfg.seed)
+    evaluator = (HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
+                                  seed=cfg.seed) if evaluate_on == "test" else validation_evaluator(cfg, data))
     pretrain_eval = evaluator.evaluate(base)
     encoder = copy.deepcopy(base)
     dim = apply_recipe(encoder, "embedding")
@@ -258,6 +289,7 @@ def run_crossdevice(
         "run": cfg.name, "mode": "cross-device", "config": cfg.to_dict(),
         "population": {"devices": c.population, "utts_per_device": c.utts_per_device, "key": population.key},
         "heldout": {"speakers": len(data.split.heldout), "trials": len(data.trials)},
+        "evaluated_on": evaluate_on, "eval_trials": len(evaluator.data.trials),
         "pretrain": pretrain_info, "pretrain_eval": pretrain_eval, "trainable_parameters": dim,
         "privacy": {**plan, "device_epsilon": c.device_epsilon if plan["private"] else None,
                     "delta": p.delta if plan["private"] else None, "sampling": c.sampling,
@@ -341,6 +373,9 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                            budget=c.device_epsilon) if private else None)
     rounds: list[dict] = []
     scale = _scale(c.device_clip)
+    from privspk.training.trunk import trunk_fingerprint
+
+    fingerprint = trunk_fingerprint(base)  # the public trunk is frozen for the whole run
     for r in range(1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
         # devices over budget sit out: they are not eligible, so they cannot be sampled
@@ -371,7 +406,8 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
         torch.set_num_threads(1)  # one phone's tiny model: extra threads only add overhead
         for d in admitted:
             idx = int(d[3:])
-            device = Device(d, population.pooled(d, base, crops=c.trunk_crops, crop_frames=cfg.train.crop_frames),
+            device = Device(d, population.pooled(d, base, crops=c.trunk_crops, crop_frames=cfg.train.crop_frames,
+                                                 fingerprint=fingerprint),
                             codeword=code.codeword(store.index(d, size=code.size, randomness=p.randomness,
                                                                seed=cfg.seed)))
             local_seed = (secrets.randbits(63) if p.randomness == "secret"
