@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from privspk.config import RunConfig
-from privspk.crossdevice.device import CodewordStore, Device, flat_params, set_flat_params
+from privspk.crossdevice.device import CodewordStore, Device, flat_params, set_flat_params, trainable_names
 from privspk.crossdevice.objective import HadamardCode, public_projection
 from privspk.crossdevice.population import DevicePopulation, builtin_heldout_variants
 from privspk.errors import ConfigError
@@ -269,11 +269,12 @@ def run_crossdevice(
                                   seed=cfg.seed) if evaluate_on == "test" else validation_evaluator(cfg, data))
     pretrain_eval = evaluator.evaluate(base)
     encoder = copy.deepcopy(base)
-    dim = apply_recipe(encoder, "embedding")
+    layer_dim = apply_recipe(encoder, "embedding")
     layer = encoder.embedding
-    theta = flat_params(layer)
-    if theta.numel() != dim:
-        raise ConfigError(f"embedding layer has {theta.numel()} parameters, recipe says {dim}")
+    if flat_params(layer).numel() != layer_dim:
+        raise ConfigError(f"embedding layer has {flat_params(layer).numel()} parameters, recipe says {layer_dim}")
+    theta = flat_params(layer, trainable_names(layer, c.trainable))
+    dim = theta.numel()
     plan = _plan_noise(cfg, dim=dim)
     try:
         run_dir.mkdir(parents=True)
@@ -352,6 +353,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
             theta: torch.Tensor, plan: dict, evaluator, eval_every: int, on_round, progress: bool):
     c, p = cfg.crossdevice, cfg.privacy
     layer = encoder.embedding
+    names = trainable_names(layer, c.trainable)
     dim = theta.numel()
     code = HadamardCode(c.codeword_length)
     projection = public_projection(length=c.codeword_length, embed_dim=encoder.embed_dim, seed=PROJECTION_SEED)
@@ -378,6 +380,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
     fingerprint = trunk_fingerprint(base)  # the public trunk is frozen for the whole run
     for r in range(1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
+        c0 = time.process_time()  # this process's CPU time: the round's cost when the machine is shared
         # devices over budget sit out: they are not eligible, so they cannot be sampled
         if ledger is not None:
             admission = ledger.admit(population.device_ids)
@@ -413,13 +416,14 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
             local_seed = (secrets.randbits(63) if p.randomness == "secret"
                           else int(np.random.SeedSequence([cfg.seed, _TAG_LOCAL, r, idx]).generate_state(1)[0]))
             update = device.local_update(layer, steps=c.local_steps, lr=c.local_lr, objective=c.objective,
-                                         projection=projection, seed=local_seed)
+                                         projection=projection, seed=local_seed, names=names)
             noise_rng = _rng(p.randomness, cfg.seed, _TAG_NOISE, r, idx)
             codes[d] = (noise_plan.encoder.encode(update.double().numpy(), rng=noise_rng) if noise_plan is not None
                         else _encode_plain(update, clip=c.device_clip, rng=noise_rng))
             del device
         torch.set_num_threads(threads)
         t_local = time.perf_counter() - t0
+        c_local = time.process_time() - c0
         n_drop = int(round(c.dropout * len(admitted)))
         drop_rng = np.random.default_rng([cfg.seed, _TAG_DROP, r])  # the network's failures (simulated)
         dropped = set(sorted(admitted)[i] for i in drop_rng.choice(len(admitted), size=n_drop, replace=False))
@@ -435,7 +439,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
             summed, prev_prefix = prefix - prev_prefix, prefix
         mean = torch.from_numpy(summed / c.devices_per_round).to(torch.float32)
         theta = opt.step(theta, mean)
-        set_flat_params(layer, theta)
+        set_flat_params(layer, theta, names)
         t_server = time.perf_counter() - t1
         if ledger is not None:  # every sampled device counts as a participant, dropped ones included
             rec = ledger.record_round(r, eligible=eligible, participants=admitted)
@@ -444,7 +448,8 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                     "update_norm": float(mean.norm()),
                     "seconds": {"local_training": round(t_local, 3),
                                 **{k: round(v, 3) for k, v in secagg_seconds.items()},
-                                "server_step": round(t_server, 3), "round": round(time.perf_counter() - t0, 3)}})
+                                "server_step": round(t_server, 3), "round": round(time.perf_counter() - t0, 3),
+                                "round_cpu": round(time.process_time() - c0, 3), "local_training_cpu": round(c_local, 3)}})
         if eval_every and (r % eval_every == 0 or r == cfg.federation.rounds):
             row["eval"] = evaluator.evaluate(encoder)
         rounds.append(row)
