@@ -2,12 +2,17 @@
 
 Usage (from the repository root, under ``nice``)::
 
-    python benchmarks/crossdevice.py --data-dir data --ks 100 --eps 8 inf --seeds 0 --rounds 5
+    python benchmarks/crossdevice.py --data-dir data --ks 100 --eps 8 inf 4 2 1 --seeds 0 1 2 --rounds 10
 
-Writes ``benchmarks/results/crossdevice.{json,md}``. Each run is the ``phones`` preset
-(1,000 devices, fixed-size sampling, 10 % dropouts, DP-FedAvg with secret codewords) with the
-given K, epsilon (``inf`` = no DP noise; clipping, quantisation and masking stay) and seed;
-``--centroid`` adds the positives-only baseline without codewords at epsilon inf.
+Writes ``benchmarks/results/crossdevice.{json,md,png}`` (the JSON after every run, so an
+interrupted sweep keeps what finished; ``--plot-only`` rewrites the tables and the plot from
+it). Each run is the ``phones`` preset (1,000 devices, fixed-size sampling, 10 % dropouts,
+DP-FedAvg with secret codewords, ``mask`` SecAgg+) with the given K, epsilon (``inf`` = no DP
+noise; clipping, quantisation and masking stay) and seed; ``--set trainable=norms`` etc.
+override ``[crossdevice]`` settings; ``--centroid`` adds the positives-only baseline without
+codewords at epsilon inf. The table gives the mean (sd) over seeds and the share of the
+non-private gain over public pretraining that each epsilon keeps. Settings are chosen on the
+validation split with ``benchmarks/crossdevice_tune.py``, never here.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/crossdevice")
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the saved JSON")
     args = ap.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.out + ".json").read_text(encoding="utf-8"))["runs"], args.out + ".png")
+    if args.plot_only:  # redraw the plot and rewrite the tables from the saved runs
+        runs = json.loads(Path(args.out + ".json").read_text(encoding="utf-8"))["runs"]
+        write_tables(runs, args.out)
+        plot(runs, args.out + ".png")
         return
 
     from privspk.config import RunConfig
@@ -57,7 +64,10 @@ def main() -> None:
     grid = [(k, e, s, "codewords") for k in args.ks for e in args.eps for s in args.seeds]
     if args.centroid:
         grid += [(k, math.inf, s, "centroid") for k in args.ks for s in args.seeds]
+    done = {(r["k"], r["epsilon"], r["seed"], r["objective"], r["rounds"]) for r in runs}
     for k, eps, seed, objective in grid:
+        if (k, eps, seed, objective, args.rounds) in done:  # --append: a run already on record is not repeated
+            continue
         cfg = base.replace(
             name=f"xdev-k{k}-e{eps}-s{seed}-{objective}", seed=seed,
             federation=dataclasses.replace(base.federation, rounds=args.rounds),
@@ -84,6 +94,12 @@ def main() -> None:
         runs.append(row)
         Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + ".json").write_text(json.dumps({"runs": runs}, indent=1) + "\n", encoding="utf-8")
+    write_tables(runs, args.out)
+    plot(runs, args.out + ".png")
+
+
+def write_tables(runs: list[dict], out: str) -> None:
+    """``out.md``: the per-(K, eps) summary and every run."""
     lines = summary(runs) + ["", "## Every run", "",
                              "| K | eps | objective | trainable | seed | rounds | EER pretrained | EER final | noise mult. | "
                              "local s/round | secagg s/round (key agr. + mask + aggr. + unmask) | round s | round CPU s | "
@@ -98,9 +114,8 @@ def main() -> None:
                      f"{r['pretrain_eer'] * 100:.2f} % | {r['final_eer'] * 100:.2f} % | "
                      f"{'-' if nm is None else f'{nm:.3f}'} | {p['local_training']:.1f} | {sec:.2f} | {p['round']:.1f} | "
                      f"{p.get('round_cpu', float('nan')):.1f} | {r.get('load_1min', '-')} |")
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    Path(out + ".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
-    plot(runs, args.out + ".png")
 
 
 def _groups(runs: list[dict]) -> dict:
