@@ -10,6 +10,7 @@ from privspk.config import CrossDeviceSection, FederationSection
 from privspk.crossdevice import run_crossdevice
 from privspk.crossdevice.loop import population_for
 from privspk.crossdevice.population import DevicePopulation, builtin_heldout_variants, device_profile
+from privspk.errors import ConfigError
 from privspk.features.config import FeatureConfig
 from test_api import shared_data_dir, tiny_config
 
@@ -77,3 +78,37 @@ def test_crossdevice_run_from_the_cli(tmp_path_factory, capsys):
     assert main(["train", "--config", str(path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "privspk cross-device: 8 phones" in out and "round 3/3" in out and "after cross-device training" in out
+
+
+def test_validation_split_and_a_smaller_trainable_part(tmp_path_factory):
+    """evaluate_on="validation" scores only the corpus' client speakers (never a held-out trial);
+    trainable="norms" sends and changes only the LayerNorm gains/biases and the linear bias."""
+    from privspk.api import pretrained_encoder
+    from privspk.crossdevice.device import flat_params, trainable_names
+    from privspk.crossdevice.loop import validation_evaluator
+    from privspk.prepare import prepare_data
+
+    cfg = _xdev_config(tmp_path_factory, name="xdev-val", mechanism="dp-fedavg", dp=False)
+    cfg = cfg.replace(crossdevice=dataclasses.replace(cfg.crossdevice, trainable="norms"))
+    data = prepare_data(cfg, progress=False)
+    ev = validation_evaluator(cfg, data)
+    clients = {s for g in data.split.clients for s in g}
+    assert ev.data.trials and all(data.utt2spk[t.enroll] in clients and data.utt2spk[t.test] in clients
+                                  for t in ev.data.trials)
+    assert not clients & set(data.split.heldout)
+    res = run_crossdevice(cfg, progress=False, data=data, write=False, evaluate_on="validation")
+    layer = res.encoder.embedding
+    names = trainable_names(layer, "norms")
+    assert res.report["evaluated_on"] == "validation" and res.report["eval_trials"] == len(ev.data.trials)
+    assert res.report["trainable_parameters"] == flat_params(layer, names).numel() < flat_params(layer).numel()
+    base, _ = pretrained_encoder(cfg, data, progress=False)
+    assert torch_equal(base.embedding.linear.weight, layer.linear.weight)  # not trained
+    assert not torch_equal(base.embedding.norm.bias, layer.norm.bias)  # trained
+    with pytest.raises(ConfigError, match="evaluate_on must be test|validation"):
+        run_crossdevice(cfg, progress=False, data=data, write=False, evaluate_on="train")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach(), b.detach()))

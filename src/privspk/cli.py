@@ -559,7 +559,7 @@ def cmd_join(args: argparse.Namespace) -> int:
 
     return join(role=args.role, superlink=args.superlink, run_dir=args.run_dir, data=args.data,
                 partition=args.partition, insecure=args.insecure, ca=args.ca, auth_key=args.auth_key, poll=args.poll,
-                client_id=args.client_id)
+                client_id=args.client_id, threads=args.threads)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -787,6 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help="this node's data folder (client nodes)")
     sp.add_argument("--partition", type=int, help="which client share of the corpus is this node's (client nodes)")
     sp.add_argument("--client-id", help="the node's client id (default client<partition>)")
+    sp.add_argument("--threads", type=int, help="torch threads on this node (default: the run config's `threads`); "
+                    "nodes that share one machine should split its cores between them")
     sp.add_argument("--run-dir", required=True, help="this node's own folder: ledger, identity key, private head")
     sp.add_argument("--auth-key", help="the node's EC P-384 private key registered at the SuperLink")
     transport(sp)

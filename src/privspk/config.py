@@ -392,7 +392,10 @@ class CrossDeviceSection:
     ``"codewords"`` (secret per-device codewords, length ``codeword_length``) or
     ``"centroid"`` (positives only, the baseline that collapses). The server applies
     ``server_optimizer`` (``"momentum"`` or ``"adam"``) with ``server_lr`` to the noisy mean.
-    ``max_participations``: DP-FTRL's accounted rounds per device (a device sits out after
+    ``trainable``: what of the embedding layer the devices train (``"embedding"``: all of it;
+    ``"linear"``: its linear map; ``"norms"``: the LayerNorm gains/biases and the linear bias,
+    ~1,300 values, so the DP noise, whose norm grows with the square root of the dimension,
+    is far smaller). ``max_participations``: DP-FTRL's accounted rounds per device (a device sits out after
     that many). ``dropout_allowance``: the share of sampled devices a round may lose and still
     carry its counted noise (the server aborts a round with more dropouts).
     """
@@ -414,6 +417,7 @@ class CrossDeviceSection:
     server_lr: float = 1.0
     server_momentum: float = 0.9
     trunk_crops: int = 2
+    trainable: str = "embedding"
     max_participations: int = 2
     dropout_allowance: float = 0.2
 
@@ -455,6 +459,8 @@ class CrossDeviceSection:
                         f"{self.server_momentum}")
         if self.trunk_crops < 1:
             errs.append(f"trunk_crops must be >= 1, got {self.trunk_crops}")
+        if self.trainable not in ("embedding", "linear", "norms"):
+            errs.append(f"trainable must be embedding|linear|norms, got {self.trainable!r}")
         return errs
 
 

@@ -29,6 +29,14 @@ def test_a_client_node_needs_its_data_and_partition(tmp_path):
         NodeSettings(role="server", run_root=tmp_path)
 
 
+def test_node_threads_are_checked_and_passed_on(tmp_path):
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="--threads must be an integer >= 1"):
+            NodeSettings(role="keyholder", run_root=tmp_path, threads=bad)
+    assert NodeSettings(role="keyholder", run_root=tmp_path, threads=3).threads == 3
+    assert build_parser().parse_args(["join", "--superlink", "h:1", "--run-dir", "d", "--threads", "2"]).threads == 2
+
+
 def test_tls_settings_are_complete_or_refused():
     with pytest.raises(ConfigError, match="needs TLS"):
         superlink_command(host="10.0.0.1", port=1, insecure=False, ca="ca", cert=None, key=None)

@@ -17,6 +17,7 @@ import pytest
 
 from privspk.cli import main
 from privspk.privacy import Ledger, epsilon
+from privspk.privacy.mechanism import Mechanism
 from privspk.privacy.ledger import AggregatedHeads, Spend
 from privspk.secagg.keys import IdentityKey
 
@@ -25,9 +26,10 @@ SIGMA, Q, STEPS = 2.0, 0.1, 4
 
 
 def _spend(client: str, round_: int) -> Spend:
-    return Spend(client=client, round=round_, unit="utterance", accountant="rdp", noise_multiplier=SIGMA,
-                 sample_rate=Q, steps=STEPS, delta=1e-5,
-                 epsilon_after=epsilon([(SIGMA, Q, STEPS)] * round_, delta=1e-5), clip=1.0, scheme="mask")
+    return Spend(client=client, round=round_, scheme="mask",
+                 mechanism=Mechanism(noise_multiplier=SIGMA, sample_rate=Q, steps=STEPS, delta=1e-5, clip=1.0,
+                                     unit="utterance", accountant="rdp"),
+                 epsilon_after=epsilon([(SIGMA, Q, STEPS)] * round_, delta=1e-5))
 
 
 @pytest.fixture()

@@ -129,7 +129,7 @@ def test_load_refuses_a_missing_or_corrupt_file(tmp_path, content):
 
 def test_server_momentum_accumulates_the_mean_updates_and_resumes(tmp_path):
     from privspk.config import FederationSection
-    from privspk.federation.server import server_optimizer_for
+    from privspk.api import server_optimizer_for
 
     fed = FederationSection(server_optimizer="momentum", server_lr=0.5, server_momentum=0.5)
 

@@ -29,26 +29,51 @@ from torch import Tensor, nn
 from privspk.crossdevice.objective import OBJECTIVES, centroid_loss, codeword_loss
 from privspk.errors import ConfigError
 
-__all__ = ["CodewordStore", "Device", "flat_params", "set_flat_params"]
+__all__ = ["TRAINABLE", "CodewordStore", "Device", "flat_params", "set_flat_params", "trainable_names"]
 
 
-def flat_params(module: nn.Module) -> Tensor:
-    """All parameters of ``module`` as one float32 vector (detached copy).
+#: What a device trains of the embedding layer (``[crossdevice] trainable``): parameter name prefixes.
+TRAINABLE: dict[str, tuple[str, ...]] = {
+    "embedding": ("",),  # every parameter of the layer
+    "linear": ("linear.",),
+    "norms": ("stats_norm.", "norm.", "linear.bias"),  # the LayerNorm gains/biases and the linear bias
+}
 
-    >>> flat_params(nn.Linear(2, 3)).shape
-    torch.Size([9])
+
+def trainable_names(module: nn.Module, which: str = "embedding") -> tuple[str, ...]:
+    """Names of the parameters of ``module`` that ``which`` (a key of :data:`TRAINABLE`) trains.
+
+    >>> from privspk.models.ecapa import EmbeddingLayer
+    >>> trainable_names(EmbeddingLayer(4, 2), "norms")
+    ('stats_norm.weight', 'stats_norm.bias', 'linear.bias', 'norm.weight', 'norm.bias')
     """
-    return torch.nn.utils.parameters_to_vector(module.parameters()).detach().clone()
+    if which not in TRAINABLE:
+        raise ConfigError(f"trainable must be one of {sorted(TRAINABLE)}, got {which!r}")
+    names = tuple(n for n, _ in module.named_parameters() if any(n.startswith(p) for p in TRAINABLE[which]))
+    if not names:
+        raise ConfigError(f"trainable={which!r} selects no parameter of {type(module).__name__}")
+    return names
 
 
-def set_flat_params(module: nn.Module, vec: Tensor) -> None:
-    """Load a vector from :func:`flat_params` back into ``module``.
+def flat_params(module: nn.Module, names: tuple[str, ...] | None = None) -> Tensor:
+    """The parameters of ``module`` (only ``names``, in module order, if given) as one float32 vector (a copy).
+
+    >>> flat_params(nn.Linear(2, 3)).shape, flat_params(nn.Linear(2, 3), ("bias",)).shape
+    (torch.Size([9]), torch.Size([3]))
+    """
+    params = [p for n, p in module.named_parameters() if names is None or n in names]
+    return torch.nn.utils.parameters_to_vector(params).detach().clone()
+
+
+def set_flat_params(module: nn.Module, vec: Tensor, names: tuple[str, ...] | None = None) -> None:
+    """Load a vector from :func:`flat_params` (same ``names``) back into ``module``.
 
     >>> m = nn.Linear(2, 3); set_flat_params(m, torch.zeros(9)); float(m.weight.detach().abs().sum())
     0.0
     """
+    params = [p for n, p in module.named_parameters() if names is None or n in names]
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(vec.to(torch.float32), module.parameters())
+        torch.nn.utils.vector_to_parameters(vec.to(torch.float32), params)
 
 
 class CodewordStore:
@@ -107,11 +132,12 @@ class Device:
         return int(self._pooled.shape[0])
 
     def local_update(self, model: nn.Module, *, steps: int, lr: float, objective: str, projection: Tensor | None,
-                     seed: int, optimizer: str = "sgd") -> Tensor:
+                     seed: int, optimizer: str = "sgd", names: tuple[str, ...] | None = None) -> Tensor:
         """Train a copy of ``model`` for ``steps`` full-batch steps; return ``new - old`` parameters (float32).
 
         Each step takes one cached crop per utterance (chosen by ``seed``, the device's round seed).
         ``objective``: ``"codewords"`` (needs ``projection`` and a codeword) or ``"centroid"``.
+        ``names``: train only these parameters (:func:`trainable_names`) and return only their update.
         """
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -121,8 +147,10 @@ class Device:
             raise ConfigError(f"steps must be an int >= 1 and lr > 0, got steps={steps!r}, lr={lr!r}")
         local = copy.deepcopy(model)
         local.train()
-        start = flat_params(local)
-        params = [p for p in local.parameters()]
+        start = flat_params(local, names)
+        params = [p for n, p in local.named_parameters() if names is None or n in names]
+        for n, p in local.named_parameters():
+            p.requires_grad_(names is None or n in names)
         opt = (torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr))
         rng = np.random.default_rng(seed)
         n, crops = self._pooled.shape[:2]
@@ -135,4 +163,4 @@ class Device:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return flat_params(local) - start
+        return flat_params(local, names) - start

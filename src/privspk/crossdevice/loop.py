@@ -42,13 +42,13 @@ import torch
 from torch import nn
 
 from privspk.config import RunConfig
-from privspk.crossdevice.device import CodewordStore, Device, flat_params, set_flat_params
+from privspk.crossdevice.device import CodewordStore, Device, flat_params, set_flat_params, trainable_names
 from privspk.crossdevice.objective import HadamardCode, public_projection
 from privspk.crossdevice.population import DevicePopulation, builtin_heldout_variants
 from privspk.errors import ConfigError
 
 __all__ = ["CrossDeviceResult", "ServerOptimizer", "check_crossdevice_config", "population_for",
-           "run_crossdevice", "sample_devices"]
+           "run_crossdevice", "sample_devices", "validation_evaluator"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,32 @@ def population_for(cfg: RunConfig) -> DevicePopulation:
                             seed=c.population_seed, features=cfg.features.feature_config(), exclude_variants=exclude)
 
 
+def validation_evaluator(cfg: RunConfig, data):
+    """An evaluator on the **validation** speakers: the built-in corpus' client speakers.
+
+    The cross-device mode trains on the device population and reports on the held-out
+    speakers' trials; the corpus' client speakers take part in neither (nor in pretraining),
+    so their trials (drawn like the held-out ones, same counts per utterance) are where
+    settings are tuned without touching the test trials.
+    """
+    import dataclasses
+
+    from privspk.api import HeldoutEvaluator
+    from privspk.evaluation.trials import make_trials
+
+    speakers = {s for group in data.split.clients for s in group}
+    if len(speakers) < 2:
+        raise ConfigError(f"validation needs at least 2 client speakers in the built-in corpus, got {len(speakers)}")
+    utt2spk = {u: s for u, s in data.utt2spk.items() if s in speakers}
+    trials = make_trials(utt2spk, n_target_per_utt=cfg.eval.target_per_utt,
+                         n_nontarget_per_utt=cfg.eval.nontarget_per_utt, seed=cfg.seed)
+    vdata = dataclasses.replace(data, trials=trials, domain_trials={})  # shares data.pooled (the trunk cache)
+    evaluator = HeldoutEvaluator(vdata, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
+                                 seed=cfg.seed)
+    evaluator.heldout_utt2spk = utt2spk  # top-1 over the validation speakers
+    return evaluator
+
+
 def _plan_noise(cfg: RunConfig, *, dim: int) -> dict[str, Any]:
     """Noise multiplier and accounting for the run (DP-FedAvg or DP-FTRL), or ``{"private": False}``."""
     c, p = cfg.crossdevice, cfg.privacy
@@ -210,6 +236,7 @@ def run_crossdevice(
     eval_every: int = 1,
     data=None,
     write: bool = True,
+    evaluate_on: str = "test",
 ) -> CrossDeviceResult:
     """Run a cross-device job end to end (see the module notes); report under ``out_dir/name``.
 
@@ -222,6 +249,8 @@ def run_crossdevice(
         data: prepared built-in corpus data (:func:`privspk.prepare.prepare_data`), to reuse.
         write: write the run directory (report, ledger, checkpoint); False keeps the device
             stores and ledger in a temporary folder (benchmark sweeps).
+        evaluate_on: ``"test"`` (the held-out speakers' trials) or ``"validation"`` (the
+            corpus' client speakers, :func:`validation_evaluator`: for tuning settings).
     """
     import shutil
     import tempfile
@@ -231,6 +260,8 @@ def run_crossdevice(
     from privspk.prepare import prepare_data
 
     check_crossdevice_config(cfg)
+    if evaluate_on not in ("test", "validation"):
+        raise ConfigError(f"evaluate_on must be test|validation, got {evaluate_on!r}")
     c, p = cfg.crossdevice, cfg.privacy
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -249,15 +280,16 @@ def run_crossdevice(
     population.build(workers=cfg.threads, progress=progress)
     base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
     base.eval()
-    evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
-                                 seed=cfg.seed)
+    evaluator = (HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
+                                  seed=cfg.seed) if evaluate_on == "test" else validation_evaluator(cfg, data))
     pretrain_eval = evaluator.evaluate(base)
     encoder = copy.deepcopy(base)
-    dim = apply_recipe(encoder, "embedding")
+    layer_dim = apply_recipe(encoder, "embedding")
     layer = encoder.embedding
-    theta = flat_params(layer)
-    if theta.numel() != dim:
-        raise ConfigError(f"embedding layer has {theta.numel()} parameters, recipe says {dim}")
+    if flat_params(layer).numel() != layer_dim:
+        raise ConfigError(f"embedding layer has {flat_params(layer).numel()} parameters, recipe says {layer_dim}")
+    theta = flat_params(layer, trainable_names(layer, c.trainable))
+    dim = theta.numel()
     plan = _plan_noise(cfg, dim=dim)
     try:
         run_dir.mkdir(parents=True)
@@ -273,6 +305,7 @@ def run_crossdevice(
         "run": cfg.name, "mode": "cross-device", "config": cfg.to_dict(),
         "population": {"devices": c.population, "utts_per_device": c.utts_per_device, "key": population.key},
         "heldout": {"speakers": len(data.split.heldout), "trials": len(data.trials)},
+        "evaluated_on": evaluate_on, "eval_trials": len(evaluator.data.trials),
         "pretrain": pretrain_info, "pretrain_eval": pretrain_eval, "trainable_parameters": dim,
         "privacy": {**plan, "device_epsilon": c.device_epsilon if plan["private"] else None,
                     "delta": p.delta if plan["private"] else None, "sampling": c.sampling,
@@ -335,6 +368,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
             theta: torch.Tensor, plan: dict, evaluator, eval_every: int, on_round, progress: bool):
     c, p = cfg.crossdevice, cfg.privacy
     layer = encoder.embedding
+    names = trainable_names(layer, c.trainable)
     dim = theta.numel()
     code = HadamardCode(c.codeword_length)
     projection = public_projection(length=c.codeword_length, embed_dim=encoder.embed_dim, seed=PROJECTION_SEED)
@@ -356,8 +390,12 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                            budget=c.device_epsilon) if private else None)
     rounds: list[dict] = []
     scale = _scale(c.device_clip)
+    from privspk.training.trunk import trunk_fingerprint
+
+    fingerprint = trunk_fingerprint(base)  # the public trunk is frozen for the whole run
     for r in range(1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
+        c0 = time.process_time()  # this process's CPU time: the round's cost when the machine is shared
         # devices over budget sit out: they are not eligible, so they cannot be sampled
         if ledger is not None:
             admission = ledger.admit(population.device_ids)
@@ -386,19 +424,21 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
         torch.set_num_threads(1)  # one phone's tiny model: extra threads only add overhead
         for d in admitted:
             idx = int(d[3:])
-            device = Device(d, population.pooled(d, base, crops=c.trunk_crops, crop_frames=cfg.train.crop_frames),
+            device = Device(d, population.pooled(d, base, crops=c.trunk_crops, crop_frames=cfg.train.crop_frames,
+                                                 fingerprint=fingerprint),
                             codeword=code.codeword(store.index(d, size=code.size, randomness=p.randomness,
                                                                seed=cfg.seed)))
             local_seed = (secrets.randbits(63) if p.randomness == "secret"
                           else int(np.random.SeedSequence([cfg.seed, _TAG_LOCAL, r, idx]).generate_state(1)[0]))
             update = device.local_update(layer, steps=c.local_steps, lr=c.local_lr, objective=c.objective,
-                                         projection=projection, seed=local_seed)
+                                         projection=projection, seed=local_seed, names=names)
             noise_rng = _rng(p.randomness, cfg.seed, _TAG_NOISE, r, idx)
             codes[d] = (noise_plan.encoder.encode(update.double().numpy(), rng=noise_rng) if noise_plan is not None
                         else _encode_plain(update, clip=c.device_clip, rng=noise_rng))
             del device
         torch.set_num_threads(threads)
         t_local = time.perf_counter() - t0
+        c_local = time.process_time() - c0
         n_drop = int(round(c.dropout * len(admitted)))
         drop_rng = np.random.default_rng([cfg.seed, _TAG_DROP, r])  # the network's failures (simulated)
         dropped = set(sorted(admitted)[i] for i in drop_rng.choice(len(admitted), size=n_drop, replace=False))
@@ -414,7 +454,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
             summed, prev_prefix = prefix - prev_prefix, prefix
         mean = torch.from_numpy(summed / c.devices_per_round).to(torch.float32)
         theta = opt.step(theta, mean)
-        set_flat_params(layer, theta)
+        set_flat_params(layer, theta, names)
         t_server = time.perf_counter() - t1
         if ledger is not None:  # every sampled device counts as a participant, dropped ones included
             rec = ledger.record_round(r, eligible=eligible, participants=admitted)
@@ -423,7 +463,8 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                     "update_norm": float(mean.norm()),
                     "seconds": {"local_training": round(t_local, 3),
                                 **{k: round(v, 3) for k, v in secagg_seconds.items()},
-                                "server_step": round(t_server, 3), "round": round(time.perf_counter() - t0, 3)}})
+                                "server_step": round(t_server, 3), "round": round(time.perf_counter() - t0, 3),
+                                "round_cpu": round(time.process_time() - c0, 3), "local_training_cpu": round(c_local, 3)}})
         if eval_every and (r % eval_every == 0 or r == cfg.federation.rounds):
             row["eval"] = evaluator.evaluate(encoder)
         rounds.append(row)

@@ -227,18 +227,22 @@ class DevicePopulation:
         cuts = np.cumsum(lengths)[:-1]
         return [torch.from_numpy(m.astype(np.float32)) for m in np.split(feats, cuts)]
 
-    def pooled(self, device: str, encoder: nn.Module, *, crops: int, crop_frames: int) -> Tensor:
+    def pooled(self, device: str, encoder: nn.Module, *, crops: int, crop_frames: int,
+               fingerprint: str | None = None) -> Tensor:
         """The frozen trunk's pooled statistics of ``crops`` random crops per utterance: ``(utts, crops, D)``.
 
         Cached on disk per (trunk fingerprint, crops, crop length); crop ``m`` of utterance ``i``
-        is drawn from ``np.random.default_rng([seed, device index, i, m])``.
+        is drawn from ``np.random.default_rng([seed, device index, i, m])``. ``fingerprint``:
+        :func:`~privspk.training.trunk.trunk_fingerprint` of ``encoder`` when the caller has it
+        (a round loop hashes the frozen trunk once, not once per device).
         """
         from privspk.features.crops import random_crop
         from privspk.training.trunk import pooled_utterances, trunk_fingerprint
 
         idx = self._index(device)
         crops = _check_int(crops, "crops", 1, 64)
-        folder = self.dir / f"pooled-{trunk_fingerprint(encoder)[:16]}-c{crops}f{crop_frames}"
+        fp = fingerprint if fingerprint is not None else trunk_fingerprint(encoder)
+        folder = self.dir / f"pooled-{fp[:16]}-c{crops}f{crop_frames}"
         path = folder / f"{device}.npy"
         if path.is_file():
             return torch.from_numpy(np.load(path))

@@ -384,7 +384,8 @@ def supernode_argv(*, superlink: str, run_dir: Path, insecure: bool, root_certif
 
 
 def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, partition: int | None,
-         insecure: bool, ca: str | None, auth_key: str | None, poll: float = 0.05, client_id: str | None = None) -> int:
+         insecure: bool, ca: str | None, auth_key: str | None, poll: float = 0.05, client_id: str | None = None,
+         threads: int | None = None) -> int:
     """Run this node: the privspk agent in a thread, Flower's SuperNode in the foreground."""
     from privspk.runtimes.flower.bridge import Agent
     from privspk.runtimes.flower.node import Node, NodeSettings, describe, load_plugins
@@ -395,7 +396,7 @@ def join(*, role: str, superlink: str, run_dir: str | Path, data: str | None, pa
     load_plugins()
     settings = NodeSettings(role=role, run_root=Path(run_dir).resolve(),
                             data_dir=Path(data).resolve() if data else None,
-                            partition=partition, client_id=client_id)
+                            partition=partition, client_id=client_id, threads=threads)
     node = Node(settings)
     fingerprint = node_key_fingerprint(auth_key)
 

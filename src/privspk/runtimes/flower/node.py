@@ -89,10 +89,13 @@ class NodeSettings:
     data_dir: Path | None = None
     partition: int | None = None
     client_id: str | None = None
+    threads: int | None = None  # torch threads on this node; None: the run config's ``threads``
 
     def __post_init__(self) -> None:
         if self.role not in (ROLE_CLIENT, ROLE_KEYHOLDER):
             raise ConfigError(f"node role must be {ROLE_CLIENT!r} or {ROLE_KEYHOLDER!r}, got {self.role!r}")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise ConfigError(f"--threads must be an integer >= 1, got {self.threads!r}")
         self.run_root = Path(self.run_root)
         if self.role == ROLE_CLIENT:
             if self.data_dir is None or self.partition is None:
@@ -160,7 +163,8 @@ class Node:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         import torch
 
-        torch.set_num_threads(cfg.threads)
+        # the node's own machine decides: nodes that share one machine split its cores (`--threads`)
+        torch.set_num_threads(self.settings.threads or cfg.threads)
         if self.settings.role == ROLE_KEYHOLDER:
             self._setup_keyholder(cfg)
         else:
