@@ -51,3 +51,24 @@ def test_tls_settings_are_complete_or_refused():
 def test_join_with_insecure_off_loopback_exits_2(capsys, tmp_path):
     assert main(["join", "--insecure", "--superlink", "10.0.0.1:9092", "--run-dir", str(tmp_path)]) == 2
     assert "--insecure is only allowed on a loopback address" in capsys.readouterr().err
+
+
+def test_a_resumed_run_knows_whom_to_renotify_of_the_last_aggregated_round(tmp_path):
+    """After a SuperLink restart the last round's ``aggregated`` notices are posted again: to the
+    clients of that round's progress row, else of the server's aggregated heads; nobody when unknown."""
+    import json
+
+    from privspk.runtimes.flower.server import _included_in
+
+    progress = tmp_path / "progress.jsonl"
+    assert _included_in(progress, 1) == []
+    progress.write_text("\n".join([json.dumps({"event": "start"}),
+                                   json.dumps({"event": "round", "row": {"round": 1, "included": ["client0", "client2"]}}),
+                                   '{"event": "round", "row": {"rou']) + "\n")  # a line cut short by the kill
+    assert _included_in(progress, 1) == ["client0", "client2"]
+    assert _included_in(progress, 2) == []
+
+    class Heads:
+        rounds = {2: {"client1": object(), "client0": object()}}
+
+    assert _included_in(progress, 2, heads=Heads()) == ["client0", "client1"]

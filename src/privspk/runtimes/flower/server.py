@@ -127,6 +127,14 @@ class FlowerFederation:
             if rep.error:
                 log.warning("node %s did not confirm the last aggregation: %s", node, rep.error)
 
+    def renotify(self, round_id: int, included: list[str]) -> None:
+        """Post ``round_id``'s ``aggregated`` notices again (a resumed run: the ServerApp may have died
+        before the nodes had them, leaving their ledger rows ``released``); answered like any round's."""
+        targets = {node: ({"kind": "aggregated", "round": round_id, "included": list(included)}, b"")
+                   for cid, node in self.clients.items() if cid in included}
+        if targets:
+            self._notices = post(self.grid, targets, timeout=self.settings.stage_timeout)
+
     def refresh_nodes(self) -> dict[str, int]:
         """Set up nodes that connected since the last round (a restarted node gets a new Flower id).
 
@@ -415,6 +423,23 @@ def serve_run(grid, run_config: Mapping[str, Any], *, on_round=None) -> dict:
         raise
 
 
+def _included_in(progress: Path, round_id: int, *, heads=None) -> list[str]:
+    """The clients whose updates went into ``round_id``'s sum: from its ``progress.jsonl`` row, else
+    from the aggregated ledger heads the server keeps; empty when neither knows (no notice is then sent)."""
+    if progress.exists():
+        for line in reversed(progress.read_text(encoding="utf-8").splitlines()):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+            row = event.get("row") or {}
+            if event.get("event") == "round" and row.get("round") == round_id and row.get("included"):
+                return list(row["included"])
+    if heads is not None and round_id in getattr(heads, "rounds", {}):
+        return sorted(heads.rounds[round_id])
+    return []
+
+
 def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     import torch
 
@@ -519,6 +544,10 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
                            settings=settings, state_path=state_path, rejoin=rejoin,
                            identities={cid: c.identity for cid, c in clients.items() if c.identity is not None})
     last_done = fed.last_completed_round() if settings.resume else 0
+    if last_done:
+        included = _included_in(progress, last_done, heads=getattr(server, "heads", None))
+        if included:
+            fed.renotify(last_done, included)
     emit({"event": "start", "clients": nodes, "keyholder": keyholder.node_id if keyholder else None,
           "resume_from": last_done, "startup_seconds": {
               "data": round(t_data - t_start, 3), "wait_nodes": round(t_nodes - t_data, 3),
