@@ -31,9 +31,8 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 NOT_YET: dict[str, str] = {
     prefix: "example still to write (issue 16: privacy/ and federation/ joined the checker)"
     for prefix in (
-        "privspk.federation.ClientRoundReport",
         "privspk.federation.FederatedClient",
-        "privspk.federation.InProcessFederation", "privspk.federation.RoundReport",
+        "privspk.federation.InProcessFederation",
     )
 }
 

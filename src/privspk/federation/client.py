@@ -75,7 +75,12 @@ class SpendGuard(Protocol):
 
 @dataclass
 class ClientRoundReport:
-    """What one client did in one round."""
+    """What one client did in one round.
+
+    >>> r = ClientRoundReport("c0", 3, "out_of_budget", reason="epsilon 8.1 > budget 8")
+    >>> r.status, r.steps, r.reason
+    ('out_of_budget', 0, 'epsilon 8.1 > budget 8')
+    """
 
     client_id: str
     round_id: int

@@ -24,7 +24,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RoundReport:
-    """One round: what each client did, who is in the sum, and where the time went."""
+    """One round: what each client did, who is in the sum, and where the time went.
+
+    ``loss`` averages the clients that sent an update; ``to_dict`` is the round's JSON row.
+
+    >>> from privspk.federation.client import ClientRoundReport
+    >>> rep = RoundReport(1, {"c0": ClientRoundReport("c0", 1, "sent", loss=2.0),
+    ...                       "c1": ClientRoundReport("c1", 1, "sent", loss=4.0),
+    ...                       "c2": ClientRoundReport("c2", 1, "out_of_budget")},
+    ...                   included=("c0", "c1"), dropped={"c2": "out of budget"})
+    >>> rep.loss
+    3.0
+    >>> row = rep.to_dict()
+    >>> row["round"], row["included"], row["dropped"]
+    (1, ['c0', 'c1'], {'c2': 'out of budget'})
+    """
 
     round_id: int
     clients: dict[str, ClientRoundReport]
@@ -39,12 +53,21 @@ class RoundReport:
 
     @property
     def loss(self) -> float:
-        """Mean local loss over the clients that trained."""
+        """Mean local loss over the clients that trained.
+
+        >>> _example_report().loss
+        3.0
+        """
         losses = [r.loss for r in self.clients.values() if r.status == "sent"]
         return sum(losses) / len(losses) if losses else float("nan")
 
     def to_dict(self) -> dict:
-        """JSON-able summary."""
+        """JSON-able summary (the round's row, before the runtime adds epsilon and the evaluation).
+
+        >>> row = _example_report().to_dict()
+        >>> row["round"], row["loss"], row["included"], row["dropped"]
+        (1, 3.0, ['c0', 'c1'], {'c2': 'out of budget'})
+        """
         return {
             "round": self.round_id,
             "loss": self.loss,
@@ -58,6 +81,14 @@ class RoundReport:
             "skipped": self.skipped,
             "clients": {c: vars(r) for c, r in self.clients.items()},
         }
+
+
+def _example_report() -> RoundReport:
+    """A round of three clients, two in the sum, for the doctests."""
+    return RoundReport(1, {"c0": ClientRoundReport("c0", 1, "sent", loss=2.0),
+                           "c1": ClientRoundReport("c1", 1, "sent", loss=4.0),
+                           "c2": ClientRoundReport("c2", 1, "out_of_budget")},
+                       included=("c0", "c1"), dropped={"c2": "out of budget"})
 
 
 def aggregation_failed(report: RoundReport, exc: Exception, *, start: float, t0: float) -> RoundReport:
