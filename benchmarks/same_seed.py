@@ -9,8 +9,8 @@ dict (tensor bytes in name order) and of the saved ``encoder.pt``.
 
 Run it on two trees (``PYTHONPATH=<tree>/src``) and compare::
 
-    PYTHONPATH=OLD/src python benchmarks/same_seed.py --label before --data data --runs /tmp/same_seed_old
-    PYTHONPATH=src     python benchmarks/same_seed.py --label after  --data data --runs /tmp/same_seed_new
+    PYTHONPATH=OLD/src python benchmarks/same_seed.py --label before --data data --runs runs/same_seed_old
+    PYTHONPATH=src     python benchmarks/same_seed.py --label after  --data data --runs runs/same_seed_new
     python benchmarks/same_seed.py --compare before after
 
 Writes ``results/same_seed_<label>.json`` and, with ``--compare``, ``results/same_seed_compare.md``

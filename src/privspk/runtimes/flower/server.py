@@ -127,11 +127,12 @@ class FlowerFederation:
             if rep.error:
                 log.warning("node %s did not confirm the last aggregation: %s", node, rep.error)
 
-    def renotify(self, round_id: int, included: list[str]) -> None:
-        """Post ``round_id``'s ``aggregated`` notices again (a resumed run: the ServerApp may have died
-        before the nodes had them, leaving their ledger rows ``released``); answered like any round's."""
+    def post_aggregated(self, round_id: int, included, *, to) -> None:
+        """Post ``round_id``'s ``aggregated`` notices to the clients in ``to``, answered before the next
+        request (:meth:`confirm_notices`). A resumed run posts the last round's again: the ServerApp may
+        have died before the nodes had them, leaving their ledger rows ``released``."""
         targets = {node: ({"kind": "aggregated", "round": round_id, "included": list(included)}, b"")
-                   for cid, node in self.clients.items() if cid in included}
+                   for cid, node in self.clients.items() if cid in to}
         if targets:
             self._notices = post(self.grid, targets, timeout=self.settings.stage_timeout)
 
@@ -250,11 +251,9 @@ class FlowerFederation:
         finish_round(report, result, server=self.server, record_heads=self.record_heads, state_path=self.state_path,
                      on_aggregated=self.on_aggregated, uplink_excludes={KEYHOLDER})
         # answered before the next request (confirm_notices): the nodes mark their ledgers meanwhile
-        self._notices = post(self.grid, {node: ({"kind": "aggregated", "round": round_id,
-                                                  "included": list(result.included)}, b"")
-                                         for cid, node in self.clients.items() if cid in senders},
-                             timeout=self.settings.stage_timeout)
-        transport.push += time.perf_counter() - self._notices.start
+        self.post_aggregated(round_id, result.included, to=senders)
+        if self._notices is not None:
+            transport.push += time.perf_counter() - self._notices.start
         report.round_seconds = time.perf_counter() - start
         extra.update(**transport.summary(), stages=list(result.stages),
                      node_crypto_seconds=round(self.node_crypto, 4), server_crypto_seconds=round(self.server_crypto, 4))
@@ -547,7 +546,7 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     if last_done:
         included = _included_in(progress, last_done, heads=getattr(server, "heads", None))
         if included:
-            fed.renotify(last_done, included)
+            fed.post_aggregated(last_done, included, to=included)
     emit({"event": "start", "clients": nodes, "keyholder": keyholder.node_id if keyholder else None,
           "resume_from": last_done, "startup_seconds": {
               "data": round(t_data - t_start, 3), "wait_nodes": round(t_nodes - t_data, 3),
