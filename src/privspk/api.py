@@ -462,7 +462,7 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
     client's planned :class:`~privspk.privacy.Mechanism` (``None`` without DP); ``options`` are
     the scheme's options (their ``clip`` bounds the update).
     """
-    from privspk.federation import FederatedClient
+    from privspk.federation import ClientRelease, ClientTraining, FederatedClient
 
     privacy = cfg.privacy
     store = run_dir / "clients" / client_id
@@ -480,17 +480,18 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
                                 client_mechanism=client_dp.mechanism())  # the guaranteed honest shares
         guard = LedgerGuard(ledger, client_id, client_budget(cfg), accountant=privacy.accountant, identity=identity,
                             **client_level)
-    return FederatedClient(
-        client_id, data, copy.deepcopy(encoder), names, weight=weight, endpoint=endpoint,
-        guard=guard, dp=mechanism if privacy.enabled else None, store=store, local=local_settings(cfg),
+    training = ClientTraining(
+        local_settings(cfg), seed=cfg.seed * 1000 + index, dp=mechanism if privacy.enabled else None,
         local_steps=None if privacy.enabled else cfg.train.local_steps,
         randomness=None if privacy.enabled else privacy.randomness,
-        scheme=cfg.secagg.scheme, seed=cfg.seed * 1000 + index,
-        client_dp=client_dp, trunk_crops=cfg.train.trunk_crops,
-        fixed_head=cfg.train.head == "fixed",
-        update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
-        run_id=cfg.name,
+        trunk_crops=cfg.train.trunk_crops, fixed_head=cfg.train.head == "fixed",
     )
+    release = ClientRelease(
+        cfg.secagg.scheme, run_id=cfg.name, client_dp=client_dp,
+        update_clip=options.get("clip") if client_dp is None and cfg.secagg.scheme != "plain" else None,
+    )
+    return FederatedClient(client_id, data, copy.deepcopy(encoder), names, weight=weight, endpoint=endpoint,
+                           guard=guard, store=store, training=training, release=release)
 
 
 def encoder_in_dim(cfg: RunConfig) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from privspk.config import HE_TRUST, FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
-from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
+from privspk.federation import ClientRelease, ClientTraining, FederatedClient, FederatedServer, InProcessFederation
 from privspk.api import open_run_ledger
 from privspk.federation.guard import LedgerGuard
 from privspk.models.ecapa import ECAPAEncoder
@@ -186,8 +186,9 @@ def build_job(
                                 accountant="rdp")
         clients[cid] = FederatedClient(
             cid, cdata, copy.deepcopy(encoder), names, weight=weights[cid], endpoint=sch.client(cid), guard=guard,
-            dp=dps, store=workdir / "clients" / cid, local=local, local_steps=None if dp else t.local_steps,
-            randomness=None if dp else cfg.privacy.randomness, scheme=scheme, seed=seed * 1000 + i, run_id=cfg.name,
+            store=workdir / "clients" / cid, release=ClientRelease(scheme, run_id=cfg.name),
+            training=ClientTraining(local, seed=seed * 1000 + i, dp=dps, local_steps=None if dp else t.local_steps,
+                                    randomness=None if dp else cfg.privacy.randomness),
         )
 
     def aggregated(round_id: int, included) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from privspk.errors import BudgetExceededError, CheckpointError
-from privspk.federation.client import ClientRoundReport, FederatedClient
+from privspk.errors import BudgetExceededError, CheckpointError, ConfigError
+from privspk.federation.client import ClientRelease, ClientRoundReport, ClientTraining, FederatedClient
 from privspk.models.finetune import apply_recipe
 from privspk.privacy.ledger import digest_update
 from privspk.secagg import ClientEndpoint
@@ -84,10 +84,11 @@ def make_client(tmp_path, events, *, guard=None, dp=DP, weight=0.25, store="stor
     apply_recipe(enc, "last")
     names = [n for n, p in enc.named_parameters() if p.requires_grad]
     endpoint = RecordingEndpoint(events)
+    dp = dp if dp is None or randomness is None else dataclasses.replace(dp, randomness=randomness)
+    training = ClientTraining(LOCAL, seed=seed, dp=dp, local_steps=None if dp is not None else 2,
+                              randomness=None if dp is not None else randomness)
     client = FederatedClient("c", data, copy.deepcopy(enc), names, weight=weight, endpoint=endpoint, guard=guard,
-                             dp=dp if dp is None or randomness is None else dataclasses.replace(dp, randomness=randomness),
-                             store=tmp_path / store, local_steps=None if dp is not None else 2, scheme="mask",
-                             seed=seed, local=LOCAL, randomness=None if dp is not None else randomness)
+                             store=tmp_path / store, training=training, release=ClientRelease("mask"))
     return client, endpoint, flatten(trainable_state(enc), names)
 
 
@@ -220,3 +221,24 @@ def test_rounds_are_deterministic_for_a_seed(tmp_path):
     c, ec, _ = make_client(tmp_path, [], guard=None, dp=DP, store="c")
     c.run_round(1, g)
     assert not np.array_equal(ec.sent[1], ea.sent[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dp=DP, local_steps=DP.steps + 1), "differs from the mechanism's"),
+        (dict(dp=DP, randomness="simulation" if DP.randomness == "secret" else "secret"), "differs from the mechanism's"),
+        (dict(dp=None), "a non-private client needs local_steps"),
+        (dict(dp=None, local_steps=1, trunk_crops=-1), "trunk_crops must be >= 0"),
+    ],
+)
+def test_client_training_refuses_settings_that_contradict_its_mechanism(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ClientTraining(LOCAL, seed=0, **kwargs)
+
+
+def test_client_training_takes_steps_and_randomness_from_the_mechanism_when_private():
+    dp = dataclasses.replace(DP, randomness="simulation")
+    assert (ClientTraining(LOCAL, seed=0, dp=dp).steps, ClientTraining(LOCAL, seed=0, dp=dp).mode) == (dp.steps,
+                                                                                                     "simulation")
+    assert ClientTraining(LOCAL, seed=0, local_steps=4).mode == "secret"

@@ -18,7 +18,7 @@ import pytest
 from privspk.api import plan_client_level
 from privspk.config import FederationSection, PrivacySection, RunConfig, SecAggSection, TrainSection
 from privspk.errors import AggregationError, ConfigError, ProtocolError
-from privspk.federation import FederatedClient
+from privspk.federation import ClientRelease, ClientTraining, FederatedClient
 from privspk.api import open_run_ledger
 from privspk.federation.guard import LedgerGuard
 from privspk.models.finetune import apply_recipe
@@ -64,9 +64,10 @@ def _victim(tmp_path, colluders: int = 1):
     t = cfg.train
     client = FederatedClient(
         "client0", data, copy.deepcopy(encoder), names, weight=0.1, endpoint=scheme.client("client0"), guard=guard,
-        dp=dp, store=tmp_path / "client0", scheme="mask", seed=0, client_dp=client_dp,
-        local=LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr,
-                            crop_frames=t.crop_frames, speaker_batch=t.speaker_batch),
+        store=tmp_path / "client0", release=ClientRelease("mask", client_dp=client_dp),
+        training=ClientTraining(LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr,
+                                              crop_frames=t.crop_frames, speaker_batch=t.speaker_batch),
+                                seed=0, dp=dp),
     )
     report = client.run_round(1, _global(encoder, names))
     assert report.status == "sent"

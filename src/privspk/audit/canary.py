@@ -210,7 +210,7 @@ def run_with_canaries(
     ``dp``: client id -> :class:`~privspk.privacy.Mechanism` (every client trains
     with DP-SGD, as in the run). Returns the canary scores of each view.
     """
-    from privspk.federation import FederatedClient, FederatedServer, InProcessFederation
+    from privspk.federation import ClientRelease, ClientTraining, FederatedClient, FederatedServer, InProcessFederation
     from privspk.secagg import build_scheme
 
     if canary_client not in clients_data:
@@ -231,8 +231,9 @@ def run_with_canaries(
         for i, (cid, cdata) in enumerate(clients_data.items()):
             clients[cid] = FederatedClient(
                 cid, cdata, copy.deepcopy(encoder), list(names), weight=weights[cid], endpoint=scheme.client(cid),
-                guard=None, dp=dp[cid], store=Path(tmp) / cid, local=local,
-                scheme="plain", seed=client_seed_base + i, trunk_crops=trunk_crops, fixed_head=fixed_head)
+                guard=None, store=Path(tmp) / cid, release=ClientRelease("plain"),
+                training=ClientTraining(local, seed=client_seed_base + i, dp=dp[cid], trunk_crops=trunk_crops,
+                                        fixed_head=fixed_head))
         target = clients[canary_client].net.encoder.get_parameter(tensor_name)
         canaries = GradientCanaries(target, m=m, clip=dp[canary_client].clip,
                                     sample_rate=dp[canary_client].sample_rate, seed=seed, shadow=shadow)

@@ -75,20 +75,21 @@ def round_one_updates(
     """Each client's weighted round-1 update from ``encoder`` (plain when ``dp`` is None, else DP-SGD).
 
     ``randomness`` is the plain clients' (a DP client's is its mechanism's)."""
-    from privspk.federation import FederatedClient
+    from privspk.federation import ClientRelease, ClientTraining, FederatedClient
     from privspk.training.net import flatten, trainable_state
 
     start = flatten(trainable_state(encoder), list(names))
     out = {}
     for i, (cid, cdata) in enumerate(clients_data.items()):
         ep = CaptureEndpoint(cid)
+        training = ClientTraining(local, seed=client_seed_base + i, dp=None if dp is None else dp[cid],
+                                  local_steps=None if dp is not None else local_steps,
+                                  randomness=None if dp is not None else randomness,
+                                  trunk_crops=0 if getattr(cdata, "pooled", None) is not None else trunk_crops,
+                                  fixed_head=fixed_head)
         client = FederatedClient(cid, cdata, copy.deepcopy(encoder), list(names), weight=weights[cid], endpoint=ep,
-                                 guard=None, dp=None if dp is None else dp[cid], store=f"{store}/{cid}",
-                                 local=local, local_steps=None if dp is not None else local_steps,
-                                 randomness=None if dp is not None else randomness, scheme="plain",
-                                 seed=client_seed_base + i,
-                                 trunk_crops=0 if getattr(cdata, "pooled", None) is not None else trunk_crops,
-                                 fixed_head=fixed_head)
+                                 guard=None, store=f"{store}/{cid}", training=training,
+                                 release=ClientRelease("plain"))
         client.run_round(1, start)
         out[cid] = ep.updates[1]
     return out

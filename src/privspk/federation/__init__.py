@@ -3,8 +3,16 @@
 their messages.
 """
 
-from privspk.federation.client import ClientRoundReport, FederatedClient
+from privspk.federation.client import ClientRelease, ClientRoundReport, ClientTraining, FederatedClient
 from privspk.federation.runtime import InProcessFederation, RoundReport
 from privspk.federation.server import FederatedServer
 
-__all__ = ["ClientRoundReport", "FederatedClient", "FederatedServer", "InProcessFederation", "RoundReport"]
+__all__ = [
+    "ClientRelease",
+    "ClientRoundReport",
+    "ClientTraining",
+    "FederatedClient",
+    "FederatedServer",
+    "InProcessFederation",
+    "RoundReport",
+]

@@ -102,6 +102,99 @@ def _fault(point: str, client_id: str, round_id: int) -> None:
         os._exit(86)
 
 
+@dataclass(frozen=True)
+class ClientTraining:
+    """How a client trains in each round: its local settings, its DP mechanism and its randomness.
+
+    A DP client's steps and randomness come from its mechanism; a non-private one names them.
+
+    Args:
+        local: how it trains locally (:class:`privspk.training.local.LocalSettings`).
+        seed: base seed (the round's seed is derived from it and the round id).
+        dp: the round's DP-SGD mechanism (``None`` = non-private); its steps, randomness and
+            everything the ledger records come from it.
+        local_steps: optimizer steps per round of a non-private client.
+        randomness: a non-private client's randomness mode (default ``"secret"``).
+        trunk_crops: with an embedding-only recipe, cache the frozen trunk's pooled statistics
+            of this many random crops per utterance once and train on them (0 = off).
+        fixed_head: keep the speaker head at its random initialisation (not trained).
+
+    >>> local = LocalSettings(batch_size=8, physical_batch=8, lr=1e-3)
+    >>> plain = ClientTraining(local, seed=3, local_steps=2)
+    >>> plain.steps, plain.mode
+    (2, 'secret')
+    >>> dp = Mechanism(unit="utterance", noise_multiplier=1.0, clip=1.0, sample_rate=0.1, steps=5, delta=1e-5)
+    >>> ClientTraining(local, seed=3, dp=dp).steps
+    5
+    >>> ClientTraining(local, seed=3, dp=dp, local_steps=4)
+    Traceback (most recent call last):
+    ...
+    privspk.errors.ConfigError: local_steps=4 differs from the mechanism's 5 steps
+    """
+
+    local: LocalSettings
+    seed: int
+    dp: Mechanism | None = None
+    local_steps: int | None = None
+    randomness: str | None = None
+    trunk_crops: int = 0
+    fixed_head: bool = False
+
+    def __post_init__(self) -> None:
+        dp = self.dp
+        if dp is not None and self.local_steps is not None and self.local_steps != dp.steps:
+            raise ConfigError(f"local_steps={self.local_steps} differs from the mechanism's {dp.steps} steps")
+        if dp is not None and self.randomness is not None and self.randomness != dp.randomness:
+            raise ConfigError(f"randomness={self.randomness!r} differs from the mechanism's {dp.randomness!r}")
+        if dp is None and self.local_steps is None:
+            raise ConfigError("a non-private client needs local_steps")
+        if self.trunk_crops < 0:
+            raise ConfigError(f"trunk_crops must be >= 0, got {self.trunk_crops}")
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per round: the mechanism's, or ``local_steps`` without DP.
+
+        >>> ClientTraining(LocalSettings(batch_size=8, physical_batch=8, lr=1e-3), seed=0, local_steps=3).steps
+        3
+        """
+        return self.dp.steps if self.dp is not None else int(self.local_steps)  # type: ignore[arg-type]
+
+    @property
+    def mode(self) -> str:
+        """The randomness mode of its crops, batches and noise (``"secret"`` or ``"simulation"``).
+
+        >>> local = LocalSettings(batch_size=8, physical_batch=8, lr=1e-3)
+        >>> ClientTraining(local, seed=0, local_steps=1, randomness="simulation").mode
+        'simulation'
+        """
+        return self.dp.randomness if self.dp is not None else (self.randomness or "secret")
+
+
+@dataclass(frozen=True)
+class ClientRelease:
+    """How a client's update leaves it: into which run and scheme, clipped and noised how.
+
+    Args:
+        scheme: the aggregation scheme's name (recorded with the spend).
+        run_id: the run this client serves; its endpoint refuses requests of any other run
+            (``None``: not checked by run id, each round still goes into one sum only).
+        update_clip: the coordinate range the aggregation scheme clips to; the share of
+            coordinates beyond it is reported (and logged when above 1 %).
+        client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
+            distributed DP (clip the whole update, add this client's integer noise share
+            before masking); ``None`` sends the float update.
+
+    >>> ClientRelease("mask", run_id="demo", update_clip=0.5)
+    ClientRelease(scheme='mask', run_id='demo', update_clip=0.5, client_dp=None)
+    """
+
+    scheme: str
+    run_id: str | None = None
+    update_clip: float | None = None
+    client_dp: object | None = None
+
+
 class FederatedClient:
     """One client: its data, its private head, its ledger guard and its scheme endpoint.
 
@@ -113,24 +206,25 @@ class FederatedClient:
         weight: its FedAvg weight ``n_k / sum(n)``.
         endpoint: its side of the aggregation scheme.
         guard: ledger access enforcing its budget (``None`` for non-private runs).
-        dp: the round's DP-SGD mechanism (``None`` = non-private); its steps, randomness and
-            everything the ledger records come from it.
         store: folder for its private state (head, staged updates).
-        local: how it trains locally (:class:`privspk.training.local.LocalSettings`).
-        local_steps: optimizer steps per round of a non-private client (a DP client's are ``dp.steps``).
-        randomness: a non-private client's randomness mode (a DP client's is ``dp.randomness``).
-        scheme: the aggregation scheme's name (recorded with the spend).
-        seed: base seed.
-        trunk_crops: with an embedding-only recipe, cache the frozen trunk's pooled statistics
-            of this many random crops per utterance once and train on them (0 = off).
-        fixed_head: keep the speaker head at its random initialisation (not trained).
-        update_clip: the coordinate range the aggregation scheme clips to; the share of
-            coordinates beyond it is reported (and logged when above 1 %).
-        client_dp: a :class:`privspk.privacy.DistributedDP` encoder for client-level
-            distributed DP (clip the whole update, add this client's integer noise share
-            before masking); ``None`` sends the float update.
-        run_id: the run this client serves; its endpoint refuses requests of any other run
-            (``None``: not checked by run id, each round still goes into one sum only).
+        training: how it trains each round (:class:`ClientTraining`).
+        release: how its update leaves it (:class:`ClientRelease`).
+
+    A round on synthetic data, released through the ``plain`` scheme (a server would open the
+    sum of several clients' updates; here the one update is all there is):
+
+    >>> import tempfile
+    >>> from privspk.secagg import build_scheme
+    >>> from privspk.training.net import flatten, trainable_state
+    >>> enc, names = _example_encoder()
+    >>> scheme = build_scheme("plain", {}, seed=0)
+    >>> training = ClientTraining(_EXAMPLE_LOCAL, seed=0, local_steps=1)
+    >>> c = FederatedClient("client0", _example_data(0), enc, names, weight=1.0, guard=None,
+    ...                     endpoint=scheme.client("client0"), store=tempfile.mkdtemp(),
+    ...                     training=training, release=ClientRelease("plain"))
+    >>> rep = c.run_round(1, flatten(trainable_state(enc), names))
+    >>> rep.status, rep.steps, rep.epsilon
+    ('sent', 1, 0.0)
     """
 
     def __init__(
@@ -143,61 +237,48 @@ class FederatedClient:
         weight: float,
         endpoint: ClientEndpoint,
         guard: SpendGuard | None,
-        dp: Mechanism | None,
         store: str | Path,
-        local: LocalSettings,
-        scheme: str,
-        local_steps: int | None = None,
-        randomness: str | None = None,
-        seed: int,
-        client_dp=None,
-        trunk_crops: int = 0,
-        fixed_head: bool = False,
-        update_clip: float | None = None,
-        run_id: str | None = None,
+        training: ClientTraining,
+        release: ClientRelease,
     ) -> None:
         self.client_id = client_id
         self.data = data
         self.names = list(names)
         self.weight = float(weight)
         self.endpoint = endpoint
-        endpoint.bind(run_id=run_id, gate=self._release_gate)
+        endpoint.bind(run_id=release.run_id, gate=self._release_gate)
         self.guard = guard
-        self.dp = dp
+        self.training = training
+        self.release = release
+        self.dp = training.dp
         self.store = Path(store)
         self.store.mkdir(parents=True, exist_ok=True)
-        self.local = local
-        if dp is not None and local_steps is not None and local_steps != dp.steps:
-            raise ConfigError(f"local_steps={local_steps} differs from the mechanism's {dp.steps} steps")
-        if dp is not None and randomness is not None and randomness != dp.randomness:
-            raise ConfigError(f"randomness={randomness!r} differs from the mechanism's {dp.randomness!r}")
-        if dp is None and local_steps is None:
-            raise ConfigError("a non-private client needs local_steps")
-        self.local_steps = dp.steps if dp is not None else int(local_steps)  # type: ignore[arg-type]
-        self.randomness = dp.randomness if dp is not None else (randomness or "secret")
-        self.scheme = scheme
-        self.seed = int(seed)
-        self.client_dp = client_dp
-        self.update_clip = update_clip
-        if client_dp is not None:
+        self.local = training.local
+        self.local_steps = training.steps
+        self.randomness = training.mode
+        self.scheme = release.scheme
+        self.seed = int(training.seed)
+        self.client_dp = release.client_dp
+        self.update_clip = release.update_clip
+        if self.client_dp is not None:
             from privspk.privacy.noise import make_rng
 
             self._noise_rng = make_rng()  # OS entropy: noise shares are never reproducible
         torch.manual_seed(self.seed)
         from privspk.training.trunk import embedding_only, pooled_crops
 
-        if trunk_crops and embedding_only(encoder):
+        if training.trunk_crops and embedding_only(encoder):
             from privspk.training.randomness import RoundSeeds
 
             # the trunk is frozen for the whole run: its pooled statistics are computed once, here, from
             # crops drawn like the rounds' (secret unless the randomness is "simulation")
             crop_seed = RoundSeeds.draw(self.randomness, seed=self.seed).crops
-            data = data.with_pooled(pooled_crops(encoder, data.getter, data.utt_ids, crops=trunk_crops,
-                                                 crop_frames=local.crop_frames, seed=crop_seed,
-                                                 device=local.device))
+            data = data.with_pooled(pooled_crops(encoder, data.getter, data.utt_ids, crops=training.trunk_crops,
+                                                 crop_frames=self.local.crop_frames, seed=crop_seed,
+                                                 device=self.local.device))
             self.data = data
         self.net = SpeakerNet(encoder, AAMHead(encoder.embed_dim, data.n_speakers))
-        if fixed_head:
+        if training.fixed_head:
             self.net.head.weight.requires_grad_(False)
         self._load_head()
 
@@ -226,12 +307,27 @@ class FederatedClient:
         tmp.replace(self._head_path())
 
     def epsilon(self) -> float:
-        """Epsilon this client has spent (0 when non-private)."""
+        """Epsilon this client has spent (0 when non-private).
+
+        >>> client, _ = _example_client()
+        >>> client.epsilon()
+        0.0
+        """
         return self.guard.epsilon() if self.guard is not None else 0.0
 
     # ---- the round ----------------------------------------------------------
     def run_round(self, round_id: int, global_vector: torch.Tensor) -> ClientRoundReport:
-        """Do this client's part of ``round_id`` up to handing the update to the scheme."""
+        """Do this client's part of ``round_id`` up to handing the update to the scheme.
+
+        A client whose spend of ``round_id`` is already in its ledger (it crashed after the record)
+        re-sends the recorded update instead of training again (status ``"resent"``).
+
+        >>> client, start = _example_client()
+        >>> rep = client.run_round(1, start)
+        >>> rep.status, rep.steps, sorted(client.endpoint._updates)
+        ('sent', 1, [1])
+
+        """
         staged = self._staged_path(round_id)
         refused = (self._read_release(round_id) or {}).get("abandoned")
         if refused:  # this round's update went into one sum already and was refused another
@@ -349,13 +445,57 @@ class FederatedClient:
         """This client's signed ledger chain head after its spend of ``round_id`` (``None`` when it keeps none).
 
         The server keeps the heads it aggregated, so the client's ledger cannot later lose a round unseen.
+
+        >>> client, _ = _example_client()  # non-private: no ledger, no head to sign
+        >>> client.signed_head(1) is None
+        True
         """
         get = getattr(self.guard, "signed_head", None)
         return get(round_id) if get is not None else None
 
     def forget_staged(self, round_id: int) -> None:
-        """Drop the staged update once the round is aggregated."""
+        """Drop the staged update once the round is aggregated.
+
+        >>> client, start = _example_client()
+        >>> _ = client.run_round(1, start)
+        >>> staged = client.store / "update_r0001.npy"
+        >>> staged.exists(), client.forget_staged(1), staged.exists()
+        (True, None, False)
+        """
         self._staged_path(round_id).unlink(missing_ok=True)
+
+
+_EXAMPLE_LOCAL = LocalSettings(batch_size=4, physical_batch=4, lr=1e-3, crop_frames=30, speaker_batch=2)
+
+
+def _example_encoder() -> tuple[nn.Module, list[str]]:
+    """A small encoder over 20-dim features and its parameter names, for the doctests."""
+    from privspk.models.ecapa import ECAPAEncoder
+
+    torch.manual_seed(0)
+    enc = ECAPAEncoder(20, channels=16, embed_dim=8, dilations=(2,), attention_channels=8)
+    return enc, [n for n, _ in enc.named_parameters()]
+
+
+def _example_data(seed: int) -> ClientData:
+    """Three synthetic speakers of four 40-frame utterances each, for the doctests."""
+    g = torch.Generator().manual_seed(seed)
+    feats = {f"s{seed}{k}-{u}": torch.randn(40, 20, generator=g) + k for k in range(3) for u in range(4)}
+    return ClientData.from_pairs(feats.__getitem__, [(u, u.split("-")[0]) for u in feats])
+
+
+def _example_client() -> tuple[FederatedClient, torch.Tensor]:
+    """A non-private client on synthetic data with the ``plain`` scheme, and the global vector, for the doctests."""
+    import tempfile
+
+    from privspk.secagg import build_scheme
+
+    enc, names = _example_encoder()
+    client = FederatedClient("client0", _example_data(0), enc, names, weight=1.0, guard=None,
+                             endpoint=build_scheme("plain", {}, seed=0).client("client0"), store=tempfile.mkdtemp(),
+                             training=ClientTraining(_EXAMPLE_LOCAL, seed=0, local_steps=1),
+                             release=ClientRelease("plain"))
+    return client, flatten(trainable_state(enc), names)
 
 
 def write_durably(path: Path, write: Callable) -> None:

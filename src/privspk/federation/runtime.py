@@ -168,6 +168,31 @@ class InProcessFederation:
         state_path: where the server state is saved after each round (for resume).
         on_aggregated: called with ``(round_id, included)`` once a round's sum is applied
             (the runtime marks ledger rows aggregated through it).
+
+    Three non-private clients on synthetic data, pairwise masking; in round 2 one client drops
+    out before its masked update is collected, and the round still opens the other two's sum
+    (their masks with it are recovered from the survivors' shares):
+
+    >>> import copy, tempfile
+    >>> from privspk.federation.client import ClientRelease, ClientTraining, _example_data, _example_encoder
+    >>> from privspk.secagg import build_scheme
+    >>> from privspk.training.local import LocalSettings
+    >>> enc, names = _example_encoder()
+    >>> scheme, store = build_scheme("mask", {"clip": 1.0, "colluders": 0}, seed=0), tempfile.mkdtemp()
+    >>> local = LocalSettings(batch_size=4, physical_batch=4, lr=1e-3, crop_frames=30, speaker_batch=2)
+    >>> clients = {cid: FederatedClient(cid, _example_data(i), copy.deepcopy(enc), names, weight=1 / 3,
+    ...                                 endpoint=scheme.client(cid), guard=None, store=f"{store}/{cid}",
+    ...                                 training=ClientTraining(local, seed=i, local_steps=1),
+    ...                                 release=ClientRelease("mask", run_id="doc"))
+    ...            for i, cid in enumerate(("c0", "c1", "c2"))}
+    >>> server = FederatedServer(copy.deepcopy(enc), names, run_id="doc", weights={c: 1 / 3 for c in clients})
+    >>> fed = InProcessFederation(server, clients, scheme, state_path=f"{store}/server_state.pt")
+    >>> rep = fed.run_round(1)
+    >>> rep.included, rep.skipped, fed.last_completed_round()  # the server state is saved after each round
+    (('c0', 'c1', 'c2'), '', 1)
+    >>> rep = fed.run_round(2, silent={"c2": "collect"})
+    >>> rep.included, sorted(rep.dropped), round(rep.weight_mass, 3)
+    (('c0', 'c1'), ['c2'], 0.667)
     """
 
     def __init__(
@@ -186,13 +211,23 @@ class InProcessFederation:
         self.on_aggregated = on_aggregated
 
     def last_completed_round(self) -> int:
-        """The last round completed according to the saved server state (0 when none; rounds count from 1)."""
+        """The last round completed according to the saved server state (0 when none; rounds count from 1).
+
+        >>> fed = _example_federation()
+        >>> fed.last_completed_round(), fed.run_round(1).skipped, fed.last_completed_round()
+        (0, '', 1)
+        """
         if self.state_path is None or not self.state_path.exists():
             return 0
         return self.server.load(self.state_path)
 
     def run_round(self, round_id: int, *, silent: Mapping[str, str] | None = None) -> RoundReport:
-        """One full round. ``silent`` drops clients from a scheme stage on (tests, benchmarks)."""
+        """One full round. ``silent`` drops clients from a scheme stage on (tests, benchmarks).
+
+        >>> rep = _example_federation().run_round(1, silent={"c1": "collect"})
+        >>> rep.included, rep.dropped["c1"].startswith("no reply"), sorted(rep.clients)
+        (('c0', 'c2'), True, ['c0', 'c1', 'c2'])
+        """
         start = time.perf_counter()
         global_vector = self.server.global_vector()
         reports = {cid: c.run_round(round_id, global_vector) for cid, c in self.clients.items()}
@@ -221,3 +256,23 @@ class InProcessFederation:
             self.clients[cid].forget_staged(round_id)
         report.round_seconds = time.perf_counter() - start
         return report
+
+
+def _example_federation() -> InProcessFederation:
+    """Three non-private clients on synthetic data with pairwise masking (no colluders), for the doctests."""
+    import copy
+    import tempfile
+
+    from privspk.federation.client import (_EXAMPLE_LOCAL, ClientRelease, ClientTraining, _example_data,
+                                           _example_encoder)
+    from privspk.secagg import build_scheme
+
+    enc, names = _example_encoder()
+    scheme, store = build_scheme("mask", {"clip": 1.0, "colluders": 0}, seed=0), tempfile.mkdtemp()
+    clients = {cid: FederatedClient(cid, _example_data(i), copy.deepcopy(enc), names, weight=1 / 3,
+                                    endpoint=scheme.client(cid), guard=None, store=f"{store}/{cid}",
+                                    training=ClientTraining(_EXAMPLE_LOCAL, seed=i, local_steps=1),
+                                    release=ClientRelease("mask", run_id="doc"))
+               for i, cid in enumerate(("c0", "c1", "c2"))}
+    server = FederatedServer(copy.deepcopy(enc), names, run_id="doc", weights={c: 1 / 3 for c in clients})
+    return InProcessFederation(server, clients, scheme, state_path=f"{store}/server_state.pt")

@@ -33,7 +33,8 @@ that is not a privspk ledger, or that another process keeps locked, raises
 The package by role:
 
 * :mod:`~privspk.privacy.ledger.rows` - :class:`Spend` (a round's mechanism and outcome), :class:`SpendRow`;
-* :mod:`~privspk.privacy.ledger.storage` - :class:`Ledger`: schema, recording, status transitions;
+* :mod:`~privspk.privacy.ledger.database` - the SQLite file: schema, opening and its checks, migration;
+* :mod:`~privspk.privacy.ledger.storage` - :class:`Ledger`: recording, status transitions, reading rows;
 * :mod:`~privspk.privacy.ledger.chain` - the hash chain, signed heads, the server's :class:`AggregatedHeads`;
 * :mod:`~privspk.privacy.ledger.audit` - recompute every epsilon, verify the chain (``privspk ledger --check``);
 * :mod:`~privspk.privacy.ledger.report` - table, JSON, CSV, plot.
