@@ -122,3 +122,44 @@ def _pretrained(data_dir: Path):
     cfg = tiny_config(data_dir, data_dir / "unused")
     enc, _ = pretrained_encoder(cfg, prepare_data(cfg, progress=False), progress=False)
     return enc
+
+
+@pytest.mark.slow
+def test_client_level_dp_deployed_spends_what_in_process_plans(tmp_path, data_dir):
+    """Client-level distributed DP through Flower: each node clips its whole update and adds its integer
+    noise share before masking; its ledger records the client-level spend the in-process run records
+    (the noise shares come from OS entropy, so the models differ: only the accounting is compared)."""
+    import dataclasses
+
+    from privspk.config import PrivacySection
+
+    def client_level(cfg):
+        return cfg.replace(privacy=dataclasses.replace(cfg.privacy, client_level=True, client_epsilon=8.0))
+
+    cfg = client_level(tiny_config(data_dir, tmp_path / "server_runs", scheme="mask"))
+    assert isinstance(cfg.privacy, PrivacySection) and cfg.privacy.client_level
+    with Cluster(tmp_path / "cluster", data_dir=data_dir) as cluster:
+        try:
+            done = cluster.submit(cfg, wait=900)
+        except Exception:
+            print(cluster.dump_logs())
+            raise
+        node_ledgers = [cluster.node_dir(i) / "deployed" / "ledger.sqlite" for i in range(3)]
+    ref = privspk.train(client_level(tiny_config(data_dir, tmp_path / "inproc", scheme="mask")), progress=False,
+                        overwrite=True)
+    ref_client_eps = ref.report["privacy"]["client_level"]["epsilon_spent"]
+    assert done["client_epsilon_spent"] == pytest.approx(ref_client_eps, rel=1e-9)
+    assert all(0 < e <= 8.0 for e in done["client_epsilon_spent"].values())
+    assert done["epsilon_spent"] == pytest.approx(ref.epsilon, rel=1e-12)
+    import json
+
+    rows = json.loads(Path(done["report"]).read_text(encoding="utf-8"))["rounds"]
+    assert [sorted(r["client_epsilon"]) for r in rows] == [["client0", "client1", "client2"]] * 2
+    for i, path in enumerate(node_ledgers):
+        with Ledger(path, readonly=True) as led:
+            assert [(r.round, r.status) for r in led.rows()] == [(1, "aggregated"), (2, "aggregated")]
+            assert all(r.client_level is not None and r.client_level.noise_multiplier > 0 for r in led.rows())
+            assert led.client_epsilon(f"client{i}") == pytest.approx(ref_client_eps[f"client{i}"], rel=1e-9)
+            assert all(c.ok for c in led.recompute())  # `privspk ledger --check` recomputes the same spends
+    enc, _ = load_encoder(Path(cfg.out_dir) / cfg.name / "encoder.pt")
+    assert not np.array_equal(trainable_vector(enc, "last"), trainable_vector(_pretrained(data_dir), "last"))

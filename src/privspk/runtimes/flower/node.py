@@ -121,6 +121,8 @@ class Node:
         self.encoder = None
         self.names: list[str] = []
         self.plan = None
+        self.client_dp = None  # client-level DP: this client's DistributedDP encoder (planned at setup)
+        self.options: dict = {}
         self.identity = None
         self._setup_seconds = 0.0
 
@@ -154,8 +156,6 @@ class Node:
             cfg = RunConfig.from_toml(str(meta["config"]))
         except KeyError:
             raise ProtocolError("setup without a run config", client="server") from None
-        if cfg.privacy.client_level:
-            raise ConfigError("client-level DP is not supported on the Flower runtime yet; run it in-process")
         changes = {"out_dir": str(self.settings.run_root)}
         if self.settings.data_dir is not None:
             changes["data_dir"] = str(self.settings.data_dir)
@@ -188,11 +188,11 @@ class Node:
                                         node_key=str(meta.get("node_key_fingerprint", "")))
         return out
 
-    def _scheme(self, cfg):
+    def _scheme(self, cfg, options: dict | None = None):
         from privspk.api import _scheme_options
         from privspk.secagg import build_scheme
 
-        return build_scheme(cfg.secagg.scheme, _scheme_options(cfg), seed=cfg.seed)
+        return build_scheme(cfg.secagg.scheme, _scheme_options(cfg) if options is None else options, seed=cfg.seed)
 
     def _setup_keyholder(self, cfg) -> None:
         from privspk.runtimes.flower.identity import load_identity
@@ -224,9 +224,14 @@ class Node:
         self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if cfg.privacy.enabled:
             self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg)
+        from privspk.api import _scheme_options, plan_client_level
         from privspk.secagg.he_scheme import HeScheme
 
-        self.scheme = self._scheme(cfg)
+        self.options, self.client_dp = _scheme_options(cfg), None
+        if cfg.privacy.client_level:  # planned from the config and the model alone: the server plans the same
+            dim = sum(int(p.numel()) for p in self._trainable_of(encoder))
+            self.client_dp, self.options = plan_client_level(cfg, dim=dim)
+        self.scheme = self._scheme(cfg, self.options)
         self.identity = None
         if isinstance(self.scheme, HeScheme):  # the endpoint waits for the key holder's verify key (roster)
             self.identity = load_identity(self.settings.run_root / "identity.key")
@@ -275,7 +280,7 @@ class Node:
                 self.endpoint = self.scheme.client(self.settings.client_id, identity=self.identity)
 
     def _build_client(self, weight: float):
-        from privspk.api import _scheme_options, build_federated_client, plan_client_mechanism
+        from privspk.api import build_federated_client, plan_client_mechanism
 
         cfg = self.cfg
         if cfg.privacy.enabled:
@@ -284,7 +289,7 @@ class Node:
                                       data=self.data, encoder=self.encoder, names=self.names, weight=weight,
                                       endpoint=self.endpoint, run_dir=self.run_dir, ledger=self.ledger,
                                       mechanism=self.plan if cfg.privacy.enabled else None,
-                                      options=_scheme_options(cfg), identity=self.identity)
+                                      client_dp=self.client_dp, options=self.options, identity=self.identity)
 
     # ------------------------------------------------------------------ a round
     def train(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -303,12 +308,17 @@ class Node:
         rep = self.client.run_round(round_id, torch.from_numpy(vector.copy()))
         out = dict(vars(rep))
         out["epsilon_spent"] = self.client.epsilon()
+        if self.client_dp is not None:
+            out["client_epsilon_spent"] = self.client.guard.client_epsilon()
         head = self.client.signed_head(round_id)  # the server keeps it if the round is aggregated
         out["signed_head"] = {"client": self.settings.client_id, **head.to_dict()} if head is not None else None
         return out, b""
 
     def _trainable(self):
-        params = dict(self.client.net.encoder.named_parameters())
+        return self._trainable_of(self.client.net.encoder)
+
+    def _trainable_of(self, encoder):
+        params = dict(encoder.named_parameters())
         return [params[n] for n in self.names]
 
     def secagg(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -346,6 +356,8 @@ class Node:
         out: dict[str, Any] = {"ok": True}
         if self.client is not None:
             out["epsilon_spent"] = self.client.epsilon()
+            if self.client_dp is not None:
+                out["client_epsilon_spent"] = self.client.guard.client_epsilon()
         return out, b""
 
     def close(self) -> None:

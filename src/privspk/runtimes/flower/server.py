@@ -105,6 +105,7 @@ class FlowerFederation:
         self.rejoin = rejoin
         self.identities = dict(identities or {})  # client id -> its bound identity key (signs its ledger heads)
         self._heads: dict[str, Any] = {}
+        self.client_epsilon: dict[str, float] = {}  # client-level DP: each client's spend, from its train reply
         self._tried: set[int] = set()
         self.suspect: set[str] = set()  # clients that timed out: pinged (stage timeout) before they get work
         self._notices: Posted | None = None  # the last round's "aggregated" notices, not yet answered
@@ -231,6 +232,8 @@ class FlowerFederation:
             fields = {k: rep.meta[k] for k in ClientRoundReport.__dataclass_fields__ if k in rep.meta}
             reports[cid] = ClientRoundReport(**fields)
             self._heads[cid] = rep.meta.get("signed_head")
+            if rep.meta.get("client_epsilon_spent") is not None:
+                self.client_epsilon[cid] = float(rep.meta["client_epsilon_spent"])
         train_seconds = time.perf_counter() - start
         senders = [cid for cid, r in reports.items() if r.status in ("sent", "resent")]
         report = RoundReport(round_id, reports, train_seconds=train_seconds)
@@ -454,8 +457,6 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     load_plugins()
     t_start = time.perf_counter()
     cfg = settings.run_config()
-    if cfg.privacy.client_level:
-        raise ConfigError("client-level DP is not supported on the Flower runtime yet; run it in-process")
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out_dir) / cfg.name
     state_path = run_dir / "server_state.pt"
@@ -481,6 +482,10 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     apply_recipe(encoder, cfg.train.recipe)
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     options = _scheme_options(cfg)
+    if cfg.privacy.client_level:  # the mask options that carry the integer noise, planned as every node plans them
+        from privspk.api import plan_client_level
+
+        _, options = plan_client_level(cfg, dim=sum(int(p.numel()) for p in encoder.parameters() if p.requires_grad))
     scheme = build_scheme(cfg.secagg.scheme, options, seed=cfg.seed)
     from privspk.secagg.he_scheme import HeScheme
 
@@ -555,7 +560,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     rounds: list[dict] = []
     for r in range(last_done + 1, cfg.federation.rounds + 1):
         rep = fed.run_round(r)
-        row = round_row(rep, cfg.privacy, epsilon={cid: c.epsilon for cid, c in rep.clients.items()})
+        row = round_row(rep, cfg.privacy, epsilon={cid: c.epsilon for cid, c in rep.clients.items()},
+                        client_epsilon=dict(fed.client_epsilon) if cfg.privacy.client_level else None)
         row["transport"] = getattr(rep, "transport", {})
         if settings.evaluate:
             t_eval = time.perf_counter()
@@ -578,11 +584,14 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     byes = exchange(grid, {n: ({"kind": "bye"}, b"") for n in nodes.values()}, timeout=settings.stage_timeout,
                     poll=settings.poll)
     eps = {cid: byes[n].meta.get("epsilon_spent") for cid, n in nodes.items() if not byes[n].error}
+    client_eps = ({cid: byes[n].meta.get("client_epsilon_spent") for cid, n in nodes.items() if not byes[n].error}
+                  if cfg.privacy.client_level else None)
     report = {"run": cfg.name, "runtime": "flower", "config": cfg.to_dict(), "clients": nodes,
               "keyholder": keyholder.node_id if keyholder else None, "pretrain": pretrain_info,
               "secagg": {"scheme": cfg.secagg.scheme, "options": options}, "rounds": rounds,
-              "final_eval": final_eval, "epsilon_spent": eps,
+              "final_eval": final_eval, "epsilon_spent": eps, "client_epsilon_spent": client_eps,
               "seconds": {"total": round(time.perf_counter() - t_start, 1)}}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    emit({"event": "done", "final_eval": final_eval, "epsilon_spent": eps, "report": str(run_dir / "report.json")})
+    emit({"event": "done", "final_eval": final_eval, "epsilon_spent": eps, "client_epsilon_spent": client_eps,
+          "report": str(run_dir / "report.json")})
     return report
