@@ -608,8 +608,13 @@ def cmd_deploy_demo(args: argparse.Namespace) -> int:
           f"secure aggregation: {cfg.secagg.scheme}, fine-tuning recipe: {cfg.train.recipe}", flush=True)
     t0 = time.perf_counter()
     done = deploy_demo(cfg, root=Path(cfg.out_dir) / (cfg.name + "_processes"), on_line=lambda s: print(s, flush=True))
+    if done.get("pretrain_eval"):
+        _print_eval("after public pretraining only", done["pretrain_eval"])
     if done.get("final_eval"):
         _print_eval("after federated " + ("DP " if p.enabled else "") + "training (deployed)", done["final_eval"])
+    if done.get("pretrain_eval") and done.get("final_eval"):
+        _print_domains({"pretrain_eval": done["pretrain_eval"], "final_eval": done["final_eval"],
+                        "config": cfg.to_dict()}, dp=p.enabled)
     eps = done.get("epsilon_spent") or {}
     if eps:
         print(f"epsilon spent per client (from each node's own ledger, per {p.unit}, delta {p.delta:g}): "

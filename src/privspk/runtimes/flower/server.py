@@ -477,6 +477,8 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     base, pretrain_info = pretrained_encoder(cfg, data, progress=False)
     evaluator = HeldoutEvaluator(data, max_frames=cfg.eval.max_frames,
                                  enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed)
+    # the public model's held-out figures (and in the clients' domains), to set the federation's against
+    pretrain_eval = evaluator.evaluate(base, top1=True) if settings.evaluate else {}
     t_data = time.perf_counter()
     encoder = copy.deepcopy(base)
     apply_recipe(encoder, cfg.train.recipe)
@@ -589,9 +591,11 @@ def _serve_run(grid, settings: DeploySettings, *, on_round=None) -> dict:
     report = {"run": cfg.name, "runtime": "flower", "config": cfg.to_dict(), "clients": nodes,
               "keyholder": keyholder.node_id if keyholder else None, "pretrain": pretrain_info,
               "secagg": {"scheme": cfg.secagg.scheme, "options": options}, "rounds": rounds,
-              "final_eval": final_eval, "epsilon_spent": eps, "client_epsilon_spent": client_eps,
+              "pretrain_eval": pretrain_eval, "final_eval": final_eval, "epsilon_spent": eps,
+              "client_epsilon_spent": client_eps,
               "seconds": {"total": round(time.perf_counter() - t_start, 1)}}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    emit({"event": "done", "final_eval": final_eval, "epsilon_spent": eps, "client_epsilon_spent": client_eps,
+    emit({"event": "done", "pretrain_eval": pretrain_eval, "final_eval": final_eval, "epsilon_spent": eps,
+          "client_epsilon_spent": client_eps,
           "report": str(run_dir / "report.json")})
     return report
