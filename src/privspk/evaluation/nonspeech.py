@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import torch
 
-from privspk.errors import AudioError, CheckpointError, ConfigError, InsufficientSpeechError
+from privspk.errors import CheckpointError, ConfigError, InsufficientSpeechError
 from privspk.evaluation.embed import embed_features, l2_normalise
 from privspk.evaluation.metrics import eer, threshold_at_eer, threshold_at_far
 from privspk.evaluation.scoring import as_norm

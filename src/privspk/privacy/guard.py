@@ -33,7 +33,7 @@ privspk.errors.BudgetExceededError: client c0: round 2 would take epsilon from 3
 
 from __future__ import annotations
 
-import dataclasses
+import dataclasses  # noqa: F401 - the doctests use it
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
