@@ -121,6 +121,7 @@ class Node:
         self.encoder = None
         self.names: list[str] = []
         self.plan = None
+        self.public_basis = None  # [train] public_subspace's basis, from the public speakers (set up with the encoder)
         self.identity = None
         self._setup_seconds = 0.0
 
@@ -222,6 +223,9 @@ class Node:
         apply_recipe(encoder, cfg.train.recipe)
         self.encoder = encoder
         self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        from privspk.api import public_basis_for
+
+        self.public_basis = public_basis_for(cfg, data, encoder)  # the shipped pretrained encoder + public speakers
         if cfg.privacy.enabled:
             self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg)
         from privspk.secagg.he_scheme import HeScheme
@@ -284,7 +288,8 @@ class Node:
                                       data=self.data, encoder=self.encoder, names=self.names, weight=weight,
                                       endpoint=self.endpoint, run_dir=self.run_dir, ledger=self.ledger,
                                       mechanism=self.plan if cfg.privacy.enabled else None,
-                                      options=_scheme_options(cfg), identity=self.identity)
+                                      options=_scheme_options(cfg), identity=self.identity,
+                                      public_basis=self.public_basis)
 
     # ------------------------------------------------------------------ a round
     def train(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
