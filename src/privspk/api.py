@@ -239,7 +239,8 @@ def ledger_settings(cfg: RunConfig) -> dict:
         "client_level": p.client_level, "client_epsilon": p.client_epsilon, "client_clip": p.client_clip,
         "client_noise": p.client_noise,
         "randomness": p.randomness, "colluders": cfg.secagg.colluders,
-    } | ({"public_subspace": cfg.train.public_subspace} if cfg.train.public_subspace else {})
+    } | ({"public_subspace": cfg.train.public_subspace, "public_subspace_out": cfg.train.public_subspace_out}
+         if cfg.train.public_subspace else {})
 
 
 def open_run_ledger(path: str | Path, cfg: RunConfig):
@@ -306,7 +307,7 @@ def plan_client_level(cfg: RunConfig, *, dim: int):
                 rounds=cfg.federation.rounds, clip=p.client_clip, noise=p.client_noise, dim=dim)
 
 
-def local_settings(cfg: RunConfig, *, public_basis: torch.Tensor | None = None):
+def local_settings(cfg: RunConfig, *, public_basis=None):
     """How every client trains locally (:class:`~privspk.training.local.LocalSettings`) under ``cfg``.
 
     ``public_basis``: the ``[train] public_subspace`` basis (:func:`public_basis_for`); required when
@@ -318,17 +319,24 @@ def local_settings(cfg: RunConfig, *, public_basis: torch.Tensor | None = None):
     if bool(t.public_subspace) != (public_basis is not None):
         raise ConfigError("[train] public_subspace = k > 0 needs its public basis (privspk.api.public_basis_for), "
                           "and a basis needs public_subspace > 0")
-    if public_basis is not None and public_basis.shape[1] != t.public_subspace:
-        raise ConfigError(f"public basis has {public_basis.shape[1]} directions, [train] public_subspace says "
-                          f"{t.public_subspace}")
+    if public_basis is not None:
+        from privspk.training.subspace import PublicBasis
+
+        inputs, outputs = (public_basis.inputs, public_basis.outputs) if isinstance(public_basis, PublicBasis) \
+            else (public_basis, None)
+        if inputs.shape[1] != t.public_subspace or (0 if outputs is None else outputs.shape[1]) != t.public_subspace_out:
+            raise ConfigError(f"public basis has {inputs.shape[1]} input and "
+                              f"{0 if outputs is None else outputs.shape[1]} output directions, [train] "
+                              f"public_subspace says {t.public_subspace}, public_subspace_out {t.public_subspace_out}")
     return LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, optimizer=t.optimizer,
                          momentum=t.momentum, crop_frames=t.crop_frames, speaker_batch=t.speaker_batch,
                          margin=cfg.model.margin, scale=cfg.model.scale, ema=t.ema, device=_device(cfg),
                          public_basis=public_basis)
 
 
-def public_basis_for(cfg: RunConfig, data: PreparedData, encoder: nn.Module) -> torch.Tensor | None:
-    """The ``(d, k)`` public-subspace basis of ``[train] public_subspace`` (None when 0).
+def public_basis_for(cfg: RunConfig, data: PreparedData, encoder: nn.Module):  # noqa: ANN201 - PublicBasis | None
+    """The :class:`~privspk.training.subspace.PublicBasis` of ``[train] public_subspace`` (and
+    ``public_subspace_out``); None when ``public_subspace`` is 0.
 
     Computed from the **public** speakers' utterances only (clean, as pretraining saw them) through
     ``encoder``, the pretrained encoder the server ships, and cached next to the pretrained checkpoint
@@ -337,12 +345,15 @@ def public_basis_for(cfg: RunConfig, data: PreparedData, encoder: nn.Module) -> 
     k = cfg.train.public_subspace
     if not k:
         return None
-    from privspk.training.subspace import public_subspace
+    from privspk.training.subspace import PublicBasis, public_subspace
 
     utts = [u for u, _ in data.utterances_of(data.split.public)]
-    return public_subspace(encoder, data.features.get, utts, k=k, crops=cfg.train.trunk_crops,
-                           crop_frames=cfg.train.crop_frames, cache_dir=Path(cfg.data_dir) / "pretrained",
-                           data_key=data.corpus_id, device=_device(cfg))
+    common = dict(crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+                  cache_dir=Path(cfg.data_dir) / "pretrained", data_key=data.corpus_id, device=_device(cfg))
+    k_out = cfg.train.public_subspace_out
+    return PublicBasis(public_subspace(encoder, data.features.get, utts, k=k, **common),
+                       public_subspace(encoder, data.features.get, utts, k=k_out, outputs=True, **common)
+                       if k_out else None)
 
 
 def _append_round(path: Path, row: dict) -> None:

@@ -84,7 +84,7 @@ def test_basis_depends_on_the_public_speakers_only_and_is_cached(tmp_path, monke
     enc = tiny_net(3).encoder
     cfg = _cfg(tmp_path)
     monkeypatch.setattr(subspace, "_MEMO", {})
-    p1 = public_basis_for(cfg, _prepared(pub, cli), enc)
+    p1 = public_basis_for(cfg, _prepared(pub, cli), enc).inputs
     assert p1.shape == (enc.embedding.linear.in_features, K)
     assert torch.allclose(p1.T @ p1, torch.eye(K), atol=1e-5)
     cached = list((tmp_path / "pretrained").glob("public_subspace_*.pt"))
@@ -93,18 +93,22 @@ def test_basis_depends_on_the_public_speakers_only_and_is_cached(tmp_path, monke
     monkeypatch.setattr(subspace, "_MEMO", {})
     cached[0].unlink()
     other = {u: 3.0 * v + 1.0 for u, v in cli.items()}
-    assert torch.equal(public_basis_for(cfg, _prepared(pub, other), enc), p1)
+    assert torch.equal(public_basis_for(cfg, _prepared(pub, other), enc).inputs, p1)
     # the cache on disk is what the next process reads
     monkeypatch.setattr(subspace, "_MEMO", {})
     monkeypatch.setattr(subspace, "public_statistics", lambda *a, **k: pytest.fail("recomputed despite the cache"))
-    assert torch.equal(public_basis_for(cfg, _prepared(pub, cli), enc), p1)
+    assert torch.equal(public_basis_for(cfg, _prepared(pub, cli), enc).inputs, p1)
     monkeypatch.undo()
-    # other public data: another basis
+    # other public data: another basis (the trunk's memo is keyed by the feature source's id, which a new
+    # dict may reuse: cleared too)
+    import privspk.training.trunk as trunk
+
     monkeypatch.setattr(subspace, "_MEMO", {})
+    monkeypatch.setattr(trunk, "_MEMO", {})
     pub2 = dict(pub)
     first = sorted(pub2)[0]
     pub2[first] = pub2[first] + 5.0 * torch.randn_like(pub2[first])
-    assert not torch.equal(public_basis_for(cfg, _prepared(pub2, cli, corpus_id="c2"), enc), p1)
+    assert not torch.equal(public_basis_for(cfg, _prepared(pub2, cli, corpus_id="c2"), enc).inputs, p1)
     assert public_basis_for(_cfg(tmp_path, 0), _prepared(pub, cli), enc) is None
 
 
@@ -257,7 +261,7 @@ def test_local_settings_need_the_basis_exactly_when_the_option_is_on():
         local_settings(on)
     with pytest.raises(ConfigError, match="needs its public basis"):
         local_settings(RunConfig(), public_basis=torch.eye(8)[:, :4])
-    with pytest.raises(ConfigError, match="3 directions"):
+    with pytest.raises(ConfigError, match="3 input and 0 output directions"):
         local_settings(on, public_basis=torch.eye(8)[:, :3])
     assert local_settings(on, public_basis=torch.eye(8)[:, :4]).public_basis.shape == (8, 4)
     assert local_settings(RunConfig()).public_basis is None
@@ -296,10 +300,49 @@ def test_a_run_with_the_prior_spends_exactly_what_it_would_without(tmp_path_fact
     data = prepare_data(cfg, progress=False)
     base, _ = pretrained_encoder(cfg, data, progress=False)
     basis = public_basis_for(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, public_subspace=4)),
-                             data, base)
+                             data, base).inputs
     released, _ = load_encoder(Path(on.run_dir) / "encoder.pt")
     delta = released.embedding.linear.weight.detach() - base.embedding.linear.weight.detach()
     assert float(delta.norm()) > 0 and _off_subspace(delta, basis) < 1e-4
     released_off, _ = load_encoder(Path(off.run_dir) / "encoder.pt")
     delta_off = released_off.embedding.linear.weight.detach() - base.embedding.linear.weight.detach()
     assert _off_subspace(delta_off, basis) > 0.5
+
+
+# --------------------------------------------------------------------------- both sides
+def test_an_output_basis_confines_the_update_on_both_sides(tmp_path, monkeypatch):
+    from privspk.api import public_basis_for
+    from privspk.training.subspace import PublicBasis
+
+    net, data = _pooled_client()
+    pub, _ = synthetic_features(5, 4, frames=30, seed=9)
+    cfg = RunConfig(data_dir=str(tmp_path), train=TrainSection(recipe="embedding", trunk_crops=2, crop_frames=20,
+                                                               public_subspace=K, public_subspace_out=3))
+    monkeypatch.setattr(subspace, "_MEMO", {})
+    both = public_basis_for(cfg, _prepared({f"pub{u}": v for u, v in pub.items()}, {}), net.encoder)
+    assert isinstance(both, PublicBasis) and both.inputs.shape[1] == K and both.outputs.shape == (16, 3)
+    assert torch.allclose(both.outputs.T @ both.outputs, torch.eye(3), atol=1e-5)
+    lin = net.encoder.embedding.linear
+    w0 = lin.weight.detach().clone()
+    _train(net, data, mode="speaker", basis=both)
+    delta = lin.weight.detach() - w0
+    assert float(delta.norm()) > 1e-5
+    assert _off_subspace(delta, both.inputs) < 1e-4          # rows in span(P)
+    assert _off_subspace(delta.T, both.outputs) < 1e-4       # columns in span(Q)
+    assert lin.weight.requires_grad
+
+
+def test_output_side_settings_are_checked():
+    from privspk.api import local_settings
+    from privspk.training.subspace import PublicBasis
+
+    assert any("needs public_subspace > 0" in e for e in TrainSection(public_subspace_out=4).check())
+    assert any("public_subspace_out must be" in e for e in TrainSection(public_subspace=4, public_subspace_out=-1).check())
+    on = RunConfig(train=TrainSection(public_subspace=4, public_subspace_out=2))
+    with pytest.raises(ConfigError, match="4 input and 0 output directions"):
+        local_settings(on, public_basis=PublicBasis(torch.eye(8)[:, :4]))
+    assert local_settings(on, public_basis=PublicBasis(torch.eye(8)[:, :4], torch.eye(6)[:, :2])).public_basis
+    layer = tiny_net(2).encoder.embedding
+    with pytest.raises(ConfigError, match="public output basis must be"):
+        SubspaceEmbedding(layer, PublicBasis(torch.eye(layer.linear.in_features)[:, :2], torch.eye(5)[:, :2]))
+    assert layer.linear.weight.requires_grad

@@ -55,9 +55,10 @@ class LocalSettings:
     what one forward pass holds; ``speaker_batch`` utterances come with each sampled speaker;
     ``ema`` > 0 returns the exponential moving average (that decay) of the round's iterates;
     ``device`` is where the net and the batches go (the DP noise is drawn there too);
-    ``public_basis`` (a ``(d, k)`` orthonormal basis computed on public data, see
-    :mod:`privspk.training.subspace`) confines the embedding layer's linear map to
-    ``W0 + A P^T`` during each round (None: the whole map trains).
+    ``public_basis`` (a ``(d, k)`` orthonormal basis computed on public data, or a
+    :class:`~privspk.training.subspace.PublicBasis` with an output side too) confines the
+    embedding layer's linear map to ``W0 + A P^T`` (``W0 + Q A P^T``) during each round
+    (None: the whole map trains).
 
     >>> LocalSettings(batch_size=64, physical_batch=64, lr=1e-3).optimizer
     'adam'
@@ -78,12 +79,16 @@ class LocalSettings:
     scale: float = 30.0
     ema: float = 0.0
     device: str | torch.device = "cpu"
-    public_basis: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    public_basis: object = field(default=None, compare=False, repr=False)  # Tensor | subspace.PublicBasis | None
 
     def __post_init__(self) -> None:
-        if self.public_basis is not None and (not isinstance(self.public_basis, torch.Tensor)
-                                              or self.public_basis.dim() != 2):
-            raise ConfigError("public_basis must be a (d, k) tensor (see privspk.training.subspace)")
+        if self.public_basis is not None:
+            from privspk.training.subspace import PublicBasis
+
+            inputs = self.public_basis.inputs if isinstance(self.public_basis, PublicBasis) else self.public_basis
+            if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+                raise ConfigError("public_basis must be a (d, k) tensor or a PublicBasis "
+                                  "(see privspk.training.subspace)")
         for name in ("batch_size", "physical_batch", "crop_frames", "speaker_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -133,7 +138,7 @@ def _dataset(data: ClientData, *, crop_frames: int, seed: int):
     return CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
 
 
-def _forward_model(net: nn.Module, data: ClientData, public_basis: torch.Tensor | None = None):
+def _forward_model(net: nn.Module, data: ClientData, public_basis=None):
     """The module DP-SGD runs (the whole net, or embedding layer + head on cached pooled statistics) and,
     with ``public_basis``, the :class:`~privspk.training.subspace.SubspaceEmbedding` to fold afterwards."""
     if data.pooled is None:

@@ -19,6 +19,11 @@ coordinates); so does the client's head. After the round ``A P^T`` is folded int
 released update of ``W`` lies in the subspace, and the model has the same shape and parameter
 names as without the prior.
 
+With an output basis ``Q`` too (``[train] public_subspace_out``), both sides are confined:
+``W = W0 + Q A P^T`` with ``A`` only ``k_out x k``: ``Q`` holds the top principal directions of the
+public speakers' pre-norm embeddings ``y = W0 z + b`` (centred per example, as the LayerNorm after
+them does), which is where the embeddings, and the class centres the loss pulls them to, live.
+
 ``P`` holds the top-``k`` eigenvectors of the *uncentred* second moment ``E[z z^T]`` over cached
 crops of the public utterances (the gradient's input side is ``z`` itself, not ``z - mean``),
 each signed so that its largest-magnitude entry is positive, so it is a deterministic function
@@ -39,6 +44,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +55,13 @@ log = logging.getLogger(__name__)
 
 #: The seed of the public crops the basis is computed on (fixed: the basis is one public artefact).
 PUBLIC_CROP_SEED = 0
+
+
+class PublicBasis(NamedTuple):
+    """The public subspace: ``inputs`` ``(d, k)`` of the linear map's input, optionally ``outputs`` ``(e, k_out)``."""
+
+    inputs: Tensor
+    outputs: Tensor | None = None
 
 
 def principal_basis(z: Tensor, k: int) -> Tensor:
@@ -78,8 +91,9 @@ def principal_basis(z: Tensor, k: int) -> Tensor:
 
 
 def public_statistics(encoder: nn.Module, getter: Callable[[str], Tensor], utt_ids: Sequence[str], *, crops: int,
-                      crop_frames: int, device: str | torch.device = "cpu") -> Tensor:
-    """``z = embedding.stats_norm(pooled)`` of ``crops`` cached crops of each public utterance: ``(N * crops, d)``."""
+                      crop_frames: int, device: str | torch.device = "cpu", outputs: bool = False) -> Tensor:
+    """``z = embedding.stats_norm(pooled)`` of ``crops`` cached crops of each public utterance: ``(N * crops, d)``;
+    with ``outputs``, the pre-norm embeddings ``y = linear(z)`` centred per example: ``(N * crops, e)``."""
     from privspk.training.trunk import pooled_crops
 
     if not hasattr(encoder, "embedding") or not hasattr(encoder.embedding, "stats_norm"):
@@ -88,7 +102,11 @@ def public_statistics(encoder: nn.Module, getter: Callable[[str], Tensor], utt_i
     pooled = pooled_crops(encoder, getter, list(utt_ids), crops=crops, crop_frames=crop_frames,
                           seed=PUBLIC_CROP_SEED, device=device)
     with torch.no_grad():
-        return encoder.embedding.stats_norm(pooled.reshape(-1, pooled.shape[-1]).float()).detach()
+        z = encoder.embedding.stats_norm(pooled.reshape(-1, pooled.shape[-1]).float()).detach()
+        if not outputs:
+            return z
+        y = encoder.embedding.linear(z)
+        return (y - y.mean(dim=1, keepdim=True)).detach()
 
 
 _MEMO: dict[str, Tensor] = {}
@@ -96,10 +114,11 @@ _MEMO: dict[str, Tensor] = {}
 
 def public_subspace(encoder: nn.Module, getter: Callable[[str], Tensor], utt_ids: Sequence[str], *, k: int,
                     crops: int, crop_frames: int, cache_dir: str | Path | None = None, data_key: str = "",
-                    device: str | torch.device = "cpu") -> Tensor:
-    """The ``(d, k)`` public basis of ``encoder``'s embedding input, computed once and cached.
+                    device: str | torch.device = "cpu", outputs: bool = False) -> Tensor:
+    """The ``(d, k)`` public basis of ``encoder``'s embedding input (``outputs``: ``(e, k)`` of its pre-norm
+    output), computed once and cached.
 
-    Keyed by the encoder (trunk and ``stats_norm``), ``data_key`` (what identifies the features
+    Keyed by the encoder (trunk, ``stats_norm`` and, for ``outputs``, ``linear``), ``data_key`` (what identifies the features
     behind ``getter``, e.g. the corpus fingerprint), the public utterance ids, ``k`` and the crop
     settings: memoised in this process and, with ``cache_dir``, kept there on disk.
     """
@@ -108,12 +127,12 @@ def public_subspace(encoder: nn.Module, getter: Callable[[str], Tensor], utt_ids
     h = hashlib.sha256()
     h.update(trunk_fingerprint(encoder).encode())
     for name, t in sorted(getattr(encoder, "embedding", nn.Module()).state_dict().items()):
-        if name.startswith("stats_norm."):
+        if name.startswith("stats_norm.") or (outputs and name.startswith("linear.")):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(f"{data_key}\n".encode())
     h.update("\n".join(utt_ids).encode())
-    h.update(f"{k}|{crops}|{crop_frames}|{PUBLIC_CROP_SEED}".encode())
+    h.update(f"{k}|{crops}|{crop_frames}|{PUBLIC_CROP_SEED}".encode() + (b"|outputs" if outputs else b""))
     key = h.hexdigest()[:24]
     if key in _MEMO:
         return _MEMO[key]
@@ -128,7 +147,8 @@ def public_subspace(encoder: nn.Module, getter: Callable[[str], Tensor], utt_ids
         if basis is not None and (basis.dim() != 2 or basis.shape[1] != k):
             basis = None
     if basis is None:
-        z = public_statistics(encoder, getter, utt_ids, crops=crops, crop_frames=crop_frames, device=device)
+        z = public_statistics(encoder, getter, utt_ids, crops=crops, crop_frames=crop_frames, device=device,
+                              outputs=outputs)
         basis = principal_basis(z, k)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +181,9 @@ class SubspaceEmbedding(nn.Module):
     True
     """
 
-    def __init__(self, layer: nn.Module, basis: Tensor) -> None:
+    def __init__(self, layer: nn.Module, basis: Tensor | PublicBasis) -> None:
         super().__init__()
+        basis, out_basis = (basis.inputs, basis.outputs) if isinstance(basis, PublicBasis) else (basis, None)
         lin = getattr(layer, "linear", None)
         if not isinstance(lin, nn.Linear) or not hasattr(layer, "stats_norm") or not hasattr(layer, "norm"):
             raise ModelError("a public subspace needs the embedding layer (stats_norm -> linear -> norm)")
@@ -172,14 +193,25 @@ class SubspaceEmbedding(nn.Module):
         self.layer = [layer]  # not a submodule: its modules are registered below, once each
         self.stats_norm, self.linear, self.norm = layer.stats_norm, lin, layer.norm
         self._weight_trained = lin.weight.requires_grad
+        e = lin.out_features
+        if out_basis is not None and (out_basis.dim() != 2 or out_basis.shape[0] != e
+                                      or not 1 <= out_basis.shape[1] <= e):
+            raise ConfigError(f"public output basis must be (e={e}, k_out) with 1 <= k_out <= e, "
+                              f"got {tuple(out_basis.shape)}")
         k = basis.shape[1]
+        k_out = e if out_basis is None else out_basis.shape[1]
         dev, dtype = lin.weight.device, lin.weight.dtype
         self.down = nn.Linear(d, k, bias=False).to(dev, dtype)
-        self.up = nn.Linear(k, lin.out_features, bias=False).to(dev, dtype)
+        self.up = nn.Linear(k, k_out, bias=False).to(dev, dtype)
+        self.back = None if out_basis is None else nn.Linear(k_out, e, bias=False).to(dev, dtype)
         with torch.no_grad():
             self.down.weight.copy_(basis.T.to(dev, dtype))
             self.up.weight.zero_()
+            if self.back is not None:
+                self.back.weight.copy_(out_basis.to(dev, dtype))
         self.down.weight.requires_grad_(False)
+        if self.back is not None:
+            self.back.weight.requires_grad_(False)
         self.up.weight.requires_grad_(self._weight_trained)
         lin.weight.requires_grad_(False)
         self._folded = False
@@ -187,14 +219,16 @@ class SubspaceEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, d) -> (B, embed_dim)``: ``norm(W0 z + b + A P^T z)`` with ``z = stats_norm(x)``."""
         z = self.stats_norm(x)
-        return self.norm(self.linear(z) + self.up(self.down(z)))
+        low = self.up(self.down(z))
+        return self.norm(self.linear(z) + (low if self.back is None else self.back(low)))
 
     @torch.no_grad()
     def fold(self) -> None:
-        """``W <- W0 + A P^T`` and the weight trainable again (once; later calls do nothing)."""
+        """``W <- W0 + A P^T`` (``W0 + Q A P^T``) and the weight trainable again (once; later calls do nothing)."""
         if self._folded:
             return
-        self.linear.weight.add_(self.up.weight @ self.down.weight)
+        delta = self.up.weight @ self.down.weight
+        self.linear.weight.add_(delta if self.back is None else self.back.weight @ delta)
         self.linear.weight.requires_grad_(self._weight_trained)
         self._folded = True
 
