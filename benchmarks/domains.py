@@ -301,6 +301,9 @@ class Runner:
                 if line.strip():
                     r = json.loads(line)
                     self.done[r["key"]] = r
+        for r in list(self.done.values()):  # a re-keyed row replaces the row it was copied from
+            if r.get("rekeyed_from"):
+                self.done.pop(r["rekeyed_from"], None)
 
     def _find(self, cfg, split: str) -> dict | None:
         key = run_key(cfg, split=split)
@@ -308,9 +311,10 @@ class Runner:
             return self.done[key]
         if self.legacy_dirs is not None:
             out_dir, data_dir = self.legacy_dirs
-            old = self.done.get(f"{split}:{cfg.replace(out_dir=out_dir, data_dir=data_dir).fingerprint()}")
+            old_key = f"{split}:{cfg.replace(out_dir=out_dir, data_dir=data_dir).fingerprint()}"
+            old = self.done.pop(old_key, None)
             if old is not None:
-                return self._append({**old, "key": key})
+                return self._append({**old, "key": key, "rekeyed_from": old_key})
         return None
 
     def _append(self, row: dict) -> dict:
@@ -416,7 +420,9 @@ def markdown(payload: dict) -> str:
                   f"as W0 + A P^T, P the top-k principal directions of its input on the public speakers (clean), so "
                   f"DP-SGD noises {d_out} x k instead of {d_out} x {d_in} of its coordinates (bias, LayerNorms and the "
                   f"client's head as before); same clip, sample rate, noise multiplier and steps, so the same "
-                  f"epsilon. Noised encoder coordinates: those the noise lands on.", "",
+                  f"epsilon. k = {d_in} keeps every direction (the same noise; only the coordinates Adam normalises "
+                  f"are rotated to the public principal directions). Noised encoder coordinates: those the noise "
+                  f"lands on.", "",
                   "| unit | k | k_out | lr | noised encoder coordinates | validation in-domain EER % | "
                   "validation clean EER % | wall s |", "|---|---|---|---|---|---|---|---|"]
         for r in pr["rows"]:
@@ -456,6 +462,22 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _series_label(unit: str, prior: dict | None) -> str:
+    """``speaker+prior`` -> ``speaker + public basis k=384`` (the k the grid ran with).
+
+    >>> _series_label("utterance+prior", {"best": {"utterance": {"k": 64, "k_out": 0}}})
+    'utterance + public basis k=64'
+    >>> _series_label("speaker", None)
+    'speaker'
+    """
+    plain, _, tagged = unit.partition("+")
+    if not tagged:
+        return unit
+    b = ((prior or {}).get("best") or {}).get(plain, {})
+    k = f" k={b['k']}" + (f"x{b['k_out']}" if b.get("k_out") else "") if b else ""
+    return f"{plain} + public basis{k}"
+
+
 def plot(payload: dict, path: Path) -> None:
     import matplotlib
 
@@ -475,7 +497,7 @@ def plot(payload: dict, path: Path) -> None:
             ls = "--" if "+prior" in unit else "-"
             ax.errorbar([e for e, _ in pts], [100 * v["eer"][0] for _, v in pts],
                         yerr=[100 * v["eer"][1] for _, v in pts], marker=mk, ls=ls, capsize=3,
-                        label=f"DP per {unit.replace('+prior', ' + public subspace')}")
+                        label=f"DP per {_series_label(unit, payload.get('prior'))}")
         ax.axhline(100 * s["eer_pretrain"], color="k", ls=":", label="pretrain only")
         ax.axhline(100 * s["eer_nonprivate"][0], color="g", ls="--", label="non-private")
         ax.set_xscale("log", base=2)
@@ -524,7 +546,8 @@ def _load() -> str:
         return "unknown"
 
 
-def tuning_table(runner_rows: list[dict], domains, *, lever_runs: int = 0, speaker_extra: int = 0) -> dict | None:
+def tuning_table(runner_rows: list[dict], domains, *, lever_runs: int = 0, speaker_extra: int = 0,
+                 check_runs: tuple[int, int] = (0, 0)) -> dict | None:
     tried = [r for r in runner_rows if r["stage"] == "tune"]
     if not tried:
         return None
@@ -541,12 +564,16 @@ def tuning_table(runner_rows: list[dict], domains, *, lever_runs: int = 0, speak
             "chosen_speaker": {"lr": best_spk["lr"]} if best_spk else None,
             "configs_dp": len(dp), "configs_np": len(npr), "configs_speaker": len(spk),
             "minutes": round(sum(r["seconds"] for r in tried) / 60, 1),
-            "lever_runs": lever_runs, "speaker_extra": speaker_extra,
+            "lever_runs": lever_runs, "speaker_extra": speaker_extra, "check_runs": list(check_runs),
             "privacy_cost": (f"not accounted in the ledger. The {len(dp)} DP tuning runs and {lever_runs} lever runs "
                              f"on validation each spend epsilon 8 per utterance of the clients' training speakers "
                              f"({len(spk) + speaker_extra} more spend epsilon 8 per speaker"
-                             + (f", {speaker_extra} of them the prior's" if speaker_extra else "") + "); "
-                             f"together, by basic composition, at most {8 * (len(dp) + lever_runs):g} per utterance "
+                             + (f", {speaker_extra} of them the prior's" if speaker_extra else "") + ")"
+                             + (f", and the seed checks of the prior on validation spend epsilon 8 {check_runs[0]} more "
+                                f"times per utterance and {check_runs[1]} more times per speaker" if any(check_runs)
+                                else "") + "; "
+                             f"together, by basic composition, at most {8 * (len(dp) + lever_runs + check_runs[0]):g} "
+                             f"per utterance "
                              f"(a loose bound; only the chosen settings leave the tuning). The validation speakers "
                              f"are never trained on; their utterances choose 1 of {len(dp) + lever_runs} (DP) and 1 "
                              f"of {len(npr)} (non-private) settings without DP (at most log2 of that many bits about "
@@ -650,7 +677,9 @@ def main(argv: list[str] | None = None) -> int:
                    "tuning": tuning_table([dict(r) for r in tune_rows], domains,
                                           lever_runs=len([k for k in lever_val if k != "tuned"])
                                           + sum(1 for r in prior_rows if r["unit"] == "utterance"),
-                                          speaker_extra=sum(1 for r in prior_rows if r["unit"] == "speaker")),
+                                          speaker_extra=sum(1 for r in prior_rows if r["unit"] == "speaker"),
+                                          check_runs=(sum(1 for r in seed_rows if r["unit"] == "utterance"),
+                                                      sum(1 for r in seed_rows if r["unit"] == "speaker"))),
                    "levers": levers, "prior": prior_table(), "rows": grid_rows, "summary": summarise(grid_rows),
                    "skipped": skipped, "notes": NOTES}
         out = Path(args.out)
@@ -676,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. the public-data prior on the validation split (seed 0, epsilon 8), per unit: k x lr
     prior_rows: list[dict] = []
+    seed_rows: list[dict] = []  # the seed checks of the best prior and the tuned recipe (validation)
     prior_best: dict[str, dict] = {}  # unit -> the best (k, lr) and whether it beats the unit's tuned recipe
     d_in, d_out = _embedding_dims(base)
 
@@ -716,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "helps": base_obj is not None and _objective(best, domains) < base_obj}
                 # how much of the seed-0 difference is the noise draw: the best and the tuned recipe on the same
                 # validation split with other seeds (reported; the choice stays seed 0's, like all tuning here)
-                pb, spread = prior_best[unit], {"baseline": [base_obj], "prior": [pb["val"]]}
+                pb = prior_best[unit]
+                spread = {"baseline": [base_obj], "prior": [pb["val"]]}
                 for seed in PRIOR_VAL_SEEDS:
                     for which, ov, label in (
                             ("baseline", ov0, f"val_lr{ov0['lr']:g}_c{ov0['clip']:g}"),
@@ -727,10 +758,11 @@ def main(argv: list[str] | None = None) -> int:
                         if over() and not runner.has(cfg, split="val"):
                             skipped.append(f"prior seed check {which} seed {seed} {unit} (validation)")
                             continue
-                        spread[which].append(_objective(runner.run(
-                            cfg, val_data, split="val", stage="prior_seeds",
-                            info={"seed": seed, "epsilon": 8.0, "unit": unit, "lr": ov["lr"], "which": which}),
-                            domains))
+                        row = runner.run(cfg, val_data, split="val", stage="prior_seeds",
+                                         info={"seed": seed, "epsilon": 8.0, "unit": unit, "lr": ov["lr"],
+                                               "which": which})
+                        seed_rows.append(row)
+                        spread[which].append(_objective(row, domains))
                 pb["val_seeds"] = {w: _ms(v) for w, v in spread.items()} | {"n": len(spread["prior"])}
         print(f"prior: {prior_best}", flush=True)
 

@@ -161,3 +161,14 @@ def test_prior_grid_configs_are_valid_and_change_only_the_subspace_and_lr(base, 
         assert cfg.train.public_subspace == k and cfg.train.public_subspace_out == k_out and cfg.train.lr == lr
         assert dataclasses.replace(cfg.train, public_subspace=0, public_subspace_out=0, lr=ref.train.lr) == ref.train
         assert cfg.privacy == ref.privacy and cfg.federation == ref.federation
+
+
+def test_a_rekeyed_row_is_counted_once(tmp_path):
+    a = bd.base_config(SimpleNamespace(runs=tmp_path / "a", data=tmp_path / "d1", threads=1, domains="callcentre"))
+    cfg, _ = bd.run_config(a, seed=0, epsilon=8.0, unit="utterance", overrides={"lr": 1e-2, "clip": 0.3})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "rows.jsonl").write_text(json.dumps({"key": f"val:{cfg.fingerprint()}", "seconds": 1.0}) + "\n")
+    legacy = bd.Runner(runs, legacy_dirs=(str(tmp_path / "a"), str(tmp_path / "d1")))
+    legacy.run(cfg, None, split="val", stage="tune", info={})
+    assert len(legacy.done) == 1 and len(bd.Runner(runs).done) == 1
