@@ -239,7 +239,8 @@ def ledger_settings(cfg: RunConfig) -> dict:
         "client_level": p.client_level, "client_epsilon": p.client_epsilon, "client_clip": p.client_clip,
         "client_noise": p.client_noise,
         "randomness": p.randomness, "colluders": cfg.secagg.colluders,
-    }
+    } | ({"public_subspace": cfg.train.public_subspace, "public_subspace_out": cfg.train.public_subspace_out}
+         if cfg.train.public_subspace else {})
 
 
 def open_run_ledger(path: str | Path, cfg: RunConfig):
@@ -306,14 +307,53 @@ def plan_client_level(cfg: RunConfig, *, dim: int):
                 rounds=cfg.federation.rounds, clip=p.client_clip, noise=p.client_noise, dim=dim)
 
 
-def local_settings(cfg: RunConfig):
-    """How every client trains locally (:class:`~privspk.training.local.LocalSettings`) under ``cfg``."""
+def local_settings(cfg: RunConfig, *, public_basis=None):
+    """How every client trains locally (:class:`~privspk.training.local.LocalSettings`) under ``cfg``.
+
+    ``public_basis``: the ``[train] public_subspace`` basis (:func:`public_basis_for`); required when
+    that option is on, refused when it is off.
+    """
     from privspk.training.local import LocalSettings
 
     t = cfg.train
+    if bool(t.public_subspace) != (public_basis is not None):
+        raise ConfigError("[train] public_subspace = k > 0 needs its public basis (privspk.api.public_basis_for), "
+                          "and a basis needs public_subspace > 0")
+    if public_basis is not None:
+        from privspk.training.subspace import PublicBasis
+
+        inputs, outputs = (public_basis.inputs, public_basis.outputs) if isinstance(public_basis, PublicBasis) \
+            else (public_basis, None)
+        if inputs.shape[1] != t.public_subspace or (0 if outputs is None else outputs.shape[1]) != t.public_subspace_out:
+            raise ConfigError(f"public basis has {inputs.shape[1]} input and "
+                              f"{0 if outputs is None else outputs.shape[1]} output directions, [train] "
+                              f"public_subspace says {t.public_subspace}, public_subspace_out {t.public_subspace_out}")
     return LocalSettings(batch_size=t.batch_size, physical_batch=t.physical_batch, lr=t.lr, optimizer=t.optimizer,
                          momentum=t.momentum, crop_frames=t.crop_frames, speaker_batch=t.speaker_batch,
-                         margin=cfg.model.margin, scale=cfg.model.scale, ema=t.ema, device=_device(cfg))
+                         margin=cfg.model.margin, scale=cfg.model.scale, ema=t.ema, device=_device(cfg),
+                         public_basis=public_basis)
+
+
+def public_basis_for(cfg: RunConfig, data: PreparedData, encoder: nn.Module):  # noqa: ANN201 - PublicBasis | None
+    """The :class:`~privspk.training.subspace.PublicBasis` of ``[train] public_subspace`` (and
+    ``public_subspace_out``); None when ``public_subspace`` is 0.
+
+    Computed from the **public** speakers' utterances only (clean, as pretraining saw them) through
+    ``encoder``, the pretrained encoder the server ships, and cached next to the pretrained checkpoint
+    (``<data_dir>/pretrained``). Every client derives the same basis; no client data goes in.
+    """
+    k = cfg.train.public_subspace
+    if not k:
+        return None
+    from privspk.training.subspace import PublicBasis, public_subspace
+
+    utts = [u for u, _ in data.utterances_of(data.split.public)]
+    common = dict(crops=cfg.train.trunk_crops, crop_frames=cfg.train.crop_frames,
+                  cache_dir=Path(cfg.data_dir) / "pretrained", data_key=data.corpus_id, device=_device(cfg))
+    k_out = cfg.train.public_subspace_out
+    return PublicBasis(public_subspace(encoder, data.features.get, utts, k=k, **common),
+                       public_subspace(encoder, data.features.get, utts, k=k_out, outputs=True, **common)
+                       if k_out else None)
 
 
 def _append_round(path: Path, row: dict) -> None:
@@ -449,7 +489,7 @@ def _has_spends(run_dir: Path) -> bool:
 
 def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, encoder: nn.Module,
                            names: list[str], weight: float, endpoint, run_dir: Path, ledger, mechanism,
-                           client_dp=None, options: dict, identity=None) -> Any:
+                           client_dp=None, options: dict, identity=None, public_basis=None) -> Any:
     """One :class:`~privspk.federation.FederatedClient` as every runtime builds it.
 
     ``identity`` (an :class:`~privspk.secagg.keys.IdentityKey`) signs the ledger's chain
@@ -460,7 +500,8 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
     (:mod:`privspk.runtimes.flower`) both call this, so a client trains, spends, signs its
     ledger chain and binds its endpoint to the run the same way in both. ``mechanism`` is the
     client's planned :class:`~privspk.privacy.Mechanism` (``None`` without DP); ``options`` are
-    the scheme's options (their ``clip`` bounds the update).
+    the scheme's options (their ``clip`` bounds the update); ``public_basis`` is
+    :func:`public_basis_for`'s (with ``[train] public_subspace``).
     """
     from privspk.federation import ClientRelease, ClientTraining, FederatedClient
 
@@ -481,7 +522,8 @@ def build_federated_client(cfg: RunConfig, *, client_id: str, index: int, data, 
         guard = LedgerGuard(ledger, client_id, client_budget(cfg), accountant=privacy.accountant, identity=identity,
                             **client_level)
     training = ClientTraining(
-        local_settings(cfg), seed=cfg.seed * 1000 + index, dp=mechanism if privacy.enabled else None,
+        local_settings(cfg, public_basis=public_basis), seed=cfg.seed * 1000 + index,
+        dp=mechanism if privacy.enabled else None,
         local_steps=None if privacy.enabled else cfg.train.local_steps,
         randomness=None if privacy.enabled else privacy.randomness,
         trunk_crops=cfg.train.trunk_crops, fixed_head=cfg.train.head == "fixed",
@@ -565,6 +607,7 @@ def _setup_federation(cfg: RunConfig, data: PreparedData, clients_data: dict, me
                                  enroll_per_speaker=cfg.eval.enroll_per_speaker, seed=cfg.seed,
                                  device=_device(cfg))
     pretrain_eval = evaluator.evaluate(base, top1=True)
+    public_basis = public_basis_for(cfg, data, base)
     encoder = copy.deepcopy(base)
     n_trainable = apply_recipe(encoder, cfg.train.recipe)
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
@@ -585,7 +628,7 @@ def _setup_federation(cfg: RunConfig, data: PreparedData, clients_data: dict, me
         cid: build_federated_client(cfg, client_id=cid, index=i, data=cdata, encoder=encoder, names=names,
                                     weight=weights[cid], endpoint=scheme.client(cid), run_dir=run_dir,
                                     ledger=ledger, mechanism=mechanisms.get(cid), client_dp=client_dp,
-                                    options=options)
+                                    options=options, public_basis=public_basis)
         for i, (cid, cdata) in enumerate(clients_data.items())
     }
 

@@ -202,6 +202,11 @@ class TrainSection:
     learns to map each speaker to its centre from the first step. ``ema`` > 0 sends the
     exponential moving average of each round's local iterates (free post-processing of
     the DP-SGD outputs, which averages much of their noise away) instead of the last one.
+    ``public_subspace`` = k > 0 (with the ``embedding`` recipe and the trunk cache) trains the
+    embedding layer's linear map only in the top-k principal subspace of its input on the
+    public speakers (``W0 + A P^T``, :mod:`privspk.training.subspace`): DP noise on k instead of
+    d input directions, the same epsilon; 0 (the default) trains the whole map. ``public_subspace_out``
+    = k_out > 0 confines its output side too (``W0 + Q A P^T``, Q from the public pre-norm embeddings).
     """
 
     # defaults: the best recipe of benchmarks/dp_recipes.py's sweep (embedding layer on the
@@ -218,9 +223,22 @@ class TrainSection:
     trunk_crops: int = 4
     head: str = "trained"
     ema: float = 0.0
+    public_subspace: int = 0
+    public_subspace_out: int = 0
 
     def check(self) -> list[str]:
         errs = []
+        if type(self.public_subspace) is not int or self.public_subspace < 0:
+            errs.append(f"public_subspace must be an int >= 0 (0 = off), got {self.public_subspace!r}")
+        if type(self.public_subspace_out) is not int or self.public_subspace_out < 0:
+            errs.append(f"public_subspace_out must be an int >= 0 (0 = all outputs), got {self.public_subspace_out!r}")
+        elif self.public_subspace_out and not self.public_subspace:
+            errs.append("public_subspace_out needs public_subspace > 0 (it confines the same update's output side)")
+        if type(self.public_subspace) is int and self.public_subspace and (self.recipe != "embedding"
+                                                                          or self.trunk_crops < 1):
+            errs.append(f"public_subspace needs recipe = \"embedding\" and trunk_crops >= 1 (it confines the "
+                        f"embedding layer's linear map on cached pooled statistics), got recipe {self.recipe!r}, "
+                        f"trunk_crops {self.trunk_crops}")
         if not 0.0 <= self.ema < 1.0:
             errs.append(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.head not in ("trained", "fixed"):
@@ -613,6 +631,9 @@ class RunConfig:
         d = self.to_dict()
         if not d["corpus"]["domains"]:  # added later: left out when unset, so earlier fingerprints (caches) stay valid
             del d["corpus"]["domains"]
+        for key in ("public_subspace", "public_subspace_out"):  # likewise
+            if not d["train"][key]:
+                del d["train"][key]
         keys = sections or tuple(sorted(d))
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -122,3 +124,51 @@ def test_summary_computes_relative_gain_and_gain_kept(tmp_path):
                                "val_trials": 100},
                       "summary": [s], "notes": "n", "skipped": []})
     assert "| car | 20.00 | 11.00 +- 1.41 | 45 % | 15.00 +- 1.41 / 0.55 +- 0.07 |" in md
+
+
+def test_run_keys_leave_the_paths_out_and_legacy_rows_are_found_and_rekeyed(tmp_path):
+    a = bd.base_config(SimpleNamespace(runs=tmp_path / "a", data=tmp_path / "d1", threads=1, domains="callcentre"))
+    b = bd.base_config(SimpleNamespace(runs=tmp_path / "b", data=tmp_path / "d2", threads=1, domains="callcentre"))
+    cfg_a, _ = bd.run_config(a, seed=0, epsilon=8.0, unit="utterance", overrides={"lr": 1e-2, "clip": 0.3})
+    cfg_b, _ = bd.run_config(b, seed=0, epsilon=8.0, unit="utterance", overrides={"lr": 1e-2, "clip": 0.3})
+    assert bd.run_key(cfg_a, split="val") == bd.run_key(cfg_b, split="val") != bd.run_key(cfg_a, split="test")
+    # a row keyed the old way (the whole config's fingerprint, paths included)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    old = {"key": f"val:{cfg_a.fingerprint()}", "split": "val", "final": {"callcentre": 0.1}}
+    (runs / "rows.jsonl").write_text(json.dumps(old) + "\n")
+    assert not bd.Runner(runs).has(cfg_b, split="val")
+    legacy = bd.Runner(runs, legacy_dirs=(str(tmp_path / "a"), str(tmp_path / "d1")))
+    row = legacy.run(cfg_b, None, split="val", stage="tune", info={})  # found: nothing trains (data is None)
+    assert row["final"] == old["final"] and row["key"] == bd.run_key(cfg_b, split="val")
+    assert bd.Runner(runs).has(cfg_b, split="val")  # re-keyed on disk: found without the legacy paths next time
+
+
+@pytest.mark.parametrize("unit", sorted(bd.PRIOR_GRID))
+def test_prior_grid_configs_are_valid_and_change_only_the_subspace_and_lr(base, unit):
+    from privspk.api import check_run_config
+
+    tuned = {"lr": 1e-2, "clip": 0.3}
+    ref, _ = bd.run_config(base, seed=0, epsilon=8.0, unit=unit, overrides=tuned)
+    d_in, d_out = bd._embedding_dims(base)
+    assert (d_in, d_out) == (384, 192)
+    for k, k_out, lr in bd.PRIOR_GRID[unit]:
+        assert 1 <= k <= d_in and 0 <= k_out <= d_out
+        cfg, _ = bd.run_config(base, seed=0, epsilon=8.0, unit=unit, label="x",
+                               overrides={**tuned, "lr": lr, "train": {"public_subspace": k, "public_subspace_out": k_out}})
+        check_run_config(cfg)
+        assert RunConfig.from_toml(cfg.to_toml()) == cfg
+        assert cfg.train.public_subspace == k and cfg.train.public_subspace_out == k_out and cfg.train.lr == lr
+        assert dataclasses.replace(cfg.train, public_subspace=0, public_subspace_out=0, lr=ref.train.lr) == ref.train
+        assert cfg.privacy == ref.privacy and cfg.federation == ref.federation
+
+
+def test_a_rekeyed_row_is_counted_once(tmp_path):
+    a = bd.base_config(SimpleNamespace(runs=tmp_path / "a", data=tmp_path / "d1", threads=1, domains="callcentre"))
+    cfg, _ = bd.run_config(a, seed=0, epsilon=8.0, unit="utterance", overrides={"lr": 1e-2, "clip": 0.3})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "rows.jsonl").write_text(json.dumps({"key": f"val:{cfg.fingerprint()}", "seconds": 1.0}) + "\n")
+    legacy = bd.Runner(runs, legacy_dirs=(str(tmp_path / "a"), str(tmp_path / "d1")))
+    legacy.run(cfg, None, split="val", stage="tune", info={})
+    assert len(legacy.done) == 1 and len(bd.Runner(runs).done) == 1

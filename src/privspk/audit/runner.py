@@ -159,9 +159,10 @@ def audit_run(run_dir: str | Path, *, data_dir: str | None = None, out_dir: str 
     clients_data = {f"client{i}": ClientData.from_pairs(data.features.get, data.utterances_of(group))
                     for i, group in enumerate(data.split.clients)}
     rerun = {c: clients_data[c] for c in list(clients_data)[: st.rerun_clients or len(clients_data)]}
-    from privspk.api import local_settings
+    from privspk.api import local_settings, public_basis_for
 
-    local = dataclasses.replace(local_settings(cfg), device="cpu")  # the re-runs train on the CPU, as before
+    local = dataclasses.replace(local_settings(cfg, public_basis=public_basis_for(cfg, data, public)),
+                                device="cpu")  # the re-runs train on the CPU, as before
     common = dict(local=local, local_steps=cfg.train.local_steps, trunk_crops=cfg.train.trunk_crops,
                   fixed_head=cfg.train.head == "fixed", client_seed_base=cfg.seed * 1000)
 

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,7 +54,11 @@ class LocalSettings:
     (the utterance-level DP batch follows the mechanism's sample rate); ``physical_batch`` bounds
     what one forward pass holds; ``speaker_batch`` utterances come with each sampled speaker;
     ``ema`` > 0 returns the exponential moving average (that decay) of the round's iterates;
-    ``device`` is where the net and the batches go (the DP noise is drawn there too).
+    ``device`` is where the net and the batches go (the DP noise is drawn there too);
+    ``public_basis`` (a ``(d, k)`` orthonormal basis computed on public data, or a
+    :class:`~privspk.training.subspace.PublicBasis` with an output side too) confines the
+    embedding layer's linear map to ``W0 + A P^T`` (``W0 + Q A P^T``) during each round
+    (None: the whole map trains).
 
     >>> LocalSettings(batch_size=64, physical_batch=64, lr=1e-3).optimizer
     'adam'
@@ -75,8 +79,16 @@ class LocalSettings:
     scale: float = 30.0
     ema: float = 0.0
     device: str | torch.device = "cpu"
+    public_basis: object = field(default=None, compare=False, repr=False)  # Tensor | subspace.PublicBasis | None
 
     def __post_init__(self) -> None:
+        if self.public_basis is not None:
+            from privspk.training.subspace import PublicBasis
+
+            inputs = self.public_basis.inputs if isinstance(self.public_basis, PublicBasis) else self.public_basis
+            if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+                raise ConfigError("public_basis must be a (d, k) tensor or a PublicBasis "
+                                  "(see privspk.training.subspace)")
         for name in ("batch_size", "physical_batch", "crop_frames", "speaker_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -126,16 +138,25 @@ def _dataset(data: ClientData, *, crop_frames: int, seed: int):
     return CropDataset(data.getter, data.utt_ids, data.labels, n_frames=crop_frames, seed=seed)
 
 
-def _forward_model(net: nn.Module, data: ClientData) -> nn.Module:
-    """The module DP-SGD runs: the whole net, or embedding layer + head on cached pooled statistics."""
+def _forward_model(net: nn.Module, data: ClientData, public_basis=None):
+    """The module DP-SGD runs (the whole net, or embedding layer + head on cached pooled statistics) and,
+    with ``public_basis``, the :class:`~privspk.training.subspace.SubspaceEmbedding` to fold afterwards."""
     if data.pooled is None:
-        return net
+        if public_basis is not None:
+            raise ConfigError("a public subspace needs the 'embedding' recipe on cached pooled statistics "
+                              "(trunk_crops > 0)")
+        return net, None
     from privspk.training.net import SpeakerNet
     from privspk.training.trunk import embedding_only
 
     if not embedding_only(net.encoder):
         raise ConfigError("cached pooled statistics need the 'embedding' recipe (only the embedding layer trains)")
-    return SpeakerNet(net.encoder.embedding, net.head)
+    if public_basis is None:
+        return SpeakerNet(net.encoder.embedding, net.head), None
+    from privspk.training.subspace import SubspaceEmbedding
+
+    sub = SubspaceEmbedding(net.encoder.embedding, public_basis)
+    return SpeakerNet(sub, net.head), sub
 
 
 class ParamEMA:
@@ -211,14 +232,24 @@ def train_local(
     training fails.
     """
     steps, randomness = _round_steps(dp, steps, randomness)
-    model = _forward_model(net, data)
+    dev = torch_device(settings.device)
+    net.to(dev)  # before the subspace wrapper, which makes its layers next to the net's
+    try:
+        model, sub = _forward_model(net, data, settings.public_basis)
+    except BaseException:
+        net.to("cpu")
+        raise
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
+        if sub is not None:
+            sub.release()
+        net.to("cpu")
         raise ConfigError("the model has no trainable parameters (check the fine-tuning recipe)")
-    dev = torch_device(settings.device)
     torch.manual_seed(seed)
-    net.to(dev).train()
+    model.to(dev)
+    net.train()
     start = time.perf_counter()
+    done = False
     try:
         averager = ParamEMA(params, decay=settings.ema) if settings.ema else None
         draws = RoundSeeds.draw(randomness, seed=seed)
@@ -228,7 +259,13 @@ def train_local(
         losses, n_ex = run(model, data, params, settings, dp=dp, steps=steps, draws=draws, ema=averager, dev=dev)
         if averager is not None:
             averager.apply()
+        done = True
     finally:
+        if sub is not None:  # W0 + A P^T into the embedding layer (after a failure: A dropped, W unfrozen)
+            if done:
+                sub.fold()
+            else:
+                sub.release()
         net.to("cpu")  # results leave on the CPU (staging, ledger digest, secure aggregation)
     seconds = time.perf_counter() - start
     net.eval()

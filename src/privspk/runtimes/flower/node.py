@@ -123,6 +123,7 @@ class Node:
         self.plan = None
         self.client_dp = None  # client-level DP: this client's DistributedDP encoder (planned at setup)
         self.options: dict = {}
+        self.public_basis = None  # [train] public_subspace's basis, from the public speakers (set up with the encoder)
         self.identity = None
         self._setup_seconds = 0.0
 
@@ -222,6 +223,9 @@ class Node:
         apply_recipe(encoder, cfg.train.recipe)
         self.encoder = encoder
         self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        from privspk.api import public_basis_for
+
+        self.public_basis = public_basis_for(cfg, data, encoder)  # the shipped pretrained encoder + public speakers
         if cfg.privacy.enabled:
             self.ledger = open_run_ledger(self.run_dir / "ledger.sqlite", cfg)
         from privspk.api import _scheme_options, plan_client_level
@@ -289,7 +293,8 @@ class Node:
                                       data=self.data, encoder=self.encoder, names=self.names, weight=weight,
                                       endpoint=self.endpoint, run_dir=self.run_dir, ledger=self.ledger,
                                       mechanism=self.plan if cfg.privacy.enabled else None,
-                                      client_dp=self.client_dp, options=self.options, identity=self.identity)
+                                      client_dp=self.client_dp, options=self.options, identity=self.identity,
+                                      public_basis=self.public_basis)
 
     # ------------------------------------------------------------------ a round
     def train(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
