@@ -6,7 +6,8 @@ Usage (from the repository root, under ``nice``)::
 
 Writes ``benchmarks/results/crossdevice.{json,md,png}`` (the JSON after every run, so an
 interrupted sweep keeps what finished; ``--plot-only`` rewrites the tables and the plot from
-it). Each run is the ``phones`` preset (1,000 devices, fixed-size sampling, 10 % dropouts,
+it; the hand-written ``crossdevice.notes.md`` beside it, with the commands and the machine
+load, is appended to the markdown). Each run is the ``phones`` preset (1,000 devices, fixed-size sampling, 10 % dropouts,
 DP-FedAvg with secret codewords, ``mask`` SecAgg+) with the given K, epsilon (``inf`` = no DP
 noise; clipping, quantisation and masking stay) and seed; ``--set trainable=norms`` etc.
 override ``[crossdevice]`` settings; ``--centroid`` adds the positives-only baseline without
@@ -143,6 +144,9 @@ def write_tables(runs: list[dict], out: str) -> None:
                      f"{_pct(r.get('clean_final_eer')) if dom != 'none' else '='} | {_pct(r.get('cross_final_eer'))} | "
                      f"{'-' if nm is None else f'{nm:.3f}'} | {p['local_training']:.1f} | {sec:.2f} | {p['round']:.1f} | "
                      f"{p.get('round_cpu', float('nan')):.1f} | {r.get('load_1min', '-')} |")
+    notes = Path(out + ".notes.md")  # hand-written: the commands, the machine load, what was not run
+    if notes.exists():
+        lines += ["", notes.read_text(encoding="utf-8").rstrip()]
     Path(out + ".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
