@@ -280,7 +280,8 @@ def cmd_crossdevice(cfg, args: argparse.Namespace) -> int:
           f"{_eps_note(p.randomness)}" if p.enabled else "non-private")
     print(f"privspk cross-device: {c.population} phones (one speaker each, {c.utts_per_device} utterances), "
           f"{c.devices_per_round} per round ({c.sampling}), {cfg.federation.rounds} rounds, {dp}, "
-          f"{c.dropout:.0%} dropouts, objective: {c.objective}", flush=True)
+          f"{c.dropout:.0%} dropouts, objective: {c.objective}"
+          f"{'' if c.domain == 'none' else f', device audio through the {c.domain} channel'}", flush=True)
 
     def line(r: dict) -> None:
         ev = f", EER {_pct(r['eval']['eer'])}" if "eval" in r else ""
@@ -291,6 +292,12 @@ def cmd_crossdevice(cfg, args: argparse.Namespace) -> int:
     res = run_crossdevice(cfg, progress=not args.quiet, overwrite=True, on_round=line)
     _print_eval("after public pretraining only", res.report["pretrain_eval"])
     _print_eval("after cross-device training", res.report["final_eval"])
+    pre, fin = res.report["pretrain_eval"].get("domains") or {}, res.report["final_eval"].get("domains") or {}
+    if fin:
+        print(f"device domain: {c.domain} (public speakers clean); held-out speakers through it:", flush=True)
+        for cond, r in fin.items():
+            print(f"  {_domain_label(cond)}: EER {_pct(pre[cond]['eer'])} pretrain only -> {_pct(r['eer'])} "
+                  f"cross-device{' DP' if p.enabled else ''}", flush=True)
     print(f"run report: {res.run_dir / 'report.json'}  checkpoint: {res.run_dir / 'encoder.pt'}", flush=True)
     return 0
 

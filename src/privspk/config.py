@@ -415,7 +415,11 @@ class CrossDeviceSection:
     ~1,300 values, so the DP noise, whose norm grows with the square root of the dimension,
     is far smaller). ``max_participations``: DP-FTRL's accounted rounds per device (a device sits out after
     that many). ``dropout_allowance``: the share of sampled devices a round may lose and still
-    carry its counted noise (the server aborts a round with more dropouts).
+    carry its counted noise (the server aborts a round with more dropouts). ``domain``: the
+    channel every device's audio goes through (one of the client domains of
+    :mod:`privspk.corpus.domains`, e.g. ``"phone"``: a handset microphone in ordinary rooms),
+    drawn per device and utterance; the held-out speakers are then also evaluated in that
+    domain. ``"none"`` (the default) keeps the devices' audio clean wideband.
     """
 
     population: int = 1000
@@ -438,9 +442,12 @@ class CrossDeviceSection:
     trainable: str = "embedding"
     max_participations: int = 2
     dropout_allowance: float = 0.2
+    domain: str = "none"
 
     def check(self) -> list[str]:
         errs = []
+        if self.domain != "none" and self.domain not in CORPUS_DOMAINS:
+            errs.append(f"domain must be none or one of {', '.join(CORPUS_DOMAINS)}, got {self.domain!r}")
         if self.max_participations < 1:
             errs.append(f"max_participations must be >= 1, got {self.max_participations}")
         if not self.dropout <= self.dropout_allowance < 1.0:
@@ -634,6 +641,8 @@ class RunConfig:
         for key in ("public_subspace", "public_subspace_out"):  # likewise
             if not d["train"][key]:
                 del d["train"][key]
+        if d["crossdevice"]["domain"] == "none":  # likewise
+            del d["crossdevice"]["domain"]
         keys = sections or tuple(sorted(d))
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

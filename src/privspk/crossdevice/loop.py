@@ -21,7 +21,12 @@ One round (``[federation] mode = "cross-device"``):
    the sums go into a :class:`~privspk.privacy.ftrl.TreeAggregator`, whose noisy prefix sums
    give the round's noisy sum (their difference). Either goes through the server optimiser
    (momentum or Adam).
-7. **Evaluate** the released encoder on the built-in corpus' held-out trials (EER).
+7. **Evaluate** the released encoder on the built-in corpus' held-out trials (EER). With a device
+   ``[crossdevice] domain`` the devices' audio went through that channel, and the held-out
+   speakers are also evaluated in it (:func:`domain_data`): ``final_eval["domains"]`` has the
+   in-domain condition ``<domain>`` (enrolment and test through the channel) and the
+   cross-channel one ``<domain>/cross`` (clean enrolment), beside the clean EER. Pretraining
+   stays on the clean public speakers.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ from privspk.crossdevice.objective import HadamardCode, public_projection
 from privspk.crossdevice.population import DevicePopulation, builtin_heldout_variants
 from privspk.errors import ConfigError
 
-__all__ = ["CrossDeviceResult", "ServerOptimizer", "check_crossdevice_config", "population_for",
-           "run_crossdevice", "sample_devices", "validation_evaluator"]
+__all__ = ["CrossDeviceResult", "ServerOptimizer", "check_crossdevice_config", "device_domain", "domain_data",
+           "population_for", "run_crossdevice", "sample_devices", "validation_evaluator"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +164,9 @@ def check_crossdevice_config(cfg: RunConfig) -> None:
     if cfg.train.recipe != "embedding":
         raise ConfigError('cross-device mode trains the embedding layer on the frozen public trunk: set [train] '
                           f'recipe = "embedding", got {cfg.train.recipe!r}')
+    if cfg.crossdevice.domain != "none" and cfg.corpus.domains:
+        raise ConfigError("cross-device mode puts its devices in [crossdevice] domain; leave [corpus] domains empty "
+                          f"(got {list(cfg.corpus.domains)})")
     if cfg.corpus.path:
         raise ConfigError("cross-device mode evaluates on the built-in corpus' held-out speakers; leave [corpus] path "
                           "empty")
@@ -178,7 +186,51 @@ def population_for(cfg: RunConfig) -> DevicePopulation:
     c = cfg.crossdevice
     exclude = builtin_heldout_variants(n_speakers=cfg.corpus.n_speakers, seed=cfg.corpus.seed)
     return DevicePopulation(Path(cfg.data_dir) / "devices", n_devices=c.population, utts_per_device=c.utts_per_device,
-                            seed=c.population_seed, features=cfg.features.feature_config(), exclude_variants=exclude)
+                            seed=c.population_seed, features=cfg.features.feature_config(), exclude_variants=exclude,
+                            domain=device_domain(cfg))
+
+
+def device_domain(cfg: RunConfig) -> str | None:
+    """The channel domain of the devices' audio (``[crossdevice] domain``), or None for clean audio.
+
+    >>> from privspk.config import CrossDeviceSection
+    >>> device_domain(RunConfig()), device_domain(RunConfig(crossdevice=CrossDeviceSection(domain="phone")))
+    (None, 'phone')
+    """
+    from privspk.audio.channels import DOMAINS
+
+    d = cfg.crossdevice.domain
+    if d == "none":
+        return None
+    if d not in DOMAINS:
+        raise ConfigError(f"[crossdevice] domain must be none or one of {', '.join(DOMAINS)}, got {d!r}")
+    return d
+
+
+def domain_data(cfg: RunConfig, data, *, speakers, progress: bool = False):
+    """``data`` with its trials also evaluated in the device domain (unchanged without one).
+
+    Builds (or reuses) the domain feature cache of ``speakers``' utterances (the corpus'
+    :func:`~privspk.corpus.domains.build_domain_caches`, seeded by the corpus seed, beside the
+    clean cache) and adds :func:`~privspk.corpus.domains.domain_conditions` of ``data.trials``:
+    ``<domain>`` (enrolment and test through the channel) and ``<domain>/cross`` (clean
+    enrolment). The result shares ``data.pooled`` (the trunk cache of evaluated utterances).
+    """
+    import dataclasses
+
+    from privspk.corpus.domains import DomainFeatures, build_domain_caches, domain_conditions
+
+    domain = device_domain(cfg)
+    if domain is None:
+        return data
+    wanted = set(speakers)
+    utts = [u for u in data.corpus.utterances if u.speaker in wanted]
+    clean = data.features.clean if isinstance(data.features, DomainFeatures) else data.features
+    others = dict(data.features.domains) if isinstance(data.features, DomainFeatures) else {}
+    caches = build_domain_caches(Path(cfg.data_dir) / "features" / data.corpus_id, cfg.features.feature_config(),
+                                 {domain: utts}, seed=cfg.corpus.seed, workers=cfg.threads, progress=progress)
+    return dataclasses.replace(data, features=DomainFeatures(clean, {**others, **caches}),
+                               domain_trials=domain_conditions(data.trials, [domain]))
 
 
 def validation_evaluator(cfg: RunConfig, data):
@@ -201,6 +253,7 @@ def validation_evaluator(cfg: RunConfig, data):
     trials = make_trials(utt2spk, n_target_per_utt=cfg.eval.target_per_utt,
                          n_nontarget_per_utt=cfg.eval.nontarget_per_utt, seed=cfg.seed)
     vdata = dataclasses.replace(data, trials=trials, domain_trials={})  # shares data.pooled (the trunk cache)
+    vdata = domain_data(cfg, vdata, speakers=speakers)  # the validation trials in the device domain too, if any
     evaluator = HeldoutEvaluator(vdata, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
                                  seed=cfg.seed)
     evaluator.heldout_utt2spk = utt2spk  # top-1 over the validation speakers
@@ -280,7 +333,8 @@ def run_crossdevice(
     population.build(workers=cfg.threads, progress=progress)
     base, pretrain_info = pretrained_encoder(cfg, data, progress=progress)
     base.eval()
-    evaluator = (HeldoutEvaluator(data, max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
+    evaluator = (HeldoutEvaluator(domain_data(cfg, data, speakers=data.split.heldout, progress=progress),
+                                  max_frames=cfg.eval.max_frames, enroll_per_speaker=cfg.eval.enroll_per_speaker,
                                   seed=cfg.seed) if evaluate_on == "test" else validation_evaluator(cfg, data))
     pretrain_eval = evaluator.evaluate(base)
     encoder = copy.deepcopy(base)
@@ -303,7 +357,8 @@ def run_crossdevice(
     rounds, final_eval, ledger_summary = result
     report = {
         "run": cfg.name, "mode": "cross-device", "config": cfg.to_dict(),
-        "population": {"devices": c.population, "utts_per_device": c.utts_per_device, "key": population.key},
+        "population": {"devices": c.population, "utts_per_device": c.utts_per_device, "key": population.key,
+                       "domain": population.domain},
         "heldout": {"speakers": len(data.split.heldout), "trials": len(data.trials)},
         "evaluated_on": evaluate_on, "eval_trials": len(evaluator.data.trials),
         "pretrain": pretrain_info, "pretrain_eval": pretrain_eval, "trainable_parameters": dim,

@@ -7,8 +7,12 @@ every population that has it (a population of 100 is the first 100 of one of 1,0
 variants that the built-in corpus reserves for its held-out speakers are never used, so the
 held-out verification trials stay on voices no device owns.
 
-Utterances are rendered with :func:`~privspk.corpus.builtin.render_utterance` and turned into
-features once; each device's features are stored in one file under the population's folder
+Utterances are rendered with :func:`~privspk.corpus.builtin.render_utterance` and, in a device
+``domain`` (``[crossdevice] domain``, e.g. ``"phone"``), passed through
+:func:`~privspk.audio.channels.simulate_channel` seeded by (population seed, ``<device>-<utterance
+index>``, domain), so a device's channel is the same in every run; then they are turned into
+features once. The domain (and the channel version) is part of the population's key, so a clean
+and a phone population live in different folders and never mix; each device's features are stored in one file under the population's folder
 (written to a temporary name and renamed, so an interrupted build leaves no half file), and the
 frozen public trunk's pooled statistics of each device are cached beside them, keyed by the
 trunk's fingerprint. Nothing is held in memory for the population as a whole: a device's data is
@@ -49,7 +53,7 @@ from privspk.corpus.espeak import ENGLISH_ACCENTS, espeak_version, list_variants
 from privspk.errors import ConfigError, CorpusError
 from privspk.features.config import FeatureConfig
 
-__all__ = ["DEVICE_PREFIX", "DevicePopulation", "builtin_heldout_variants", "device_profile"]
+__all__ = ["DEVICE_PREFIX", "DevicePopulation", "builtin_heldout_variants", "device_profile", "device_utt"]
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +123,29 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _build_device(task: tuple[SpeakerProfile, int, int, dict, str]) -> str:
-    """Worker: render a device's utterances, extract features, write ``<device>.npz``."""
+def device_utt(device: str, index: int) -> str:
+    """The id of utterance ``index`` of ``device`` (seeds its channel draw in a device domain).
+
+    >>> device_utt("dev00007", 3)
+    'dev00007-003'
+    """
+    return f"{device}-{index:03d}"
+
+
+def _build_device(task: tuple[SpeakerProfile, int, int, dict, str, str | None]) -> str:
+    """Worker: render a device's utterances (through its domain's channel), extract features, write ``<device>.npz``."""
     from privspk.features.extract import extract
 
-    profile, n_utts, seed, feat_cfg, out = task
+    profile, n_utts, seed, feat_cfg, out, domain = task
     cfg = FeatureConfig(**feat_cfg)
     torch.set_num_threads(1)
     mats = []
     for j in range(n_utts):
         wav, _ = render_utterance(profile, index=j, seed=seed)
+        if domain is not None:
+            from privspk.audio.channels import simulate_channel
+
+            wav = simulate_channel(wav, domain=domain, seed=seed, utt_id=device_utt(profile.speaker, j))
         mats.append(extract(wav, cfg).numpy().astype(np.float16))
     lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
     _save_npz_atomic(Path(out) / f"{profile.speaker}.npz", feats=np.concatenate(mats, axis=0), lengths=lengths)
@@ -146,10 +163,12 @@ class DevicePopulation:
         features: front end (the run's ``[features]``).
         exclude_variants: voice variants no owner may use (the built-in held-out speakers';
             see :func:`builtin_heldout_variants`).
+        domain: channel domain of every device's audio (:data:`privspk.audio.channels.DOMAINS`),
+            or ``None`` for clean wideband audio.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, n_devices: int, utts_per_device: int, seed: int,
-                 features: FeatureConfig, exclude_variants: Iterable[str] = ()) -> None:
+                 features: FeatureConfig, exclude_variants: Iterable[str] = (), domain: str | None = None) -> None:
         self.n_devices = _check_int(n_devices, "n_devices", 3, 99_999)
         self.utts_per_device = _check_int(utts_per_device, "utts_per_device", 2, 1000)
         self.seed = _check_int(seed, "seed", 0, 2**63 - 1)
@@ -157,9 +176,17 @@ class DevicePopulation:
             raise ConfigError(f"features must be a FeatureConfig, got {type(features).__name__}")
         self.feature_config = features
         self.exclude_variants = frozenset(exclude_variants)
-        blob = json.dumps({"format": _FORMAT, "generator": GENERATOR_VERSION, "espeak": espeak_version(),
-                           "utts": self.utts_per_device, "seed": self.seed, "features": features.key(),
-                           "exclude": sorted(self.exclude_variants)}, sort_keys=True).encode()
+        from privspk.audio.channels import CHANNEL_VERSION, DOMAINS
+
+        if domain is not None and domain not in DOMAINS:
+            raise ConfigError(f"unknown device domain {domain!r}; known domains: {', '.join(DOMAINS)} (or None: clean)")
+        self.domain = domain
+        fields = {"format": _FORMAT, "generator": GENERATOR_VERSION, "espeak": espeak_version(),
+                  "utts": self.utts_per_device, "seed": self.seed, "features": features.key(),
+                  "exclude": sorted(self.exclude_variants)}
+        if domain is not None:  # a clean population keeps the key it had before domains existed
+            fields["domain"] = f"{domain}-v{CHANNEL_VERSION}"
+        blob = json.dumps(fields, sort_keys=True).encode()
         #: names the population's folder; a device's file depends on this and its index only
         self.key = hashlib.sha256(blob).hexdigest()[:12]
         self.dir = Path(root) / f"pop-{self.key}"
@@ -198,10 +225,11 @@ class DevicePopulation:
         if not info.exists():
             info.write_text(json.dumps({"key": self.key, "utts_per_device": self.utts_per_device, "seed": self.seed,
                                         "features": self.feature_config.to_dict(),
-                                        "exclude_variants": sorted(self.exclude_variants)}, indent=1) + "\n",
+                                        "exclude_variants": sorted(self.exclude_variants),
+                                        "domain": self.domain}, indent=1) + "\n",
                             encoding="utf-8")
         feat = self.feature_config.to_dict()
-        tasks = [(self.profile(d), self.utts_per_device, self.seed, feat, str(self.dir)) for d in todo]
+        tasks = [(self.profile(d), self.utts_per_device, self.seed, feat, str(self.dir), self.domain) for d in todo]
         from tqdm import tqdm
 
         with tqdm(total=len(tasks), desc="devices", unit="dev", disable=not progress) as bar:
