@@ -108,6 +108,39 @@ def test_validation_split_and_a_smaller_trainable_part(tmp_path_factory):
         run_crossdevice(cfg, progress=False, data=data, write=False, evaluate_on="train")
 
 
+def test_a_round_that_cannot_be_opened_releases_nothing_and_is_charged(tmp_path_factory):
+    """4 devices a round, 45 % dropouts: 2 drop, 2 survivors < t = 3, so no round can be opened (a real
+    SecAgg+ AggregationError). The run goes on: each such round is recorded as failed, the model
+    stays the public one, and the sampled devices are charged in the ledger."""
+    from privspk.api import pretrained_encoder
+    from privspk.prepare import prepare_data
+
+    cfg = _xdev_config(tmp_path_factory, name="xdev-fail")
+    cfg = cfg.replace(crossdevice=dataclasses.replace(cfg.crossdevice, dropout=0.45, dropout_allowance=0.45))
+    data = prepare_data(cfg, progress=False)
+    res = run_crossdevice(cfg, progress=False, data=data)
+    opened = [r for r in res.rounds if "skipped" not in r]
+    assert len(opened) == 2 and all("too few" in r["failed"] and r["included"] == 0 for r in opened)
+    assert all(r["admitted"] == 4 and r["dropped"] == 2 for r in opened)
+    base, _ = pretrained_encoder(cfg, data, progress=False)
+    for a, b in zip(base.embedding.parameters(), res.encoder.embedding.parameters()):
+        assert torch_equal(a, b)
+    from privspk.privacy.device_ledger import DeviceLedger, accountant_from_dict
+
+    acc = accountant_from_dict(res.report["privacy"]["accountant"])
+    with DeviceLedger(res.run_dir / "device_ledger.sqlite", run_id=cfg.name, accountant=acc, budget=30.0) as led:
+        charged = [d for d in population_for(cfg).device_ids if led.participations(d)]
+    assert len(charged) == 8
+    lines = (res.run_dir / "rounds.jsonl").read_text().splitlines()
+    assert sum("failed" in json.loads(x) for x in lines) == 2
+
+
+def test_dropout_of_half_or_more_is_refused():
+    errs = CrossDeviceSection(dropout=0.5, dropout_allowance=0.6).check()
+    assert any("strict-majority" in e for e in errs)
+    assert CrossDeviceSection(dropout=0.45, dropout_allowance=0.6).check() == []
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

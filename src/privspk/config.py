@@ -467,8 +467,9 @@ class CrossDeviceSection:
             errs.append(f"device_epsilon must be > 0, got {self.device_epsilon}")
         if self.mechanism not in CROSSDEVICE_MECHANISMS:
             errs.append(f"mechanism must be {'|'.join(CROSSDEVICE_MECHANISMS)}, got {self.mechanism!r}")
-        if not 0.0 <= self.dropout <= 0.5:
-            errs.append(f"dropout must be in [0, 0.5], got {self.dropout}")
+        if not 0.0 <= self.dropout < 0.5:
+            errs.append(f"dropout must be in [0, 0.5), got {self.dropout}: at half or more no strict-majority "
+                        "SecAgg+ threshold can be met")
         if not (math.isfinite(self.device_clip) and self.device_clip > 0):
             errs.append(f"device_clip must be a positive finite number, got {self.device_clip}")
         if self.local_steps < 1 or not self.local_lr > 0:

@@ -69,6 +69,8 @@ def test_bad_input_is_refused():
 def test_a_1000_device_round_with_10_percent_dropouts_opens_the_survivors_sum():
     codes = _codes(1000, 64, seed=7)
     drop = set(sorted(codes)[3::10])
-    r = aggregate_round(codes, config=MaskConfig(clip=1.0, bits=16, noise_headroom_bits=1), dropped=drop)
+    cfg = MaskConfig(clip=1.0, bits=16, noise_headroom_bits=1, dropout=0.1)  # the cross-device loop's sizing
+    r = aggregate_round(codes, config=cfg, dropped=drop)
+    assert (r.degree, r.threshold) == (30, 17)
     assert set(r.included) == set(codes) - drop and len(r.included) == 900
     assert np.array_equal(r.total, _plain_sum(codes, r.included))

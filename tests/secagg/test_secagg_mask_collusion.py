@@ -207,7 +207,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_threat_model_threshold_table_matches_the_code() -> None:
     """Every row of the threat model's "Collusion thresholds of `mask`" table, recomputed."""
     text = (ROOT / "threat_model" / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Collusion thresholds of `mask`", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### Collusion thresholds of `mask`", 1)[1].split("\n##", 1)[0]
     rows = [r for r in section.splitlines() if re.match(r"\| \d+ \|", r)]
     assert [int(r.split("|")[1]) for r in rows] == [3, 5, 10, 16, 17, 32, 50, 1000]
     cfg = MaskConfig()

@@ -16,7 +16,10 @@ One round (``[federation] mode = "cross-device"``):
    (:func:`privspk.privacy.user_level.plan_device_noise`).
 5. **Secure aggregation.** ``mask`` SecAgg+ over the admitted devices
    (:func:`privspk.secagg.crossdevice.aggregate_round`); ``dropout`` of them drop out after
-   sharing keys; the server opens only the sum of the survivors.
+   sharing keys; the server opens only the sum of the survivors. The neighbourhood graph is
+   sized for that rate (:func:`privspk.secagg.graph.degree_for_dropout`, a round that cannot be
+   opened at most 1e-4 by a union bound); a round that still cannot be opened releases nothing,
+   leaves the model as it was, is recorded with ``failed`` and is charged to its devices.
 6. **Server step.** DP-FedAvg: the opened sum / expected K is the noisy mean update. DP-FTRL:
    the sums go into a :class:`~privspk.privacy.ftrl.TreeAggregator`, whose noisy prefix sums
    give the round's noisy sum (their difference). Either goes through the server optimiser
@@ -50,7 +53,7 @@ from privspk.config import RunConfig
 from privspk.crossdevice.device import CodewordStore, Device, flat_params, set_flat_params, trainable_names
 from privspk.crossdevice.objective import HadamardCode, public_projection
 from privspk.crossdevice.population import DevicePopulation, builtin_heldout_variants
-from privspk.errors import ConfigError
+from privspk.errors import AggregationError, ConfigError
 
 __all__ = ["CrossDeviceResult", "ServerOptimizer", "check_crossdevice_config", "device_domain", "domain_data",
            "population_for", "run_crossdevice", "sample_devices", "validation_evaluator"]
@@ -381,6 +384,8 @@ def run_crossdevice(
 
 # --------------------------------------------------------------------------- one round's pieces
 QUANT_BITS = 16
+ROUND_FAILURE = 1e-4
+"""Bound on the chance that a round at the configured dropout rate cannot be opened (sizes the SecAgg+ graph)."""
 
 
 def _scale(clip: float) -> float:
@@ -398,25 +403,31 @@ def _encode_plain(update: torch.Tensor, *, clip: float, rng: np.random.Generator
 
 
 def _secure_sum(codes: dict[str, np.ndarray], *, dropped: set[str], cfg: RunConfig, round_id: int,
-                headroom_bits: int, min_survivors: int | None) -> tuple[np.ndarray, tuple[str, ...], dict[str, float]]:
-    """Masked SecAgg+ round over ``codes``; ``dropped`` stop after sharing keys. Returns (integer sum, included, seconds)."""
+                headroom_bits: int, min_survivors: int | None
+                ) -> tuple[np.ndarray, tuple[str, ...], dict[str, float], dict[str, int]]:
+    """Masked SecAgg+ round over ``codes``; ``dropped`` stop after sharing keys.
+
+    Returns (integer sum, included, seconds per phase, the graph's ``degree`` and ``threshold``).
+    """
     ids = tuple(sorted(codes))
     if cfg.secagg.scheme == "plain":
         t0 = time.perf_counter()
         included = tuple(d for d in ids if d not in dropped)
         total = np.sum([codes[d] for d in included], axis=0)
-        return total, included, {"masking": 0.0, "aggregation": time.perf_counter() - t0, "unmasking": 0.0}
+        return total, included, {"masking": 0.0, "aggregation": time.perf_counter() - t0, "unmasking": 0.0}, {}
     from privspk.secagg.crossdevice import aggregate_round
     from privspk.secagg.mask_protocol import MaskConfig
 
+    # the graph is sized for the fleet's dropout rate: a round at that rate fails with probability <= 1e-4
     config = MaskConfig(clip=cfg.crossdevice.device_clip, bits=QUANT_BITS, noise_headroom_bits=headroom_bits,
-                        colluders=cfg.secagg.colluders)
+                        colluders=cfg.secagg.colluders, dropout=cfg.crossdevice.dropout, round_failure=ROUND_FAILURE)
     res = aggregate_round(codes, config=config, dropped={d: "collect" for d in dropped}, min_survivors=min_survivors,
                           run_id=cfg.name, round_id=round_id)
     t = res.timings
     seconds = {"key_agreement": t.get("key_agreement", 0.0), "masking": t.get("masking", 0.0),
                "aggregation": t.get("aggregation", 0.0), "unmasking": t.get("unmasking", 0.0)}
-    return np.asarray(res.total, dtype=np.int64), tuple(res.included), seconds
+    return (np.asarray(res.total, dtype=np.int64), tuple(res.included), seconds,
+            {"degree": res.degree, "threshold": res.threshold})
 
 
 def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base: nn.Module, encoder: nn.Module,
@@ -497,11 +508,22 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
         n_drop = int(round(c.dropout * len(admitted)))
         drop_rng = np.random.default_rng([cfg.seed, _TAG_DROP, r])  # the network's failures (simulated)
         dropped = set(sorted(admitted)[i] for i in drop_rng.choice(len(admitted), size=n_drop, replace=False))
-        total, included, secagg_seconds = _secure_sum(
-            codes, dropped=dropped, cfg=cfg, round_id=r,
-            headroom_bits=noise_plan.headroom_bits if noise_plan is not None else 0,
-            min_survivors=noise_plan.min_survivors if noise_plan is not None else None)
+        try:
+            total, included, secagg_seconds, graph = _secure_sum(
+                codes, dropped=dropped, cfg=cfg, round_id=r,
+                headroom_bits=noise_plan.headroom_bits if noise_plan is not None else 0,
+                min_survivors=noise_plan.min_survivors if noise_plan is not None else None)
+            failure = None
+        except AggregationError as exc:  # nothing was opened: the model stays, the round is charged anyway
+            failure = exc
         del codes
+        if failure is not None:
+            _failed_round(row, failure, ledger=ledger, round_id=r, eligible=eligible, admitted=admitted,
+                          dropped=dropped, run_dir=run_dir, t0=t0)
+            rounds.append(row)
+            if on_round is not None:
+                on_round(row)
+            continue
         t1 = time.perf_counter()
         summed = total.astype(np.float64) / (noise_plan.encoder.scale if noise_plan is not None else scale)
         if tree is not None:
@@ -514,7 +536,7 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
         if ledger is not None:  # every sampled device counts as a participant, dropped ones included
             rec = ledger.record_round(r, eligible=eligible, participants=admitted)
             row["central_epsilon"] = rec.central_epsilon
-        row.update({"admitted": len(admitted), "dropped": len(dropped), "included": len(included),
+        row.update({"admitted": len(admitted), "dropped": len(dropped), "included": len(included), **graph,
                     "update_norm": float(mean.norm()),
                     "seconds": {"local_training": round(t_local, 3),
                                 **{k: round(v, 3) for k, v in secagg_seconds.items()},
@@ -538,6 +560,23 @@ def _rounds(cfg: RunConfig, *, run_dir: Path, population: DevicePopulation, base
                    "accountant": _accountant(cfg, plan).to_dict()}
         ledger.close()
     return rounds, final_eval, summary
+
+
+def _failed_round(row: dict, exc: AggregationError, *, ledger, round_id: int, eligible, admitted, dropped,
+                  run_dir: Path, t0: float) -> None:
+    """Record a round whose sum could not be opened (too few holders or survivors).
+
+    Nothing was released, so the model and the DP-FTRL tree are left as they were. The
+    sampled devices are still charged in the ledger: they ran their local step and sent
+    masked, noised codes, and charging a round that released nothing only over-counts.
+    """
+    log.warning("round %d could not be opened (nothing released; the devices are charged): %s", round_id, exc)
+    row.update({"failed": str(exc), "admitted": len(admitted), "dropped": len(dropped), "included": 0,
+                "seconds": {"round": round(time.perf_counter() - t0, 3)}})
+    if ledger is not None:
+        row["central_epsilon"] = ledger.record_round(round_id, eligible=eligible, participants=admitted).central_epsilon
+    with open(run_dir / "rounds.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, default=str) + "\n")
 
 
 def _accountant(cfg: RunConfig, plan: dict):

@@ -183,3 +183,71 @@ def tolerated_colluders(n_holders: int, threshold: int) -> int:
     if type(n_holders) is not int or type(threshold) is not int or not 2 <= threshold <= n_holders:
         raise ConfigError(f"need 2 <= threshold <= n_holders, got {threshold!r} of {n_holders!r}")
     return max(0, min(2 * threshold - n_holders - 1, threshold - 2))
+
+
+def _binom_cdf(k: int, n: int, q: float) -> float:
+    """P(Binomial(n, q) <= k), summed in log space (n up to thousands)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if q <= 0.0:
+        return 1.0
+    if q >= 1.0:
+        return 0.0
+    lq, lr = math.log(q), math.log1p(-q)
+    lg = math.lgamma
+    return min(1.0, sum(math.exp(lg(n + 1) - lg(i + 1) - lg(n - i + 1) + i * lq + (n - i) * lr) for i in range(k + 1)))
+
+
+def check_dropout(dropout: float) -> None:
+    """ConfigError unless ``dropout`` is a share in ``[0, 0.5)``."""
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 0.5:
+        raise ConfigError(f"dropout must be a share of the round's clients in [0, 0.5), got {dropout!r}: at half "
+                          "or more no strict-majority threshold can be met")
+
+
+def round_failure_bound(n_clients: int, degree: int, dropout: float, *, fraction: float = 0.5,
+                        colluders: int = 1) -> float:
+    """Upper bound on the chance that a round cannot be opened when each client drops with probability ``dropout``.
+
+    Clients drop independently before sending their masked update. The round fails when a
+    survivor's self-mask seed or a dropped client's mask key keeps fewer than ``t`` holders
+    among the survivors (a survivor holds a share of its own seed). Union bound over the
+    ``n_clients`` secrets: ``K * ((1 - p) P[Bin(d, 1 - p) <= t - 2] + p P[Bin(d, 1 - p) <= t - 1])``
+    with ``d`` the degree and ``t`` the threshold of ``d + 1`` holders.
+
+    >>> round(round_failure_bound(100, 14, 0.1), 3), round_failure_bound(100, 14, 0.0)
+    (0.031, 0.0)
+    """
+    check_dropout(dropout)
+    if type(n_clients) is not int or n_clients < 2:
+        raise ConfigError(f"a masked round needs at least 2 clients, got {n_clients!r}")
+    d = min(int(degree), n_clients - 1)
+    t = threshold_for(d + 1, fraction, colluders=colluders)
+    q = 1.0 - dropout
+    per = (1.0 - dropout) * _binom_cdf(t - 2, d, q) + dropout * _binom_cdf(t - 1, d, q)
+    return min(1.0, n_clients * per)
+
+
+def degree_for_dropout(n_clients: int, dropout: float, *, fraction: float = 0.5, colluders: int = 1,
+                       round_failure: float = 1e-4) -> int:
+    """The smallest degree, at least :func:`default_degree`, whose :func:`round_failure_bound` is at most ``round_failure``.
+
+    Degrees keep the default's parity (even for ``K > COMPLETE_UP_TO``); when no degree
+    below ``K - 1`` meets the target the complete graph is returned (the most a round of
+    ``K`` can do). ``dropout = 0`` gives the default degree.
+
+    >>> [degree_for_dropout(1000, p) for p in (0.0, 0.05, 0.1, 0.2)]
+    [20, 20, 30, 66]
+    >>> degree_for_dropout(100, 0.1, round_failure=1e-6)
+    34
+    """
+    check_dropout(dropout)
+    if not isinstance(round_failure, float) or not 0.0 < round_failure < 1.0:
+        raise ConfigError(f"round_failure must be a probability in (0, 1), got {round_failure!r}")
+    d = default_degree(n_clients)
+    while d < n_clients - 1 and round_failure_bound(n_clients, d, dropout, fraction=fraction,
+                                                    colluders=colluders) > round_failure:
+        d += 2
+    return min(d, n_clients - 1)

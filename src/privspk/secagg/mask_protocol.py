@@ -51,7 +51,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from privspk.errors import ConfigError, ProtocolError
-from privspk.secagg.graph import Graph, default_degree, neighbourhood_graph, threshold_for, tolerated_colluders
+from privspk.secagg.graph import (
+    Graph,
+    check_dropout,
+    default_degree,
+    degree_for_dropout,
+    neighbourhood_graph,
+    threshold_for,
+    tolerated_colluders,
+)
 from privspk.secagg.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, confirm_message, encode_ids, sealed_size
 from privspk.secagg.quantise import Quantiser, headroom_for
 from privspk.secagg.wire import ENVELOPE_FIELDS, check_fields, expect, pack
@@ -145,6 +153,12 @@ class MaskConfig:
             ``2 * ceil(log2 K)`` (SecAgg+). An int forces it (complete if >= K - 1).
         noise_headroom_bits: extra bits per value for distributed-DP integer noise
             the client adds before masking (see ``MaskClient.submit_integers``).
+        dropout: the share of a round's clients expected to stop answering before they
+            send their masked update (each independently). With ``degree=None`` and
+            ``dropout > 0`` the degree is the smallest (at least the default) whose
+            union bound on a round that cannot be opened is at most ``round_failure``
+            (:func:`~privspk.secagg.graph.degree_for_dropout`); ``0`` keeps the default.
+        round_failure: that bound, per round (default 1e-4).
 
     >>> MaskConfig(threshold=0.3)
     Traceback (most recent call last):
@@ -159,6 +173,8 @@ server could collect both secrets of a client from two disjoint groups
     degree: int | None = None
     noise_headroom_bits: int = 0
     colluders: int = 1
+    dropout: float = 0.0
+    round_failure: float = 1e-4
 
     def __post_init__(self) -> None:
         if not _real(self.clip) or not math.isfinite(self.clip) or self.clip <= 0:
@@ -175,6 +191,9 @@ server could collect both secrets of a client from two disjoint groups
         if type(self.colluders) is not int or self.colluders < 0:
             raise ConfigError(f"colluders must be an int >= 0 (clients that may collude with the server), "
                               f"got {self.colluders!r}")
+        check_dropout(self.dropout)
+        if not _real(self.round_failure) or not 0.0 < self.round_failure < 1.0:
+            raise ConfigError(f"round_failure must be a probability in (0, 1), got {self.round_failure!r}")
         if type(self.noise_headroom_bits) is not int or not 0 <= self.noise_headroom_bits <= 16:
             raise ConfigError(f"noise_headroom_bits must be an int in [0, 16], got {self.noise_headroom_bits!r}")
 
@@ -207,8 +226,16 @@ server could collect both secrets of a client from two disjoint groups
 
         >>> MaskConfig().holders(10), MaskConfig().holders(50), MaskConfig(degree=4).holders(50)
         (10, 13, 5)
+        >>> MaskConfig(dropout=0.1).holders(100), MaskConfig(dropout=0.1).holders(1000)
+        (27, 31)
         """
-        d = default_degree(n_clients) if self.degree is None else self.degree
+        if self.degree is not None:
+            d = self.degree
+        elif self.dropout > 0:
+            d = degree_for_dropout(n_clients, float(self.dropout), fraction=float(self.threshold),
+                                   colluders=self.colluders, round_failure=float(self.round_failure))
+        else:
+            d = default_degree(n_clients)
         return min(d, n_clients - 1) + 1
 
     def shares_needed(self, n_clients: int) -> int:
