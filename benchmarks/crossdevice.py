@@ -70,10 +70,13 @@ def main() -> None:
     grid = [(k, e, s, "codewords") for k in args.ks for e in args.eps for s in args.seeds]
     if args.centroid:
         grid += [(k, math.inf, s, "centroid") for k in args.ks for s in args.seeds]
+    build = _encoder_sha256(base, data)
+    # --append: a run already on record for this build of the data is not repeated (rows from before the
+    # fingerprint was recorded carry none and are never matched)
     done = {(r.get("domain", "none"), r["k"], r["epsilon"], r["seed"], r["objective"], r["rounds"],
-             r.get("settings", {}).get("trainable", "embedding")) for r in runs}
+             r.get("settings", {}).get("trainable", "embedding"), r.get("pretrained_sha256")) for r in runs}
     for k, eps, seed, objective in grid:
-        if (args.domain, k, eps, seed, objective, args.rounds, base.crossdevice.trainable) in done:  # --append: a run already on record is not repeated
+        if (args.domain, k, eps, seed, objective, args.rounds, base.crossdevice.trainable, build) in done:
             continue
         cfg = base.replace(
             name=f"xdev-{args.domain}-k{k}-e{eps}-s{seed}-{objective}", seed=seed,
@@ -104,13 +107,27 @@ def main() -> None:
                "cross_final_eer": fin_d.get(f"{dom}/cross", {}).get("eer"),
                "central_epsilon": res.report["privacy"].get("central_epsilon"),
                "noise_multiplier": res.report["privacy"].get("noise_multiplier"),
-               "seconds_per_round": per, "wall_s": time.perf_counter() - t0}
+               "seconds_per_round": per, "wall_s": time.perf_counter() - t0, "pretrained_sha256": build}
         print(json.dumps(row), flush=True)
         runs.append(row)
         Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + ".json").write_text(json.dumps({"runs": runs}, indent=1) + "\n", encoding="utf-8")
     write_tables(runs, args.out)
     plot(runs, args.out + ".png")
+
+
+def _encoder_sha256(cfg, data) -> str:
+    """SHA-256 of the public pretrained encoder's weights: which build of the data a run used."""
+    import hashlib
+
+    from privspk.api import pretrained_encoder
+
+    encoder, _ = pretrained_encoder(cfg, data, progress=False)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _dom(r: dict) -> str:
@@ -151,13 +168,25 @@ def write_tables(runs: list[dict], out: str) -> None:
     print("\n".join(lines))
 
 
+def _build(r: dict) -> float:
+    """The data build a run used, told apart by its public pretrained encoder's EER (in the run's headline condition).
+
+    ``privspk prepare`` on another machine or thread count can pretrain a slightly different encoder, so runs
+    on two builds are neither averaged together nor compared for the gain kept.
+
+    >>> _build({"pretrain_eer": 0.119812}) == _build({"pretrain_eer": 0.11981249}), _build({"pretrain_eer": 0.1173})
+    (True, 11.73)
+    """
+    return round(r["pretrain_eer"] * 100, 2)
+
+
 def _groups(runs: list[dict]) -> dict:
     import statistics
 
     out: dict = {}
     for r in runs:
         key = (_dom(r), r["k"], r.get("settings", {}).get("trainable", "embedding"), r["objective"], r["rounds"],
-               r["epsilon"])
+               _build(r), r["epsilon"])
         out.setdefault(key, []).append(r)
 
     def mean(rs, name):
@@ -173,28 +202,29 @@ def _groups(runs: list[dict]) -> dict:
 
 
 def summary(runs: list[dict]) -> list[str]:
-    """Mean EER over seeds per (domain, K, trainable, objective, rounds, eps) and the share of the non-private gain kept."""
+    """Mean EER over seeds per (domain, K, trainable, objective, rounds, data build, eps) and the share of the gain kept."""
     groups = _groups(runs)
     lines = ["# Cross-device: held-out EER vs user-level epsilon", "",
              "Mean (sd) over seeds of the final EER on the held-out speakers' trials: in the devices' domain "
              "(enrolment and test through its channel) for a domain row, clean for domain none. 'gain kept' = "
              "(pretrained - EER at eps) / (pretrained - EER at eps inf) of the same domain/K/trainable/objective/rounds "
+             "and data build (runs on two builds of the data, told apart by their pretrained EER, are kept apart) "
              "(target >= 50 % at eps 8). Clean and cross-channel (clean enrolment, channel test) EERs of domain rows: "
              "pretrained -> final.", "",
              "| domain | K | trainable | objective | rounds | eps | seeds | EER pretrained | EER final | "
              "gain over pretraining | gain kept | clean EER | cross-channel EER |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(groups, key=lambda k: (k[0] != "none", k[0], k[1], k[2], k[3], k[4], -k[5])):
+    for key in sorted(groups, key=lambda k: (k[0] != "none", k[0], k[1], k[2], k[3], k[4], -k[5], -k[6])):
         g = groups[key]
-        ref = groups.get(key[:5] + (math.inf,))
+        ref = groups.get(key[:6] + (math.inf,))
         gain = g["pre"] - g["eer"]
         kept = "-"
-        if ref is not None and not math.isinf(key[5]):
+        if ref is not None and not math.isinf(key[6]):
             full = ref["pre"] - ref["eer"]
             kept = f"{gain / full * 100:.0f} %" if full > 0 else "n/a (no non-private gain)"
         extra = ("- | -" if key[0] == "none" or g["clean"] is None else
                  f"{_pct(g['clean_pre'])} -> {_pct(g['clean'])} | {_pct(g['cross_pre'])} -> {_pct(g['cross'])}")
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[5]} | {g['n']} | "
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[6]} | {g['n']} | "
                      f"{g['pre'] * 100:.2f} % | {g['eer'] * 100:.2f} % ({g['sd'] * 100:.2f}) | {gain * 100:+.2f} pt | "
                      f"{kept} | {extra} |")
     return lines
@@ -208,20 +238,21 @@ def plot(runs: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = _groups(runs)
-    finite = sorted({k[5] for k in groups if not math.isinf(k[5])}) or [1.0]
+    finite = sorted({k[6] for k in groups if not math.isinf(k[6])}) or [1.0]
     x_inf = max(finite) * 2
     fig, ax = plt.subplots(figsize=(7, 4.4))
     colours = {}
-    for line in sorted({k[:5] for k in groups}):
-        pts = sorted((x_inf if math.isinf(k[5]) else k[5], g) for k, g in groups.items() if k[:5] == line)
+    several = {k[:5] for k in groups if len({j[5] for j in groups if j[:5] == k[:5]}) > 1}
+    for line in sorted({k[:6] for k in groups}):
+        pts = sorted((x_inf if math.isinf(k[6]) else k[6], g) for k, g in groups.items() if k[:6] == line)
         bar = ax.errorbar([p[0] for p in pts], [p[1]["eer"] * 100 for p in pts], yerr=[p[1]["sd"] * 100 for p in pts],
                           marker="o", capsize=3, linestyle="-" if line[0] == "none" else "--",
-                          label=f"{line[0]} K={line[1]} {line[2]} {line[3]} {line[4]} rounds")
-        colours.setdefault(line[0], bar[0].get_color())
-    for dom, colour in colours.items():  # public pretraining only, in the same condition
-        pre = [r["pretrain_eer"] for r in runs if _dom(r) == dom]
-        ax.axhline(sum(pre) / len(pre) * 100, color=colour, linestyle=":", linewidth=1,
-                   label=f"{dom}: public pretraining only")
+                          label=f"{line[0]} K={line[1]} {line[2]} {line[3]} {line[4]} rounds"
+                          + (f" (build: pretrained {line[5]:.2f} %)" if line[:5] in several else ""))
+        colours.setdefault((line[0], line[5]), bar[0].get_color())
+    for (dom, build), colour in colours.items():  # public pretraining only, in the same condition and build
+        ax.axhline(build, color=colour, linestyle=":", linewidth=1,
+                   label=f"{dom}: public pretraining only ({build:.2f} %)")
     ax.set_xscale("log", base=2)
     ticks = finite + [x_inf]
     ax.set_xticks(ticks, [f"{t:g}" for t in finite] + ["inf"])
